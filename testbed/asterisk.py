@@ -1,0 +1,282 @@
+"""A real Asterisk 22 in a podman container, for tests (stdlib only).
+
+    with AsteriskContainer("pbx", bind_ip="127.0.10.1",
+                           hosts={"acme.pstn.twilio.com": "127.0.0.2"}) as ast:
+        ast.write_file("/etc/asterisk/pjsip.d/acme.conf", text)
+        print(ast.rx("module reload res_pjsip.so"))
+
+The image is ``localhost/asterisk:22`` (build it with ``testbed/asterisk/build-image.sh``).
+Each container runs on the host network with its own loopback bind address (SIP on
+``bind_ip:port``, RTP on a port range of its own), so several can run at once. Its
+``/etc/asterisk`` is a bind mount of a per-container copy of ``testbed/asterisk/config``
+(``@BIND@``, ``@RTPSTART@``, ``@RTPEND@`` rendered), with empty, writable ``pjsip.d/`` and
+``extensions.d/``; ``config_dir`` is that directory on the host.
+
+Container names are unique per run and start with ``trunkop-``; everything this module starts
+is removed by name at interpreter exit, should a test forget to.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ipaddress
+import os
+import secrets
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+IMAGE = "localhost/asterisk:22"
+PREFIX = "trunkop-"
+RUNTIME = "/usr/sbin/runc"
+HERE = Path(__file__).resolve().parent
+BASE_CONFIG = HERE / "asterisk" / "config"
+BUILD_SCRIPT = HERE / "asterisk" / "build-image.sh"
+TRANSPORT = "transport-udp"
+LABEL = "trunkop.testbed"
+
+_started: set[str] = set()
+_lock = threading.Lock()
+
+
+class AsteriskError(RuntimeError):
+    pass
+
+
+def _podman(*args: str, timeout: float = 120, check: bool = True,
+            input: str | bytes | None = None) -> subprocess.CompletedProcess:
+    text = not isinstance(input, bytes)
+    proc = subprocess.run(["podman", *args], capture_output=True, text=text, input=input,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        err = proc.stderr if text else proc.stderr.decode(errors="replace")
+        raise AsteriskError(f"podman {shlex.join(args)} failed ({proc.returncode}): {err.strip()}")
+    return proc
+
+
+def image_exists(image: str = IMAGE) -> bool:
+    return _podman("image", "exists", image, check=False).returncode == 0
+
+
+def ensure_image(image: str = IMAGE) -> None:
+    """Build localhost/asterisk:22 if it is missing (slow the first time: minutes)."""
+    if not image_exists(image):
+        subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, timeout=1800)
+
+
+def container_exists(name: str) -> bool:
+    return _podman("container", "exists", name, check=False).returncode == 0
+
+
+def list_containers(prefix: str = PREFIX) -> list[str]:
+    """Names of all containers (running or not) whose name starts with prefix."""
+    out = _podman("ps", "-a", "--format", "{{.Names}}").stdout
+    return [n for n in out.split() if n.startswith(prefix)]
+
+
+def started_containers() -> set[str]:
+    """Names of the containers this process started and has not removed yet."""
+    with _lock:
+        return set(_started)
+
+
+def remove_container(name: str, timeout: float = 60) -> None:
+    """podman rm -f NAME, then verify it is gone (only ever by exact name)."""
+    _podman("rm", "-f", "--time", "1", name, check=False, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while container_exists(name):
+        if time.monotonic() > deadline:
+            raise AsteriskError(f"container {name} still exists after podman rm -f")
+        time.sleep(0.5)
+        _podman("rm", "-f", "--time", "1", name, check=False, timeout=timeout)
+    with _lock:
+        _started.discard(name)
+
+
+@atexit.register
+def _cleanup_at_exit() -> None:
+    for name in started_containers():
+        try:
+            remove_container(name)
+        except Exception:
+            pass
+
+
+def default_rtp_range(bind_ip: str, width: int = 200) -> tuple[int, int]:
+    """A port range derived from the bind address, so that containers bound to different
+    loopback addresses (127.0.10.1, 127.0.10.2, ...) never share RTP ports even when a
+    socket is bound to the wildcard address (20000-49999, 150 slots)."""
+    slot = int(ipaddress.ip_address(bind_ip)) % 150
+    start = 20000 + slot * width
+    return start, start + width - 1
+
+
+class AsteriskContainer:
+    """One Asterisk container. ``name`` is a base name; the container is called
+    ``trunkop-<name>-<random>`` unless ``unique=False`` (then ``name`` is used as given and
+    must start with ``trunkop-``)."""
+
+    def __init__(self, name: str = "asterisk", bind_ip: str = "127.0.10.1",
+                 hosts: dict[str, str] | None = None, *, port: int = 5060,
+                 rtp_range: tuple[int, int] | None = None, unique: bool = True,
+                 image: str = IMAGE, workdir: str | os.PathLike | None = None,
+                 ready_timeout: float = 120) -> None:
+        if unique:
+            base = name[len(PREFIX):] if name.startswith(PREFIX) else name
+            self.name = f"{PREFIX}{base}-{secrets.token_hex(3)}"
+        else:
+            if not name.startswith(PREFIX):
+                raise ValueError(f"container names must start with {PREFIX!r}")
+            self.name = name
+        self.bind_ip = bind_ip
+        self.port = port
+        self.hosts: dict[str, str] = dict(hosts or {})
+        self.rtp_range = rtp_range or default_rtp_range(bind_ip)
+        self.image = image
+        self.ready_timeout = ready_timeout
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"{self.name}-"))
+        self.config_dir = self.workdir / "etc-asterisk"
+
+    # ---------------------------------------------------------------- lifecycle
+    @property
+    def bind(self) -> str:
+        return f"{self.bind_ip}:{self.port}"
+
+    def render_config(self) -> Path:
+        """Fresh copy of the base configuration (empty pjsip.d/ and extensions.d/)."""
+        if self.config_dir.exists():
+            shutil.rmtree(self.config_dir)
+        shutil.copytree(BASE_CONFIG, self.config_dir)
+        subs = {"@BIND@": self.bind, "@RTPSTART@": str(self.rtp_range[0]),
+                "@RTPEND@": str(self.rtp_range[1])}
+        for path in self.config_dir.glob("*.conf"):
+            text = path.read_text()
+            for key, value in subs.items():
+                text = text.replace(key, value)
+            path.write_text(text)
+        for sub in ("pjsip.d", "extensions.d"):
+            (self.config_dir / sub).mkdir(mode=0o777)
+            os.chmod(self.config_dir / sub, 0o777)
+        return self.config_dir
+
+    def start(self) -> AsteriskContainer:
+        if not image_exists(self.image):
+            raise AsteriskError(f"image {self.image} missing: run {BUILD_SCRIPT}")
+        if container_exists(self.name):
+            remove_container(self.name)
+        self.render_config()
+        args = ["run", "-d", "--runtime", RUNTIME,
+                "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=20000:20000",
+                "--network", "host", "--name", self.name,
+                "--label", f"{LABEL}=1", "--label", f"{LABEL}.pid={os.getpid()}",
+                "-v", f"{self.config_dir}:/etc/asterisk"]
+        for host, ip in self.hosts.items():
+            args += ["--add-host", f"{host}:{ip}"]
+        args += [self.image, "/usr/sbin/asterisk", "-f", "-n", "-vvv"]
+        with _lock:
+            _started.add(self.name)
+        _podman(*args, timeout=180)
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Until `core show version` answers and `pjsip show transports` lists our transport."""
+        deadline = time.monotonic() + (timeout or self.ready_timeout)
+        last = ""
+        while True:
+            if not self.running():
+                raise AsteriskError(f"{self.name} exited during startup:\n{self.logs()[-3000:]}")
+            try:
+                version = self.rx("core show version", timeout=20, check=False)
+                if version.startswith("Asterisk "):
+                    transports = self.rx("pjsip show transports", timeout=20, check=False)
+                    if TRANSPORT in transports and self.bind in transports:
+                        return
+                    last = transports
+                else:
+                    last = version
+            except subprocess.TimeoutExpired as exc:
+                last = str(exc)
+            if time.monotonic() > deadline:
+                raise AsteriskError(f"{self.name} not ready after {timeout or self.ready_timeout}s:"
+                                    f" {last.strip()[-500:]}\n{self.logs()[-3000:]}")
+            time.sleep(0.3)
+
+    def running(self) -> bool:
+        proc = _podman("inspect", "--format", "{{.State.Running}}", self.name, check=False)
+        return proc.returncode == 0 and proc.stdout.strip() == "true"
+
+    def kill(self) -> None:
+        """Simulate a crash: SIGKILL Asterisk (the container stops, it is not removed)."""
+        _podman("kill", "--signal", "KILL", self.name, check=False)
+        deadline = time.monotonic() + 30
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def restart(self) -> AsteriskContainer:
+        """Replace the container by a fresh one: same name, bind address, hosts (including
+        add_host() entries) and base config; pjsip.d/ and extensions.d/ are empty again."""
+        remove_container(self.name)
+        return self.start()
+
+    def stop(self) -> None:
+        """podman rm -f NAME and verify it is gone; removes the rendered config too."""
+        remove_container(self.name)
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> AsteriskContainer:
+        if not self.running():
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---------------------------------------------------------------- commands
+    def exec(self, *cmd: str, input: str | bytes | None = None, timeout: float = 60,
+             check: bool = True) -> subprocess.CompletedProcess:
+        """podman exec [-i] NAME CMD..."""
+        args = ["exec", *(["-i"] if input is not None else []), self.name, *cmd]
+        return _podman(*args, input=input, timeout=timeout, check=check)
+
+    def rx(self, cmd: str, timeout: float = 60, check: bool = True) -> str:
+        """podman exec NAME asterisk -rx CMD; returns stdout."""
+        proc = self.exec("asterisk", "-rx", cmd, timeout=timeout, check=False)
+        if check and (proc.returncode != 0 or "Unable to connect to remote asterisk" in
+                      proc.stdout + proc.stderr):
+            raise AsteriskError(f"asterisk -rx {cmd!r} failed ({proc.returncode}): "
+                                f"{(proc.stdout + proc.stderr).strip()}")
+        return proc.stdout
+
+    def write_file(self, path: str, content: str, mode: str = "0644") -> None:
+        """Write a file inside the container, the way an operator would (through exec)."""
+        self.exec("sh", "-c", 'umask 022; cat > "$1.tmp" && chmod "$2" "$1.tmp" && '
+                  'mv -f "$1.tmp" "$1"', "sh", path, mode, input=content)
+
+    def read_file(self, path: str) -> str:
+        return self.exec("cat", path).stdout
+
+    def remove_file(self, path: str) -> None:
+        self.exec("rm", "-f", path)
+
+    def add_host(self, name: str, ip: str) -> None:
+        """Append `ip name` to the container's /etc/hosts (pjsip resolves names when it
+        loads the objects that use them: `module reload res_pjsip.so` after this)."""
+        self.exec("sh", "-c", 'printf "%s\\t%s\\n" "$1" "$2" >> /etc/hosts', "sh", ip, name)
+        self.hosts[name] = ip
+
+    def logs(self) -> str:
+        proc = _podman("logs", self.name, check=False)
+        return proc.stdout + proc.stderr
+
+    def version(self) -> str:
+        return self.rx("core show version").strip()
+
+    def __repr__(self) -> str:
+        return f"AsteriskContainer({self.name!r}, bind={self.bind!r})"
