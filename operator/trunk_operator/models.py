@@ -212,11 +212,9 @@ class TwilioTrunkSpec(Model):
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     credentials: CredentialsRef
-    endpoint_name: Annotated[str, Field(pattern=ASTERISK_ID_PATTERN, max_length=40)] | None = (
-        Field(
-            default=None,
-            description="PJSIP endpoint id. Default: the resource name in upper case (TWILIO).",
-        )
+    endpoint_name: Annotated[str, Field(pattern=ASTERISK_ID_PATTERN, max_length=40)] | None = Field(
+        default=None,
+        description="PJSIP endpoint id. Default: the resource name in upper case (TWILIO).",
     )
     codecs: list[Codec] = Field(
         default_factory=lambda: [Codec.ulaw, Codec.alaw],

@@ -192,9 +192,7 @@ def render_trunk(name: str, spec: TwilioTrunkSpec) -> Files:
     }
 
 
-def render_trunk_auth(
-    name: str, spec: TwilioTrunkSpec, username: str, password: str
-) -> Files:
+def render_trunk_auth(name: str, spec: TwilioTrunkSpec, username: str, password: str) -> Files:
     """The auth section, kept apart so it lives in a Secret, never in a ConfigMap."""
     if not username or not password:
         raise RenderError("username and password must not be empty")

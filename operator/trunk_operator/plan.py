@@ -1,0 +1,249 @@
+"""The pure decision core: all CRs and Secrets of a namespace in, per-CR files and problems out.
+
+Cross-resource rules live here and nowhere else: a DID claimed by two segments belongs to the
+earlier segment; two trunks with the same endpoint name, outbound context, or IP-only inbound
+identification conflict, and the later one (by creation time, then name) is held back; a
+segment whose trunk is missing or held back waits. A CR with a blocking problem gets no new
+files, so what Asterisk serves for it (and for every other CR) stays as it was.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from trunk_operator.models import DIDSegmentSpec, TwilioTrunkSpec
+from trunk_operator.render import (
+    Files,
+    RenderError,
+    render_segment,
+    render_trunk,
+    render_trunk_auth,
+    trunk_names,
+)
+
+TRUNK = "TwilioTrunk"
+SEGMENT = "DIDSegment"
+MAX_LISTED_CONFLICTS = 20
+
+
+@dataclass(frozen=True)
+class Problem:
+    reason: str
+    message: str
+    blocking: bool = True
+
+
+@dataclass(frozen=True)
+class Resource:
+    """What the plan needs of a CR: identity, age and its spec (or why it is invalid)."""
+
+    kind: str
+    name: str
+    created: str
+    spec: dict[str, Any]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+    @property
+    def order(self) -> tuple[str, str]:
+        return (self.created, self.name)
+
+
+@dataclass
+class Outcome:
+    public: Files = field(default_factory=dict)
+    secret: Files = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    trunk: str | None = None  # the trunk whose pods get these files
+    did_count: int = 0
+    conflicts: list[str] = field(default_factory=list)
+    conflict_count: int = 0
+
+    @property
+    def blocked(self) -> bool:
+        return any(p.blocking for p in self.problems)
+
+
+@dataclass
+class Inputs:
+    trunks: list[Resource] = field(default_factory=list)
+    segments: list[Resource] = field(default_factory=list)
+    secrets: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_documents(cls, docs: list[dict[str, Any]]) -> Inputs:
+        """From manifests as written (Secrets with data or stringData), e.g. for `render`."""
+        inputs = cls()
+        for doc in docs:
+            kind, meta = doc.get("kind"), doc.get("metadata", {})
+            name = meta.get("name", "")
+            created = meta.get("creationTimestamp", "")
+            if kind == "Secret":
+                data = {k: base64.b64decode(v).decode() for k, v in doc.get("data", {}).items()}
+                inputs.secrets[name] = data | doc.get("stringData", {})
+            elif kind == TRUNK:
+                inputs.trunks.append(Resource(TRUNK, name, created, doc.get("spec", {})))
+            elif kind == SEGMENT:
+                inputs.segments.append(Resource(SEGMENT, name, created, doc.get("spec", {})))
+        return inputs
+
+
+@dataclass
+class Plan:
+    outcomes: dict[str, Outcome]
+    trunk_specs: dict[str, TwilioTrunkSpec]
+
+    def all_files(self) -> Files:
+        files: Files = {}
+        for outcome in self.outcomes.values():
+            if not outcome.blocked:
+                files |= outcome.public | outcome.secret
+        return files
+
+
+def _validation_message(error: ValidationError) -> str:
+    parts = []
+    for e in error.errors()[:5]:
+        where = ".".join(str(p) for p in e["loc"]) or "spec"
+        parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def _plan_trunk(
+    resource: Resource, secrets: dict[str, dict[str, str]], claimed: dict[str, dict[str, str]]
+) -> tuple[Outcome, TwilioTrunkSpec | None]:
+    outcome = Outcome(trunk=resource.name)
+    try:
+        spec = TwilioTrunkSpec.model_validate(resource.spec)
+    except ValidationError as error:
+        outcome.problems.append(Problem("InvalidSpec", _validation_message(error)))
+        return outcome, None
+    names = trunk_names(resource.name, spec)
+    ip_identified = spec.inbound.account_sid is None
+    for what, key in (
+        ("endpoint name", names.endpoint),
+        ("outbound context", spec.outbound.context),
+        ("IP-based inbound identification", "ip" if ip_identified else None),
+    ):
+        if key is None:
+            continue
+        owner = claimed[what].setdefault(key, resource.name)
+        if owner != resource.name:
+            reason = {
+                "endpoint name": "EndpointNameConflict",
+                "outbound context": "OutboundContextConflict",
+                "IP-based inbound identification": "AmbiguousInboundIdentification",
+            }[what]
+            hint = (
+                "; set inbound.accountSid on every Twilio trunk that shares these pods"
+                if ip_identified and what.startswith("IP")
+                else ""
+            )
+            outcome.problems.append(
+                Problem(reason, f"{what} {key!r} is already used by TwilioTrunk {owner}{hint}")
+            )
+    outcome.public = render_trunk(resource.name, spec)
+    creds = spec.credentials
+    secret = secrets.get(creds.secret_name)
+    if secret is None:
+        outcome.problems.append(
+            Problem("SecretNotFound", f"Secret {creds.secret_name} does not exist")
+        )
+        return outcome, spec
+    missing = [k for k in (creds.username_key, creds.password_key) if not secret.get(k)]
+    if missing:
+        outcome.problems.append(
+            Problem(
+                "SecretKeyMissing",
+                f"Secret {creds.secret_name} has no (or an empty) {', '.join(missing)}",
+            )
+        )
+        return outcome, spec
+    try:
+        outcome.secret = render_trunk_auth(
+            resource.name, spec, secret[creds.username_key], secret[creds.password_key]
+        )
+    except RenderError as error:
+        # The message names the rule broken, never the value.
+        outcome.problems.append(
+            Problem("InvalidCredentials", f"Secret {creds.secret_name}: {error}")
+        )
+    return outcome, spec
+
+
+def plan_namespace(inputs: Inputs) -> Plan:
+    outcomes: dict[str, Outcome] = {}
+    usable: dict[str, TwilioTrunkSpec] = {}
+    claimed: dict[str, dict[str, str]] = {
+        "endpoint name": {},
+        "outbound context": {},
+        "IP-based inbound identification": {},
+    }
+    for resource in sorted(inputs.trunks, key=lambda r: r.order):
+        outcome, spec = _plan_trunk(resource, inputs.secrets, claimed)
+        outcomes[resource.ref] = outcome
+        if spec is not None and not outcome.blocked:
+            usable[resource.name] = spec
+
+    did_owner: dict[str, str] = {}
+    pool_owner: dict[str, str] = {}
+    for resource in sorted(inputs.segments, key=lambda r: r.order):
+        outcome = Outcome()
+        outcomes[resource.ref] = outcome
+        try:
+            segment = DIDSegmentSpec.model_validate(resource.spec)
+        except ValidationError as error:
+            outcome.problems.append(Problem("InvalidSpec", _validation_message(error)))
+            continue
+        trunk_name = segment.trunk_ref.name
+        outcome.trunk = trunk_name
+        trunk = usable.get(trunk_name)
+        if trunk is None:
+            known = any(t.name == trunk_name for t in inputs.trunks)
+            outcome.problems.append(
+                Problem("TrunkNotReady", f"TwilioTrunk {trunk_name} is not ready")
+                if known
+                else Problem("TrunkNotFound", f"TwilioTrunk {trunk_name} does not exist")
+            )
+            continue
+        dids = segment.dids()
+        taken = [d for d in dids if did_owner.setdefault(d, resource.name) != resource.name]
+        if taken:
+            first_owner = did_owner[taken[0]]
+            outcome.problems.append(
+                Problem(
+                    "DIDConflict",
+                    f"{len(taken)} DIDs are already routed by another segment"
+                    f" (e.g. {taken[0]} by DIDSegment {first_owner}); they are skipped here",
+                    blocking=False,
+                )
+            )
+            outcome.conflicts = taken[:MAX_LISTED_CONFLICTS]
+            outcome.conflict_count = len(taken)
+        if segment.caller_id_pool.enabled:
+            owner = pool_owner.setdefault(trunk_name, resource.name)
+            if owner != resource.name:
+                outcome.problems.append(
+                    Problem(
+                        "CallerIdPoolConflict",
+                        f"TwilioTrunk {trunk_name} already takes caller IDs from"
+                        f" DIDSegment {owner}; this segment's pool is not used",
+                        blocking=False,
+                    )
+                )
+                segment = segment.model_copy(
+                    update={
+                        "caller_id_pool": segment.caller_id_pool.model_copy(
+                            update={"enabled": False}
+                        )
+                    }
+                )
+        outcome.did_count = len(dids) - len(taken)
+        outcome.public = render_segment(resource.name, segment, trunk_name, trunk, taken)
+    return Plan(outcomes=outcomes, trunk_specs=usable)

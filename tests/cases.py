@@ -1,0 +1,94 @@
+"""Configurations used by both the golden-file unit tests and the real-Asterisk e2e tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trunk_operator.models import DIDSegmentSpec, TwilioTrunkSpec
+from trunk_operator.render import Files, render_segment, render_trunk, render_trunk_auth
+
+PASSWORD = "pa;ss #1 [x] =>\\;"  # every character class Asterisk files treat specially
+ACCOUNT_SID_A = "AC" + "a" * 32
+ACCOUNT_SID_B = "AC" + "b" * 32
+
+
+@dataclass
+class Case:
+    trunks: dict[str, TwilioTrunkSpec]
+    segments: dict[str, DIDSegmentSpec] = field(default_factory=dict)
+
+    def files(self, password: str = PASSWORD) -> Files:
+        out: Files = {}
+        for name, spec in self.trunks.items():
+            out |= render_trunk(name, spec)
+            out |= render_trunk_auth(name, spec, f"{name}-user", password)
+        for name, seg in self.segments.items():
+            trunk = seg.trunk_ref.name
+            out |= render_segment(name, seg, trunk, self.trunks[trunk])
+        return out
+
+
+def trunk(host: str, **extra: object) -> TwilioTrunkSpec:
+    return TwilioTrunkSpec.model_validate(
+        {"terminationHost": host, "credentials": {"secretName": "sip"}, **extra}
+    )
+
+
+def segment(trunk_name: str, **extra: object) -> DIDSegmentSpec:
+    return DIDSegmentSpec.model_validate({"trunkRef": {"name": trunk_name}, **extra})
+
+
+def cases() -> dict[str, Case]:
+    return {
+        "single-trunk": Case(
+            trunks={"acme": trunk("acme.pstn.twilio.com", qualifyFrequencySeconds=5)},
+            segments={
+                "acme-main": segment(
+                    "acme",
+                    numbers=["+15551230001", "+15551230002"],
+                    overrides=[{"number": "+15551230002", "context": "sales", "extension": "100"}],
+                    callerIdPool={"enabled": True},
+                )
+            },
+        ),
+        "two-trunks": Case(
+            trunks={
+                "acme": trunk(
+                    "acme.pstn.twilio.com",
+                    edges=["ashburn", "umatilla"],
+                    inbound={"accountSid": ACCOUNT_SID_A},
+                    outbound={"context": "to-acme"},
+                ),
+                "globex": trunk(
+                    "globex.pstn.twilio.com",
+                    endpointName="GLOBEX",
+                    codecs=["alaw"],
+                    inbound={"accountSid": ACCOUNT_SID_B, "context": "from-globex"},
+                    outbound={"context": "to-globex", "defaultCountryCode": "44"},
+                ),
+            },
+        ),
+        "secure-trunk": Case(
+            trunks={
+                "secure": trunk(
+                    "secure.pstn.twilio.com",
+                    secure=True,
+                    transport="transport-tls",
+                    outbound={"defaultCallerId": "+15550001111"},
+                )
+            },
+        ),
+    }
+
+
+def large_case(count: int = 100_000) -> Case:
+    return Case(
+        trunks={"bulk": trunk("bulk.pstn.twilio.com")},
+        segments={
+            "bulk-all": segment(
+                "bulk",
+                ranges=[{"start": "+15550000000", "count": count}],
+                callerIdPool={"enabled": True, "strategy": "random"},
+            )
+        },
+    )

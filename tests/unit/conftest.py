@@ -1,0 +1,21 @@
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def load_example(name: str) -> dict[str, Any]:
+    return yaml.safe_load((EXAMPLES / name).read_text())
+
+
+@pytest.fixture
+def trunk_body() -> dict[str, Any]:
+    return load_example("acme-trunk.yaml")
+
+
+@pytest.fixture
+def segment_body() -> dict[str, Any]:
+    return load_example("acme-dids.yaml")
