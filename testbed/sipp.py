@@ -1,0 +1,426 @@
+"""A Twilio Elastic SIP Trunking stand-in: sipp as a UAS (stdlib only).
+
+    with TwilioStandIn("127.0.0.2", 5060, username="trunkuser", password="pa;ss") as twilio:
+        ...  # make Asterisk call PJSIP/+15551234567@acme
+        inv = twilio.invites()[-1]
+        assert inv.uri_user == "+15551234567"
+
+sipp (Debian package ``sip-tester``) runs in the FOREGROUND as a child process this object owns
+(never ``-bg``, which daemonizes and escapes), with ``-trace_msg`` so that every message it
+received or sent can be read back. Scenarios: ``testbed/sipp/twilio-uas-401.xml`` (challenge
+with 401 + WWW-Authenticate, sipp's own ``verifyauth`` checks the credentials: 200 or 403) and
+``twilio-uas-407.xml`` (challenge with 407 + Proxy-Authenticate as Twilio does; sipp answers
+200 to any INVITE carrying Proxy-Authorization, and :meth:`TwilioStandIn.verify_digest` checks
+the digest here, RFC 2617/7616). OPTIONS are answered 200 at any time; sipp keeps serving calls
+until stopped (``-m`` unlimited).
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import ipaddress
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SIPP = "sipp"
+SCENARIO_DIR = Path(__file__).resolve().parent / "sipp"
+REALM = "sip.twilio.com"
+STATIC_PAYLOADS = {0: "PCMU", 3: "GSM", 4: "G723", 8: "PCMA", 9: "G722", 18: "G729"}
+COMPACT = {"i": "call-id", "f": "from", "t": "to", "v": "via", "m": "contact", "l":
+           "content-length", "c": "content-type", "k": "supported", "s": "subject"}
+SEPARATOR = "-" * 47
+
+_running: dict[int, subprocess.Popen] = {}
+_lock = threading.Lock()
+
+
+def running_pids() -> set[int]:
+    """pids of the sipp processes this process started and has not stopped yet."""
+    with _lock:
+        return {pid for pid, p in _running.items() if p.poll() is None}
+
+
+@atexit.register
+def _cleanup_at_exit() -> None:
+    with _lock:
+        procs = list(_running.values())
+    for p in procs:
+        _terminate(p)
+
+
+def _terminate(proc: subprocess.Popen, timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    with _lock:
+        _running.pop(proc.pid, None)
+
+
+def _udp_bound(ip: str, port: int) -> bool:
+    """Whether some socket is bound to ip:port/UDP (reads /proc/net/udp[6])."""
+    addr = ipaddress.ip_address(ip)
+    if addr.version == 4:
+        table, want = "/proc/net/udp", addr.packed[::-1].hex().upper()
+    else:
+        packed = addr.packed
+        table = "/proc/net/udp6"
+        want = "".join(packed[i:i + 4][::-1].hex().upper() for i in range(0, 16, 4))
+    try:
+        lines = Path(table).read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for line in lines:
+        local = line.split()[1]
+        host, _, hexport = local.partition(":")
+        if host == want and int(hexport, 16) == port:
+            return True
+    return False
+
+
+def parse_digest(value: str) -> dict[str, str]:
+    """'Digest a="b", c=d' -> {'a': 'b', 'c': 'd'} (keys lower-cased)."""
+    value = value.strip()
+    if value.lower().startswith("digest"):
+        value = value[6:]
+    return {k.lower(): (q if q or not u else u) for k, q, u in
+            re.findall(r'([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))', value)}
+
+
+def _h(algorithm: str, text: str) -> str:
+    algo = algorithm.upper().removesuffix("-SESS")
+    name = {"MD5": "md5", "SHA-256": "sha256", "SHA-512-256": "sha512_256"}.get(algo, "md5")
+    return hashlib.new(name, text.encode()).hexdigest()
+
+
+def digest_response(*, username: str, realm: str, password: str, method: str, uri: str,
+                    nonce: str, qop: str | None = None, nc: str | None = None,
+                    cnonce: str | None = None, algorithm: str = "MD5") -> str:
+    """RFC 2617 / RFC 7616 digest response (qop absent or "auth")."""
+    ha1 = _h(algorithm, f"{username}:{realm}:{password}")
+    if algorithm.upper().endswith("-SESS"):
+        ha1 = _h(algorithm, f"{ha1}:{nonce}:{cnonce}")
+    ha2 = _h(algorithm, f"{method}:{uri}")
+    if qop:
+        return _h(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
+    return _h(algorithm, f"{ha1}:{nonce}:{ha2}")
+
+
+@dataclass
+class SipMessage:
+    direction: str                 # "received" or "sent"
+    timestamp: str
+    start_line: str
+    headers: list[tuple[str, str]]  # in order, names as written
+    body: str
+    raw: str
+
+    # requests
+    @property
+    def is_request(self) -> bool:
+        return not self.start_line.startswith("SIP/2.0")
+
+    @property
+    def method(self) -> str | None:
+        return self.start_line.split()[0] if self.is_request else None
+
+    @property
+    def uri(self) -> str | None:
+        return self.start_line.split()[1] if self.is_request else None
+
+    @property
+    def uri_user(self) -> str | None:
+        return _uri_user(self.uri) if self.uri else None
+
+    # responses
+    @property
+    def status(self) -> int | None:
+        return None if self.is_request else int(self.start_line.split()[1])
+
+    def header(self, name: str) -> str | None:
+        """First value of a header (case-insensitive, compact forms understood)."""
+        values = self.header_all(name)
+        return values[0] if values else None
+
+    def header_all(self, name: str) -> list[str]:
+        want = COMPACT.get(name.lower(), name.lower())
+        return [v for k, v in self.headers if COMPACT.get(k.lower(), k.lower()) == want]
+
+    @property
+    def call_id(self) -> str | None:
+        return self.header("Call-ID")
+
+    @property
+    def cseq(self) -> tuple[int, str] | None:
+        v = self.header("CSeq")
+        if not v:
+            return None
+        num, _, meth = v.partition(" ")
+        return int(num), meth.strip()
+
+    @property
+    def from_user(self) -> str | None:
+        v = self.header("From")
+        m = re.search(r"<([^>]*)>", v or "") or re.search(r"(sips?:[^;\s]*)", v or "")
+        return _uri_user(m.group(1)) if m else None
+
+    @property
+    def from_display(self) -> str | None:
+        v = self.header("From") or ""
+        m = re.match(r'\s*"([^"]*)"', v) or re.match(r"\s*([^<\"]+?)\s*<", v)
+        return m.group(1) if m else None
+
+    @property
+    def authorization(self) -> dict[str, str] | None:
+        v = self.header("Proxy-Authorization") or self.header("Authorization")
+        return parse_digest(v) if v else None
+
+    @property
+    def codecs(self) -> list[str]:
+        """Codecs offered in the SDP, as rtpmap encoding names (PCMU, PCMA, telephone-event)."""
+        names: list[str] = []
+        rtpmap = dict(re.findall(r"^a=rtpmap:(\d+)\s+([^/\s]+)", self.body, re.M))
+        for m in re.finditer(r"^m=audio\s+\d+\s+\S+\s+([\d ]+)", self.body, re.M):
+            for pt in m.group(1).split():
+                name = rtpmap.get(pt) or STATIC_PAYLOADS.get(int(pt))
+                if name:
+                    names.append(name)
+        return names
+
+
+def _uri_user(uri: str) -> str | None:
+    m = re.match(r"\s*<?sips?:([^@;>]*)@", uri)
+    return m.group(1) if m else None
+
+
+def parse_message_log(text: str) -> list[SipMessage]:
+    """Parse sipp's -trace_msg log into messages (received and sent)."""
+    out: list[SipMessage] = []
+    for chunk in text.split(SEPARATOR + " ")[1:]:
+        lines = chunk.split("\n")
+        timestamp = lines[0].strip()
+        i = 1
+        while i < len(lines) and not lines[i].strip():
+            i += 1
+        if i >= len(lines):
+            continue
+        info = lines[i]
+        if "message received" in info:
+            direction = "received"
+        elif "message sent" in info:
+            direction = "sent"
+        else:
+            continue
+        i += 1
+        while i < len(lines) and not lines[i].strip():
+            i += 1
+        msg = "\n".join(lines[i:]).replace("\r\n", "\n")
+        head, _, rest = msg.partition("\n\n")
+        hlines = head.split("\n")
+        headers: list[tuple[str, str]] = []
+        for hl in hlines[1:]:
+            if hl[:1] in (" ", "\t") and headers:
+                headers[-1] = (headers[-1][0], headers[-1][1] + " " + hl.strip())
+            elif ":" in hl:
+                k, _, v = hl.partition(":")
+                headers.append((k.strip(), v.strip()))
+        length = next((int(v) for k, v in headers
+                       if k.lower() in ("content-length", "l") and v.strip().isdigit()), None)
+        body = rest if length is None else rest.replace("\n", "\r\n")[:length]
+        body = body.replace("\r\n", "\n")
+        out.append(SipMessage(direction, timestamp, hlines[0].strip(), headers, body, msg))
+    return out
+
+
+@dataclass
+class DigestCheck:
+    call_id: str | None
+    cseq: int | None
+    username: str | None
+    realm: str | None
+    uri: str | None
+    qop: str | None
+    ok: bool
+    reason: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+
+
+class TwilioStandIn:
+    """sipp UAS standing in for <name>.pstn.twilio.com. mode "401" or "407"; qop=True adds
+    qop="auth" to the challenge."""
+
+    def __init__(self, ip: str = "127.0.0.2", port: int = 5060, username: str = "trunkuser",
+                 password: str = "trunkpass", mode: str = "401", *, qop: bool = False,
+                 media_port: int | None = None, workdir: str | os.PathLike | None = None,
+                 start_timeout: float = 30) -> None:
+        if mode not in ("401", "407"):
+            raise ValueError("mode must be '401' or '407'")
+        self.ip, self.port = ip, port
+        self.username, self.password = username, password
+        self.mode, self.qop = mode, qop
+        self.media_port = media_port or 16000 + (int(ipaddress.ip_address(ip)) % 1000) * 8
+        self.scenario = SCENARIO_DIR / f"twilio-uas-{mode}.xml"
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"trunkop-sipp-{ip}-{port}-"))
+        self.message_file = self.workdir / "messages.log"
+        self.error_file = self.workdir / "errors.log"
+        self.output_file = self.workdir / "sipp.out"
+        self.start_timeout = start_timeout
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def command(self) -> list[str]:
+        params = ', algorithm=MD5' + (', qop="auth"' if self.qop else "")
+        return [SIPP, "-sf", str(self.scenario), "-i", self.ip, "-p", str(self.port),
+                "-t", "u1", "-nostdin",
+                "-mi", self.ip, "-mp", str(self.media_port),
+                "-key", "twilio_user", self.username, "-key", "twilio_pass", self.password,
+                "-key", "auth_params", params,
+                "-trace_msg", "-message_file", str(self.message_file), "-message_overwrite",
+                "true", "-trace_err", "-error_file", str(self.error_file)]
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> TwilioStandIn:
+        if shutil.which(SIPP) is None:
+            raise RuntimeError("sipp not found: apt-get install -y sip-tester")
+        if _udp_bound(self.ip, self.port):
+            raise RuntimeError(f"{self.ip}:{self.port}/udp is already in use")
+        out = open(self.output_file, "wb")  # noqa: SIM115 - the child owns it
+        try:
+            self.proc = subprocess.Popen(self.command, cwd=self.workdir, stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT)
+        finally:
+            out.close()
+        with _lock:
+            _running[self.proc.pid] = self.proc
+        deadline = time.monotonic() + self.start_timeout
+        while not _udp_bound(self.ip, self.port):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sipp exited ({self.proc.returncode}): {self.output()[-2000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"sipp did not bind {self.ip}:{self.port}")
+            time.sleep(0.1)
+        return self
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        """Terminate sipp by pid and wait for it (the message log stays readable)."""
+        if self.proc is not None:
+            _terminate(self.proc)
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> TwilioStandIn:
+        if not self.running():
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---------------------------------------------------------------- what it saw
+    def output(self) -> str:
+        try:
+            return self.output_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def errors(self) -> str:
+        try:
+            return self.error_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log(self) -> list[SipMessage]:
+        """Every message sipp received or sent, in order."""
+        try:
+            text = self.message_file.read_text(errors="replace")
+        except OSError:
+            return []
+        return parse_message_log(text)
+
+    def messages(self) -> list[SipMessage]:
+        """The SIP requests sipp received, in order (retransmissions included)."""
+        return [m for m in self.log() if m.direction == "received" and m.is_request]
+
+    def invites(self) -> list[SipMessage]:
+        return [m for m in self.messages() if m.method == "INVITE"]
+
+    def options(self) -> list[SipMessage]:
+        return [m for m in self.messages() if m.method == "OPTIONS"]
+
+    def responses(self, call_id: str | None = None) -> list[SipMessage]:
+        """The responses sipp sent (optionally for one Call-ID)."""
+        return [m for m in self.log() if m.direction == "sent" and not m.is_request
+                and (call_id is None or m.call_id == call_id)]
+
+    def wait_for(self, predicate, timeout: float = 30, interval: float = 0.2):
+        """Poll messages() until predicate(messages) is truthy; return its value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate(self.messages())
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sipp on {self.ip}:{self.port} did not see it in {timeout}s")
+            time.sleep(interval)
+
+    def digest_checks(self, password: str | None = None,
+                      username: str | None = None) -> list[DigestCheck]:
+        """Check the digest of every INVITE carrying (Proxy-)Authorization against
+        username/password (default: this stand-in's)."""
+        password = self.password if password is None else password
+        username = self.username if username is None else username
+        checks = []
+        for m in self.invites():
+            auth = m.authorization
+            if auth is None:
+                continue
+            cseq = m.cseq[0] if m.cseq else None
+            algorithm = auth.get("algorithm", "MD5")
+            reason = ""
+            if auth.get("username") != username:
+                reason = f"username {auth.get('username')!r} != {username!r}"
+            elif auth.get("realm") != REALM:
+                reason = f"realm {auth.get('realm')!r} != {REALM!r}"
+            elif auth.get("uri") is None or auth.get("nonce") is None:
+                reason = "uri/nonce missing"
+            else:
+                expected = digest_response(
+                    username=username, realm=auth["realm"], password=password, method="INVITE",
+                    uri=auth["uri"], nonce=auth["nonce"], qop=auth.get("qop"),
+                    nc=auth.get("nc"), cnonce=auth.get("cnonce"), algorithm=algorithm)
+                if expected != auth.get("response"):
+                    reason = f"response {auth.get('response')} != expected {expected}"
+            checks.append(DigestCheck(m.call_id, cseq, auth.get("username"), auth.get("realm"),
+                                      auth.get("uri"), auth.get("qop"), not reason, reason, auth))
+        return checks
+
+    def verify_digest(self, password: str | None = None, username: str | None = None) -> bool:
+        """True when at least one INVITE carried credentials and all of them match."""
+        checks = self.digest_checks(password, username)
+        return bool(checks) and all(c.ok for c in checks)
+
+    def __repr__(self) -> str:
+        return f"TwilioStandIn({self.ip}:{self.port}, mode={self.mode}, pid={self.pid})"
+
