@@ -1,0 +1,576 @@
+"""The one reconcile loop: namespace plans, rendered state, per-pod delivery and status.
+
+Kopf handlers only feed this controller (resources, pods, Secret changes) and wait on it for
+deletions. Work is level-based and coalesced:
+
+- a namespace marked dirty is re-planned once, however many events arrived meanwhile;
+- each Asterisk pod has one worker that always delivers the newest desired set, so a burst of
+  changes becomes one exec round (changes arriving during a reload fold into the next);
+- an observer execs once per pod per interval for all trunks, to refresh live status and
+  detect drift (files changed by hand, a restarted container) by the delivered hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from trunk_operator import asterisk
+from trunk_operator.asterisk import Expected, ExpectedEndpoint
+from trunk_operator.kube import Kube, Owner
+from trunk_operator.models import TwilioTrunkSpec
+from trunk_operator.plan import SEGMENT, TRUNK, Inputs, Outcome, Plan, Resource, plan_namespace
+from trunk_operator.render import EXTENSIONS_DIR, Files, aors, files_hash, trunk_names
+from trunk_operator.status import CRView, PodDelivery, reduce_status, with_transition_times
+
+log = logging.getLogger(__name__)
+
+PLURALS = {TRUNK: "twiliotrunks", SEGMENT: "didsegments"}
+_CONTEXT_LINE = re.compile(r"^\[([^\]]+)\]", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Settings:
+    default_selector: Mapping[str, str] = field(default_factory=lambda: {"app": "asterisk"})
+    container: str = "asterisk"
+    observe_interval: float = 10.0
+    exec_timeout: float = 180.0
+    readiness_condition: str = "trunks.asterisk-operator.dev/delivered"
+
+
+@dataclass
+class Tracked:
+    """A CR as the controller knows it."""
+
+    resource: Resource
+    uid: str
+    generation: int | None
+    status: dict[str, Any]
+    deleting: bool = False
+
+
+@dataclass
+class Pod:
+    name: str
+    uid: str
+    labels: dict[str, str]
+    ready: bool
+    incarnation: str  # changes when the container restarts
+
+
+@dataclass
+class PodWorker:
+    pod: Pod
+    state: PodDelivery
+    files: Files = field(default_factory=dict)
+    expected: Expected = field(default_factory=Expected)
+    owners: dict[str, Files] = field(default_factory=dict)  # CR ref -> its files in `files`
+    delivered_owners: dict[str, Files] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _contexts(files: Files) -> set[str]:
+    found: set[str] = set()
+    for path, text in files.items():
+        if path.startswith(EXTENSIONS_DIR + "/"):
+            found.update(_CONTEXT_LINE.findall(text))
+    return found
+
+
+def _with_mask(source: str) -> str:
+    return source if "/" in source else f"{source}/32"
+
+
+def expected_endpoint(name: str, spec: TwilioTrunkSpec) -> ExpectedEndpoint:
+    from trunk_operator.render import identify_sources
+
+    names = trunk_names(name, spec)
+    matches = (
+        frozenset()
+        if spec.inbound.account_sid
+        else frozenset(_with_mask(s) for s in identify_sources(spec))
+    )
+    return ExpectedEndpoint(
+        name=names.endpoint,
+        auth=names.auth,
+        aors={a.id: a.contact for a in aors(name, spec)},
+        identify=names.identify,
+        matches=matches,
+    )
+
+
+class Controller:
+    def __init__(self, kube: Kube, settings: Settings | None = None) -> None:
+        self.kube = kube
+        self.settings = settings or Settings()
+        self.resources: dict[str, dict[str, Tracked]] = defaultdict(dict)  # ns -> ref -> CR
+        self.pods: dict[str, dict[str, Pod]] = defaultdict(dict)
+        self.workers: dict[tuple[str, str], PodWorker] = {}
+        self.plans: dict[str, Plan] = {}
+        self.last_good: dict[tuple[str, str], Outcome] = {}  # (ns, ref) -> last unblocked
+        self.written: dict[tuple[str, str], tuple[str, str]] = {}  # rendered-state hashes
+        self.patched: dict[tuple[str, str], dict[str, Any]] = {}
+        self.dirty: set[str] = set()
+        self.dirty_event = asyncio.Event()
+        self.changed = asyncio.Condition()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.stats: dict[str, int] = defaultdict(int)
+
+    # ---- inputs from Kopf ------------------------------------------------------------
+
+    def upsert(self, kind: str, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        resource = Resource(
+            kind, meta["name"], meta.get("creationTimestamp", ""), dict(body.get("spec") or {})
+        )
+        self.resources[meta["namespace"]][resource.ref] = Tracked(
+            resource,
+            meta.get("uid", ""),
+            meta.get("generation"),
+            dict(body.get("status") or {}),
+            deleting=bool(meta.get("deletionTimestamp")),
+        )
+        self.mark(meta["namespace"])
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        self.resources[namespace].pop(f"{kind}/{name}", None)
+        self.mark(namespace)
+
+    def secret_changed(self, namespace: str, name: str) -> None:
+        for tracked in self.resources.get(namespace, {}).values():
+            if tracked.resource.kind == TRUNK and (
+                tracked.resource.spec.get("credentials", {}).get("secretName") == name
+            ):
+                self.mark(namespace)
+                return
+
+    def upsert_pod(self, body: Mapping[str, Any]) -> None:
+        meta, status = body["metadata"], body.get("status") or {}
+        containers = status.get("containerStatuses") or []
+        ours = [c for c in containers if c.get("name") == self.settings.container]
+        if not any(c.get("name") == self.settings.container for c in body["spec"]["containers"]):
+            return
+        ready = status.get("phase") == "Running" and bool(ours and ours[0].get("ready"))
+        incarnation = (
+            f"{ours[0].get('containerID', '')}/{ours[0].get('restartCount', 0)}" if ours else ""
+        )
+        namespace = meta["namespace"]
+        pod = Pod(meta["name"], meta["uid"], dict(meta.get("labels") or {}), ready, incarnation)
+        before = self.pods[namespace].get(pod.name)
+        self.pods[namespace][pod.name] = pod
+        worker = self.workers.get((namespace, pod.name))
+        if worker and before and (before.incarnation != incarnation or before.uid != pod.uid):
+            worker.state.delivered_hash = None  # a new container starts empty
+            worker.delivered_owners = {}
+        if worker:
+            worker.pod = pod
+        if (
+            before is None
+            or before.ready != ready
+            or before.labels != pod.labels
+            or (before.incarnation != incarnation)
+        ):
+            self.mark(namespace)
+
+    def forget_pod(self, namespace: str, name: str) -> None:
+        self.pods[namespace].pop(name, None)
+        self.mark(namespace)
+
+    def mark(self, namespace: str) -> None:
+        self.dirty.add(namespace)
+        self.dirty_event.set()
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.tasks = [
+            asyncio.create_task(self._plan_loop(), name="plan"),
+            asyncio.create_task(self._observe_loop(), name="observe"),
+        ]
+
+    async def stop(self) -> None:
+        tasks = self.tasks + [w.task for w in self.workers.values() if w.task]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _plan_loop(self) -> None:
+        while True:
+            await self.dirty_event.wait()
+            self.dirty_event.clear()
+            while self.dirty:
+                namespace = self.dirty.pop()
+                try:
+                    await self.reconcile_namespace(namespace)
+                except Exception:
+                    log.exception("reconcile of namespace %s failed; retrying", namespace)
+                    await asyncio.sleep(2)
+                    self.mark(namespace)
+
+    # ---- the reconcile ---------------------------------------------------------------
+
+    async def reconcile_namespace(self, namespace: str) -> None:
+        self.stats["plans"] += 1
+        tracked = self.resources.get(namespace, {})
+        live = [t for t in tracked.values() if not t.deleting]
+        inputs = Inputs(
+            trunks=[t.resource for t in live if t.resource.kind == TRUNK],
+            segments=[t.resource for t in live if t.resource.kind == SEGMENT],
+        )
+        for name in {t.spec.get("credentials", {}).get("secretName") for t in inputs.trunks}:
+            if name:
+                secret = await asyncio.to_thread(self.kube.read_secret, namespace, name)
+                if secret is not None:
+                    inputs.secrets[name] = secret
+        plan = plan_namespace(inputs)
+        self.plans[namespace] = plan
+
+        for ref, outcome in plan.outcomes.items():
+            key = (namespace, ref)
+            if outcome.blocked:
+                continue
+            self.last_good[key] = outcome
+            digest = (files_hash(outcome.public), files_hash(outcome.secret))
+            if self.written.get(key) != digest:
+                cr = tracked[ref]
+                owner = Owner(cr.resource.kind, cr.resource.name, namespace, cr.uid, outcome.trunk)
+                await asyncio.to_thread(
+                    self.kube.write_rendered, owner, outcome.public, outcome.secret
+                )
+                self.written[key] = digest
+        for key in [k for k in self.last_good if k[0] == namespace and k[1] not in plan.outcomes]:
+            del self.last_good[key]  # deleted CRs: their files leave the pods
+            self.written.pop(key, None)
+
+        self._assign_pods(namespace, plan, tracked)
+        await self.write_statuses(namespace)
+        async with self.changed:
+            self.changed.notify_all()
+
+    def _trunk_selector(self, spec: Mapping[str, Any]) -> Mapping[str, str]:
+        selector = spec.get("asteriskSelector") or {}
+        return selector.get("matchLabels") or self.settings.default_selector
+
+    def _assign_pods(self, namespace: str, plan: Plan, tracked: Mapping[str, Tracked]) -> None:
+        """Give every ready pod the union of the files of the CRs that select it."""
+        outcomes = {ref: o for (ns, ref), o in self.last_good.items() if ns == namespace}
+        pods = [p for p in self.pods.get(namespace, {}).values() if p.ready]
+        for pod in pods:
+            owners: dict[str, Files] = {}
+            expected_endpoints = []
+            for ref, outcome in sorted(outcomes.items()):
+                trunk_ref = f"{TRUNK}/{outcome.trunk}"
+                trunk = tracked.get(trunk_ref)
+                if trunk is None or trunk_ref not in outcomes:
+                    continue
+                if not _selector_matches(self._trunk_selector(trunk.resource.spec), pod.labels):
+                    continue
+                owners[ref] = outcome.public | outcome.secret
+                if ref == trunk_ref:
+                    spec = TwilioTrunkSpec.model_validate(trunk.resource.spec)
+                    expected_endpoints.append(expected_endpoint(trunk.resource.name, spec))
+            files: Files = {}
+            for owned in owners.values():
+                files |= owned
+            transports = frozenset(
+                TwilioTrunkSpec.model_validate(tracked[ref].resource.spec).transport
+                for ref in owners
+                if ref.startswith(TRUNK + "/")
+            )
+            worker = self._worker(namespace, pod)
+            worker.owners = owners
+            worker.files = files
+            worker.expected = Expected(
+                tuple(expected_endpoints), frozenset(_contexts(files)), transports
+            )
+            worker.state.desired_hash = files_hash(files)
+            if worker.state.desired_hash != worker.state.delivered_hash:
+                worker.wake.set()
+        for (ns, name), worker in list(self.workers.items()):
+            if ns == namespace and name not in {p.name for p in pods}:
+                if worker.task:
+                    worker.task.cancel()
+                del self.workers[(ns, name)]
+
+    def _worker(self, namespace: str, pod: Pod) -> PodWorker:
+        worker = self.workers.get((namespace, pod.name))
+        if worker is None:
+            worker = PodWorker(pod, PodDelivery(pod.name))
+            self.workers[(namespace, pod.name)] = worker
+            worker.task = asyncio.create_task(
+                self._deliver_loop(namespace, worker), name=f"deliver-{namespace}/{pod.name}"
+            )
+        return worker
+
+    # ---- delivery --------------------------------------------------------------------
+
+    async def _deliver_loop(self, namespace: str, worker: PodWorker) -> None:
+        backoff = 1.0
+        while True:
+            await worker.wake.wait()
+            worker.wake.clear()
+            if worker.state.desired_hash == worker.state.delivered_hash:
+                continue
+            try:
+                await self._deliver_once(namespace, worker)
+                backoff = 1.0
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("delivery to %s/%s failed: %s", namespace, worker.pod.name, error)
+                worker.state.last_reload_result = f"error: {str(error)[:200]}"
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30)
+                worker.wake.set()
+            await self.write_statuses(namespace)
+            async with self.changed:
+                self.changed.notify_all()
+
+    async def _deliver_once(self, namespace: str, worker: PodWorker) -> None:
+        files, expected, owners = worker.files, worker.expected, dict(worker.owners)
+        pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
+        self.stats["reloads"] += 1
+        result = await asyncio.to_thread(
+            asterisk.deliver, pod_exec, files, expected, self.settings.exec_timeout
+        )
+        worker.state.last_reload_time = _now()
+        if result.ok:
+            worker.state.delivered_hash = result.hash
+            worker.state.problems = {}
+            worker.state.last_reload_result = "Verified"
+            worker.state.observation = result.observation
+            worker.delivered_owners = owners
+            await asyncio.to_thread(self._set_readiness, namespace, worker.pod.name, True)
+            return
+        # Attribute the failure, keep the culprits at their last delivered version, retry.
+        culprits = self._culprits(result.problems, owners, worker)
+        worker.state.last_reload_result = "RolledBack" if result.rolled_back else "Failed"
+        worker.state.problems = {ref: result.problems for ref in culprits}
+        if not culprits or set(culprits) == set(owners):
+            worker.state.delivered_hash = None if not result.rolled_back else "rolled-back"
+            worker.state.observation = result.observation
+            return
+        retry_owners = {
+            ref: (worker.delivered_owners.get(ref, {}) if ref in culprits else owned)
+            for ref, owned in owners.items()
+        }
+        retry_files: Files = {}
+        for owned in retry_owners.values():
+            retry_files |= owned
+        retry_expected = Expected(
+            tuple(e for e in expected.endpoints if not self._endpoint_of(e.name, culprits)),
+            frozenset(_contexts(retry_files)),
+            frozenset(t for t in expected.transports if t not in _transports_of(result.problems)),
+        )
+        again = await asyncio.to_thread(
+            asterisk.deliver, pod_exec, retry_files, retry_expected, self.settings.exec_timeout
+        )
+        worker.state.last_reload_time = _now()
+        worker.state.observation = again.observation
+        if again.ok:
+            # The pod serves a set that differs from the desired one: keep desired != delivered
+            # hashes apart, so a fixed CR triggers a new delivery, but do not spin.
+            worker.state.delivered_hash = worker.state.desired_hash
+            worker.delivered_owners = retry_owners
+            worker.state.last_reload_result = "PartiallyApplied"
+            await asyncio.to_thread(self._set_readiness, namespace, worker.pod.name, True)
+
+    def _endpoint_of(self, endpoint: str, culprits: list[str]) -> bool:
+        return any(
+            ref.startswith(TRUNK + "/") and endpoint in self._endpoints(ref) for ref in culprits
+        )
+
+    def _endpoints(self, ref: str) -> set[str]:
+        for tracked in self.resources.values():
+            if ref in tracked:
+                spec = TwilioTrunkSpec.model_validate(tracked[ref].resource.spec)
+                return {spec.endpoint(tracked[ref].resource.name)}
+        return set()
+
+    def _culprits(
+        self, problems: list[str], owners: Mapping[str, Files], worker: PodWorker
+    ) -> list[str]:
+        """CRs named by the verification problems (endpoint, AOR, transport or context)."""
+        found = []
+        text = " ".join(problems)
+        for ref, owned in owners.items():
+            names = set(self._endpoints(ref)) | _contexts(owned)
+            for path in owned:
+                names.add(path)
+            if ref.startswith(TRUNK + "/"):
+                for tracked in self.resources.values():
+                    if ref in tracked:
+                        names.add(tracked[ref].resource.spec.get("transport", "transport-udp"))
+            if any(re.search(rf"\b{re.escape(n)}\b", text) for n in names):
+                found.append(ref)
+        return found
+
+    def _set_readiness(self, namespace: str, pod: str, ready: bool) -> None:
+        """The pod readiness gate: traffic waits until the trunks are delivered and verified."""
+        from kubernetes.client.rest import ApiException
+
+        condition = {
+            "type": self.settings.readiness_condition,
+            "status": "True" if ready else "False",
+            "lastTransitionTime": _now(),
+        }
+        try:
+            self.kube.core.patch_namespaced_pod_status(
+                pod, namespace, {"status": {"conditions": [condition]}}
+            )
+        except ApiException as error:
+            log.debug("readiness gate on %s/%s not set: %s", namespace, pod, error.status)
+
+    # ---- observation -----------------------------------------------------------------
+
+    async def _observe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.observe_interval)
+            for (namespace, _), worker in list(self.workers.items()):
+                try:
+                    await self.observe(namespace, worker)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:
+                    log.info("observing %s/%s failed: %s", namespace, worker.pod.name, error)
+
+    async def observe(self, namespace: str, worker: PodWorker) -> None:
+        pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
+        observation = await asyncio.to_thread(asterisk.observe, pod_exec)
+        worker.state.observation = observation
+        if (
+            worker.state.delivered_hash == worker.state.desired_hash
+            and worker.state.last_reload_result == "Verified"
+            and observation.delivered_hash != worker.state.delivered_hash
+        ):
+            log.info("drift in %s/%s: redelivering", namespace, worker.pod.name)
+            worker.state.delivered_hash = observation.delivered_hash
+            worker.wake.set()
+        await self.write_statuses(namespace)
+
+    # ---- status ----------------------------------------------------------------------
+
+    async def write_statuses(self, namespace: str) -> None:
+        plan = self.plans.get(namespace)
+        if plan is None:
+            return
+        tracked = self.resources.get(namespace, {})
+        for ref, outcome in plan.outcomes.items():
+            cr = tracked.get(ref)
+            if cr is None or cr.deleting:
+                continue
+            view, did_count = self._view(ref, cr, outcome, plan)
+            pods = [
+                w.state
+                for (ns, _), w in sorted(self.workers.items())
+                if ns == namespace and ref in w.owners
+            ]
+            if not pods and outcome.trunk:
+                pods = [
+                    w.state
+                    for (ns, _), w in sorted(self.workers.items())
+                    if ns == namespace and f"{TRUNK}/{outcome.trunk}" in w.owners
+                ]
+            status = reduce_status(view, outcome, pods, did_count)
+            if outcome.conflicts:
+                status["conflicts"] = outcome.conflicts
+                status["conflictCount"] = outcome.conflict_count
+            key = (namespace, ref)
+            if self.patched.get(key) == status:
+                continue
+            old = cr.status
+            final = with_transition_times(
+                {**status, "conditions": [dict(c) for c in status["conditions"]]}, old, _now()
+            )
+            await asyncio.to_thread(
+                self.kube.patch_status,
+                PLURALS[cr.resource.kind],
+                namespace,
+                cr.resource.name,
+                final,
+            )
+            self.patched[key] = status
+            self._event_on_transition(namespace, cr, old, final)
+            cr.status = final
+
+    def _view(
+        self, ref: str, cr: Tracked, outcome: Outcome, plan: Plan
+    ) -> tuple[CRView, int | None]:
+        spec = cr.resource.spec
+        if cr.resource.kind == TRUNK:
+            trunk = plan.trunk_specs.get(cr.resource.name)
+            segments_dids = sum(
+                o.did_count
+                for r, o in plan.outcomes.items()
+                if r.startswith(SEGMENT + "/") and o.trunk == cr.resource.name
+            )
+            contexts = frozenset({trunk.inbound.context}) if trunk else frozenset()
+            endpoint = trunk.endpoint(cr.resource.name) if trunk else None
+            qualify = bool(trunk and trunk.qualify_frequency_seconds > 0)
+            return CRView(ref, cr.generation, endpoint, contexts, qualify), segments_dids
+        contexts = {
+            c
+            for c in [(spec.get("destination") or {}).get("context")]
+            + [o.get("context") for o in spec.get("overrides") or []]
+            if c
+        }
+        return CRView(ref, cr.generation, None, frozenset(contexts), False), outcome.did_count
+
+    def _event_on_transition(
+        self, namespace: str, cr: Tracked, old: Mapping[str, Any], new: Mapping[str, Any]
+    ) -> None:
+        def ready(status: Mapping[str, Any]) -> tuple[str | None, str | None]:
+            for c in status.get("conditions", []):
+                if c.get("type") == "Ready":
+                    return c.get("status"), c.get("reason")
+            return None, None
+
+        before, after = ready(old), ready(new)
+        if before == after:
+            return
+        status, reason = after
+        message = next(c["message"] for c in new["conditions"] if c["type"] == "Ready")
+        owner = Owner(cr.resource.kind, cr.resource.name, namespace, cr.uid)
+        self.kube.event(owner, "Normal" if status == "True" else "Warning", reason or "", message)
+
+    # ---- deletion --------------------------------------------------------------------
+
+    async def wait_removed(self, namespace: str, ref: str, timeout: float) -> bool:
+        """True once no pod serves files of this CR any more (pods that went away count)."""
+        deadline = time.monotonic() + timeout
+
+        def gone() -> bool:
+            return all(
+                ref not in w.delivered_owners and ref not in w.owners
+                for (ns, _), w in self.workers.items()
+                if ns == namespace
+            )
+
+        async with self.changed:
+            while not gone():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), timeout=min(remaining, 1))
+        return True
+
+
+def _transports_of(problems: list[str]) -> set[str]:
+    return {m.group(1) for p in problems if (m := re.match(r"transport (\S+) does not exist", p))}

@@ -1,0 +1,117 @@
+"""Kopf wiring only: every handler feeds the controller or waits on it."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import kopf
+
+from trunk_operator.controller import Controller, Settings
+from trunk_operator.kube import Kube
+from trunk_operator.models import GROUP
+from trunk_operator.plan import SEGMENT, TRUNK
+
+FINALIZER = f"{GROUP}/delivered"
+DELETE_TIMEOUT = 60.0
+
+controller: Controller | None = None
+
+
+def _controller() -> Controller:
+    if controller is None:
+        raise kopf.TemporaryError("operator is starting", delay=1)
+    return controller
+
+
+def settings_from_env() -> Settings:
+    selector = os.environ.get("TRUNKOP_DEFAULT_SELECTOR", "app=asterisk")
+    return Settings(
+        default_selector=dict(p.split("=", 1) for p in selector.split(",") if "=" in p),
+        container=os.environ.get("TRUNKOP_CONTAINER", "asterisk"),
+        observe_interval=float(os.environ.get("TRUNKOP_OBSERVE_INTERVAL", "10")),
+    )
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global controller
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = 100  # our own Events only: Kopf's would echo handler errors
+    # Long watches die silently behind some proxies; reconnect well before they do.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    controller = Controller(Kube(), settings_from_env())
+    controller.start()
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    if controller is not None:
+        await controller.stop()
+
+
+@kopf.on.event(GROUP, "twiliotrunks")
+def trunk_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+    _feed(TRUNK, body, type)
+
+
+@kopf.on.event(GROUP, "didsegments")
+def segment_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+    _feed(SEGMENT, body, type)
+
+
+def _feed(kind: str, body: kopf.Body, event_type: str | None) -> None:
+    if event_type == "DELETED":
+        _controller().forget(kind, body.metadata.namespace or "", body.metadata.name or "")
+    else:
+        _controller().upsert(kind, body)
+
+
+# The finalizer makes sure files leave every pod even if the operator was down at deletion.
+@kopf.on.create(GROUP, "twiliotrunks")
+@kopf.on.create(GROUP, "didsegments")
+def adopt_finalizer(**_: Any) -> None:
+    """Nothing to do: the event handlers feed the controller; this registers the finalizer."""
+
+
+@kopf.on.delete(GROUP, "twiliotrunks")
+async def trunk_deleted(body: kopf.Body, **_: Any) -> None:
+    await _removed(TRUNK, body)
+
+
+@kopf.on.delete(GROUP, "didsegments")
+async def segment_deleted(body: kopf.Body, **_: Any) -> None:
+    await _removed(SEGMENT, body)
+
+
+async def _removed(kind: str, body: kopf.Body) -> None:
+    ctl = _controller()
+    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
+    ctl.upsert(kind, body)  # carries deletionTimestamp: left out of the plan
+    if not await ctl.wait_removed(namespace, f"{kind}/{name}", DELETE_TIMEOUT):
+        raise kopf.TemporaryError("files not yet removed from every Asterisk pod", delay=5)
+    ctl.forget(kind, namespace, name)
+
+
+@kopf.on.event("", "v1", "secrets")
+def secret_event(body: kopf.Body, **_: Any) -> None:
+    # Only a trigger: the data is read fresh by the reconcile, never kept from the event.
+    _controller().secret_changed(body.metadata.namespace or "", body.metadata.name or "")
+
+
+@kopf.on.event("", "v1", "pods")
+def pod_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+    if type == "DELETED":
+        _controller().forget_pod(body.metadata.namespace or "", body.metadata.name or "")
+    else:
+        _controller().upsert_pod(body)
+
+
+@kopf.on.probe(id="watching")
+def watching(**_: Any) -> dict[str, int]:
+    return dict(_controller().stats)

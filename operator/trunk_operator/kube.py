@@ -1,0 +1,299 @@
+"""Kubernetes I/O: credentials Secrets, the rendered-state ConfigMaps and Secrets, pod exec.
+
+Rendered state per CR: a ConfigMap with the non-secret files and a Secret with the auth
+section, both owned by the CR (garbage-collected with it), labelled, and annotated with the
+content hash. Files over `INLINE_LIMIT` are stored gzip'd in `binaryData`, split across extra
+ConfigMaps (`-part-N`) when one object would pass the API's 1 MiB limit. Secrets are written
+with this module's own client calls, never through a path that logs payloads.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+from kubernetes.stream import stream
+from kubernetes.stream.ws_client import ERROR_CHANNEL, STDERR_CHANNEL, STDOUT_CHANNEL
+
+from trunk_operator.asterisk import ExecError, ExecResult
+from trunk_operator.models import GROUP, VERSION
+from trunk_operator.render import Files, files_hash
+
+log = logging.getLogger(__name__)
+
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "asterisk-trunk-operator"
+LABEL_KIND = f"{GROUP}/kind"
+LABEL_NAME = f"{GROUP}/name"
+LABEL_TRUNK = f"{GROUP}/trunk"
+ANNOTATION_HASH = f"{GROUP}/config-hash"
+INLINE_LIMIT = 256 * 1024
+PART_LIMIT = 700 * 1024  # compressed bytes per ConfigMap; base64 makes it ~930 KiB
+
+
+def file_key(path: str) -> str:
+    """ConfigMap keys cannot hold `/`; operator file names never contain `_`."""
+    return path.replace("/", "_")
+
+
+def key_path(key: str) -> str:
+    return key.replace("_", "/", 1)
+
+
+@dataclass(frozen=True)
+class Owner:
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+    trunk: str | None = None
+
+    @property
+    def base_name(self) -> str:
+        return f"{self.kind.lower()}-{self.name}"
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+    def labels(self) -> dict[str, str]:
+        labels = {LABEL_MANAGED_BY: MANAGER, LABEL_KIND: self.kind.lower(), LABEL_NAME: self.name}
+        if self.trunk:
+            labels[LABEL_TRUNK] = self.trunk
+        return labels
+
+
+def config_map_payloads(files: Files) -> list[tuple[dict[str, str], dict[str, str]]]:
+    """(data, binaryData) per ConfigMap: small files inline, big ones gzip'd and split."""
+    data: dict[str, str] = {}
+    parts: list[dict[str, str]] = [{}]
+    used = 0
+    for path in sorted(files):
+        text = files[path]
+        if len(text) <= INLINE_LIMIT:
+            data[file_key(path)] = text
+            used += len(text)
+            continue
+        packed = gzip.compress(text.encode(), compresslevel=9, mtime=0)
+        for index, start in enumerate(range(0, len(packed), PART_LIMIT)):
+            chunk = packed[start : start + PART_LIMIT]
+            if used + len(chunk) > PART_LIMIT:
+                parts.append({})
+                used = 0
+            parts[-1][f"{file_key(path)}.gz.{index:03d}"] = base64.b64encode(chunk).decode()
+            used += len(chunk)
+    return [(data if i == 0 else {}, binary) for i, binary in enumerate(parts)]
+
+
+class Kube:
+    """Thin synchronous wrapper; the controller calls it from worker threads."""
+
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    # -- credentials -------------------------------------------------------------------
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        decoded = {}
+        for key, value in (secret.data or {}).items():
+            try:
+                decoded[key] = base64.b64decode(value).decode()
+            except UnicodeDecodeError:
+                continue  # not text: treated as missing, reported as SecretKeyMissing
+        return decoded
+
+    # -- rendered state ----------------------------------------------------------------
+
+    def _apply(self, kind: str, namespace: str, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        read = getattr(self.core, f"read_namespaced_{kind}")
+        create = getattr(self.core, f"create_namespaced_{kind}")
+        replace = getattr(self.core, f"replace_namespaced_{kind}")
+        try:
+            current = read(name, namespace)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            create(namespace, body)
+            return
+        if (current.metadata.annotations or {}).get(ANNOTATION_HASH) == body["metadata"][
+            "annotations"
+        ][ANNOTATION_HASH]:
+            return
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        replace(name, namespace, body)
+
+    def _metadata(self, owner: Owner, name: str, digest: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "namespace": owner.namespace,
+            "labels": owner.labels(),
+            "annotations": {ANNOTATION_HASH: digest},
+            "ownerReferences": [owner.reference()],
+        }
+
+    def write_rendered(self, owner: Owner, public: Files, secret: Files) -> None:
+        """Create or update the CR's ConfigMap(s) and Secret; unchanged content is not rewritten."""
+        digest = files_hash(public)
+        payloads = config_map_payloads(public)
+        for index, (data, binary) in enumerate(payloads):
+            name = owner.base_name if index == 0 else f"{owner.base_name}-part-{index}"
+            body = {
+                "metadata": self._metadata(owner, name, digest),
+                "data": data,
+                "binaryData": binary,
+            }
+            self._apply("config_map", owner.namespace, body)
+        self._delete_stale_parts(owner, len(payloads))
+        if secret:
+            secret_body = {
+                "metadata": self._metadata(owner, f"{owner.base_name}-auth", _keyed_hash(secret)),
+                "type": "Opaque",
+                "stringData": {file_key(p): t for p, t in secret.items()},
+            }
+            self._apply("secret", owner.namespace, secret_body)
+
+    def _delete_stale_parts(self, owner: Owner, keep: int) -> None:
+        selector = f"{LABEL_KIND}={owner.kind.lower()},{LABEL_NAME}={owner.name}"
+        for cm in self.core.list_namespaced_config_map(
+            owner.namespace, label_selector=selector
+        ).items:
+            name = cm.metadata.name
+            if name.startswith(f"{owner.base_name}-part-"):
+                index = int(name.rsplit("-", 1)[1])
+                if index >= keep:
+                    self.core.delete_namespaced_config_map(name, owner.namespace)
+
+    # -- status ------------------------------------------------------------------------
+
+    def patch_status(self, kind_plural: str, namespace: str, name: str, status: dict) -> None:
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, kind_plural, name, {"status": status}
+            )
+        except ApiException as error:
+            if error.status != 404:  # deleted meanwhile
+                raise
+
+    def event(self, owner: Owner, event_type: str, reason: str, message: str) -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{owner.name}.", namespace=owner.namespace),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}",
+                kind=owner.kind,
+                name=owner.name,
+                namespace=owner.namespace,
+                uid=owner.uid,
+            ),
+            type=event_type,
+            reason=reason,
+            message=message[:1000],
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=client.V1EventSource(component=MANAGER),
+            reporting_component=MANAGER,
+        )
+        try:
+            self.core.create_namespaced_event(owner.namespace, body)
+        except ApiException as error:  # events are best effort
+            log.warning("could not record event %s on %s: %s", reason, owner.name, error.status)
+
+    # -- exec --------------------------------------------------------------------------
+
+    def pod_exec(self, namespace: str, pod: str, container: str) -> PodExec:
+        return PodExec(self.core, namespace, pod, container)
+
+
+def _keyed_hash(files: Mapping[str, str]) -> str:
+    """A hash that changes with the secret files without being a plain hash of them."""
+    return hashlib.sha256(b"trunk-operator-secret\0" + files_hash(files).encode()).hexdigest()
+
+
+class PodExec:
+    """`Exec` over the API server's exec subresource (WebSocket; needs get+create pods/exec)."""
+
+    def __init__(self, core: client.CoreV1Api, namespace: str, pod: str, container: str) -> None:
+        self.core, self.namespace, self.pod, self.container = core, namespace, pod, container
+
+    def __call__(self, command: list[str], stdin: bytes | None, timeout: float) -> ExecResult:
+        try:
+            response = stream(
+                self.core.connect_get_namespaced_pod_exec,
+                self.pod,
+                self.namespace,
+                container=self.container,
+                command=command,
+                stdin=stdin is not None,
+                stdout=True,
+                stderr=True,
+                tty=False,
+                _preload_content=False,
+                binary=True,
+            )
+        except ApiException as error:
+            raise ExecError(
+                f"exec into {self.pod} refused: {error.status} {error.reason}"
+            ) from None
+        deadline = time.monotonic() + timeout
+        out, err = bytearray(), bytearray()
+        try:
+            if stdin is not None:
+                for chunk in _chunks(stdin, 256 * 1024):
+                    response.write_stdin(chunk)
+            while response.is_open():
+                if time.monotonic() > deadline:
+                    raise ExecError(f"exec into {self.pod} timed out after {timeout:.0f} s")
+                response.update(timeout=1)
+                out += response.read_channel(STDOUT_CHANNEL) or b""
+                err += response.read_channel(STDERR_CHANNEL) or b""
+            out += response.read_channel(STDOUT_CHANNEL) or b""
+            err += response.read_channel(STDERR_CHANNEL) or b""
+            error = response.read_channel(ERROR_CHANNEL)
+        finally:
+            response.close()
+        return ExecResult(
+            _exit_code(error), out.decode(errors="replace"), err.decode(errors="replace")
+        )
+
+
+def _chunks(data: bytes, size: int) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def _exit_code(error_channel: bytes | str | None) -> int:
+    """The exec status message: Success, or NonZeroExitCode with the code in details."""
+    import json
+
+    if not error_channel:
+        return 0
+    status = json.loads(error_channel)
+    if status.get("status") == "Success":
+        return 0
+    for cause in status.get("details", {}).get("causes", []):
+        if cause.get("reason") == "ExitCode":
+            return int(cause["message"])
+    return 1
