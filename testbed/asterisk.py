@@ -19,6 +19,7 @@ is removed by name at interpreter exit, should a test forget to.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ipaddress
 import os
 import secrets
@@ -100,10 +101,8 @@ def remove_container(name: str, timeout: float = 60) -> None:
 @atexit.register
 def _cleanup_at_exit() -> None:
     for name in started_containers():
-        try:
+        with contextlib.suppress(Exception):
             remove_container(name)
-        except Exception:
-            pass
 
 
 def default_rtp_range(bind_ip: str, width: int = 200) -> tuple[int, int]:
@@ -266,10 +265,20 @@ class AsteriskContainer:
         self.exec("rm", "-f", path)
 
     def add_host(self, name: str, ip: str) -> None:
-        """Append `ip name` to the container's /etc/hosts (pjsip resolves names when it
-        loads the objects that use them: `module reload res_pjsip.so` after this)."""
-        self.exec("sh", "-c", 'printf "%s\\t%s\\n" "$1" "$2" >> /etc/hosts', "sh", ip, name)
+        """Append `ip name` to the container's /etc/hosts and make Asterisk see it.
+
+        pjsip resolves names through res_resolver_unbound, which reads /etc/hosts only when
+        its configuration is (re)applied, and a reload with an unchanged resolver_unbound.conf
+        is a no-op. So the file gets a new comment line and the module is reloaded; from then
+        on every new request (qualify OPTIONS, INVITE) resolves the name. The mapping is kept
+        for restart() (as --add-host)."""
         self.hosts[name] = ip
+        self.exec("sh", "-c", 'printf "%s\\t%s\\n" "$1" "$2" >> /etc/hosts && '
+                  'printf "; hosts changed: %s %s\\n" "$2" "$1" >> '
+                  "/etc/asterisk/resolver_unbound.conf", "sh", ip, name)
+        out = self.rx("module reload res_resolver_unbound.so")
+        if "reloaded successfully" not in out:
+            raise AsteriskError(f"reloading res_resolver_unbound.so after add_host: {out.strip()}")
 
     def logs(self) -> str:
         proc = _podman("logs", self.name, check=False)
