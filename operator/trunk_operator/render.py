@@ -147,8 +147,8 @@ def normalization_rules(country_code: str) -> list[Normalization]:
     if country_code == "1":
         rules += [
             Normalization("_011X.", "+${EXTEN:3}"),
-            Normalization("_1NXXNXXXXXX", "+${EXTEN}"),
-            Normalization("_NXXNXXXXXX", "+1${EXTEN}"),
+            Normalization("_1NXXXXXXXXX", "+${EXTEN}"),
+            Normalization("_NXXXXXXXXX", "+1${EXTEN}"),
         ]
     else:
         rules += [

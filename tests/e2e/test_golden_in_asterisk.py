@@ -1,0 +1,124 @@
+"""The golden configurations, loaded into a real Asterisk 22 with the operator's own delivery.
+
+No cluster here: the exec channel goes straight into the container, so a failure points at the
+configuration or the delivery script, not at the platform.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from testbed.asterisk import AsteriskContainer
+from testbed.sipp import TwilioStandIn
+from tests.cases import PASSWORD, Case, cases, large_case
+from tests.e2e.conftest import STANDIN_IP, podman_exec
+from trunk_operator import asterisk
+from trunk_operator.controller import _contexts, expected_endpoint
+from trunk_operator.render import aors
+
+pytestmark = pytest.mark.e2e
+
+
+def hosts_of(case: Case) -> dict[str, str]:
+    return {h: STANDIN_IP for spec in case.trunks.values() for h in spec.edge_hosts()}
+
+
+def expected_of(case: Case, files: dict[str, str]) -> asterisk.Expected:
+    return asterisk.Expected(
+        tuple(expected_endpoint(name, spec) for name, spec in case.trunks.items()),
+        frozenset(_contexts(files)),
+        frozenset(spec.transport for spec in case.trunks.values()),
+    )
+
+
+def deliver(pbx: AsteriskContainer, case: Case) -> asterisk.DeliveryResult:
+    files = case.files()
+    return asterisk.deliver(podman_exec(pbx.name), files, expected_of(case, files))
+
+
+@pytest.mark.parametrize("name", ["single-trunk", "two-trunks", "secure-trunk"])
+def test_golden_config_loads_exactly_as_rendered(
+    name: str, start_asterisk: Callable[..., AsteriskContainer]
+) -> None:
+    case = cases()[name]
+    pbx = start_asterisk(f"golden-{name}", "127.0.10.21", hosts_of(case))
+    result = deliver(pbx, case)
+    assert result.ok, result.problems
+    endpoints = asterisk.parse_endpoints(pbx.rx("pjsip show endpoints"))
+    assert set(endpoints) == {spec.endpoint(n) for n, spec in case.trunks.items()}
+    for trunk_name, spec in case.trunks.items():
+        loaded = endpoints[spec.endpoint(trunk_name)]
+        assert loaded.out_auths == [f"{spec.endpoint(trunk_name)}-auth"]
+        assert loaded.aors == [a.id for a in aors(trunk_name, spec)]
+        expected_contacts = {a.id: a.contact for a in aors(trunk_name, spec)}
+        assert sorted(c.aor for c in loaded.contacts) == sorted(expected_contacts)
+        assert all(asterisk.contact_matches(c, expected_contacts[c.aor]) for c in loaded.contacts)
+        assert loaded.transport == spec.transport
+        assert loaded.identifies == [f"{spec.endpoint(trunk_name)}-identify"]
+        if spec.inbound.account_sid:
+            assert loaded.matches == [f"X-Twilio-AccountSid: {spec.inbound.account_sid}"]
+        else:
+            assert len(loaded.matches) == 8
+    contexts = asterisk.parse_contexts(pbx.rx("dialplan show"))
+    assert _contexts(case.files()) <= contexts
+
+
+def test_call_authenticates_with_the_secrets_password_and_pool_caller_id(
+    start_asterisk: Callable[..., AsteriskContainer],
+    start_standin: Callable[..., TwilioStandIn],
+) -> None:
+    case = cases()["single-trunk"]
+    standin = start_standin("acme-user", PASSWORD)
+    pbx = start_asterisk("golden-call", "127.0.10.22", hosts_of(case))
+    assert deliver(pbx, case).ok
+    pbx.rx("channel originate Local/5551234567@TwilioDynamicIVR application Wait 1")
+    standin.wait_for(lambda msgs: [m for m in msgs if m.method == "BYE"], timeout=30)
+    first, second = standin.invites()[0], standin.invites()[-1]
+    assert first.uri == "sip:+15551234567@acme.pstn.twilio.com"  # E.164 with +
+    assert second.authorization and second.authorization["username"] == "acme-user"
+    assert standin.verify_digest(PASSWORD), "the escaped password did not authenticate"
+    assert 200 in [r.status for r in standin.responses(second.call_id)]
+    assert first.from_user in {"+15551230001", "+15551230002"}  # from the caller-ID pool
+
+
+def test_broken_trunk_is_rolled_back_and_the_previous_set_keeps_serving(
+    start_asterisk: Callable[..., AsteriskContainer],
+) -> None:
+    good = cases()["single-trunk"]
+    pbx = start_asterisk("golden-rollback", "127.0.10.23", hosts_of(good))
+    assert deliver(pbx, good).ok
+    bad = Case(trunks={**good.trunks, **cases()["secure-trunk"].trunks}, segments=good.segments)
+    result = deliver(pbx, bad)
+    assert not result.ok and result.rolled_back
+    assert any("transport-tls does not exist" in p for p in result.problems)
+    endpoints = asterisk.parse_endpoints(pbx.rx("pjsip show endpoints"))
+    assert set(endpoints) == {"ACME"}
+    assert "SECURE" not in pbx.rx("pjsip show endpoints")
+
+
+def test_files_the_operator_does_not_own_are_left_alone(
+    start_asterisk: Callable[..., AsteriskContainer],
+) -> None:
+    case = cases()["single-trunk"]
+    pbx = start_asterisk("golden-owned", "127.0.10.24", hosts_of(case))
+    pbx.write_file("/etc/asterisk/extensions.d/local.conf", "[local-ctx]\nexten => 1,1,Hangup()\n")
+    assert deliver(pbx, case).ok
+    assert "local-ctx" in asterisk.parse_contexts(pbx.rx("dialplan show"))
+    assert pbx.read_file("/etc/asterisk/extensions.d/local.conf").startswith("[local-ctx]")
+
+
+def test_large_segment_loads_in_small_contexts(
+    start_asterisk: Callable[..., AsteriskContainer],
+) -> None:
+    case = large_case(100_000)
+    pbx = start_asterisk("golden-large", "127.0.10.25", hosts_of(case))
+    started = time.monotonic()
+    result = deliver(pbx, case)
+    took = time.monotonic() - started
+    assert result.ok, result.problems
+    print(f"100,000-DID segment: render+deliver+reload+verify {took:.1f} s")
+    shown = pbx.rx("dialplan show +15550012345@trunkop-in-BULK-345")
+    assert "+15550012345" in shown
