@@ -78,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
     from trunk_operator import handlers
 
     sys.argv = ["kopf", "run", "--all-namespaces", handlers.__file__, *args.kopf_args]
-    return kopf_main()  # type: ignore[no-any-return]
+    return int(kopf_main() or 0)
 
 
 def main(argv: list[str] | None = None) -> int:

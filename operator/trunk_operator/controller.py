@@ -524,13 +524,13 @@ class Controller:
             endpoint = trunk.endpoint(cr.resource.name) if trunk else None
             qualify = bool(trunk and trunk.qualify_frequency_seconds > 0)
             return CRView(ref, cr.generation, endpoint, contexts, qualify), segments_dids
-        contexts = {
+        user_contexts = {
             c
             for c in [(spec.get("destination") or {}).get("context")]
             + [o.get("context") for o in spec.get("overrides") or []]
             if c
         }
-        return CRView(ref, cr.generation, None, frozenset(contexts), False), outcome.did_count
+        return CRView(ref, cr.generation, None, frozenset(user_contexts), False), outcome.did_count
 
     def _event_on_transition(
         self, namespace: str, cr: Tracked, old: Mapping[str, Any], new: Mapping[str, Any]

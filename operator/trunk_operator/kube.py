@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
@@ -179,8 +180,8 @@ class Kube:
         for cm in self.core.list_namespaced_config_map(
             owner.namespace, label_selector=selector
         ).items:
-            name = cm.metadata.name
-            if name.startswith(f"{owner.base_name}-part-"):
+            name = cm.metadata.name if cm.metadata else None
+            if name and name.startswith(f"{owner.base_name}-part-"):
                 index = int(name.rsplit("-", 1)[1])
                 if index >= keep:
                     self.core.delete_namespaced_config_map(name, owner.namespace)
@@ -197,7 +198,7 @@ class Kube:
                 raise
 
     def event(self, owner: Owner, event_type: str, reason: str, message: str) -> None:
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        now = datetime.now(UTC)
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{owner.name}.", namespace=owner.namespace),
             involved_object=client.V1ObjectReference(
@@ -271,11 +272,11 @@ class PodExec:
                 err += response.read_channel(STDERR_CHANNEL) or b""
             out += response.read_channel(STDOUT_CHANNEL) or b""
             err += response.read_channel(STDERR_CHANNEL) or b""
-            error = response.read_channel(ERROR_CHANNEL)
+            status = response.read_channel(ERROR_CHANNEL)
         finally:
             response.close()
         return ExecResult(
-            _exit_code(error), out.decode(errors="replace"), err.decode(errors="replace")
+            _exit_code(status), out.decode(errors="replace"), err.decode(errors="replace")
         )
 
 
