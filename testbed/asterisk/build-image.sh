@@ -4,7 +4,7 @@
 # image is missing; re-uses a finished root filesystem when only the tarball is missing.
 set -euo pipefail
 
-IMAGE=localhost/asterisk:22
+IMAGE="${TRUNKOP_ASTERISK_IMAGE:-localhost/asterisk:22}"
 CACHE="${TRUNKOP_CACHE:-$HOME/.cache/asterisk-trunk-operator}/asterisk"
 ROOTFS="$CACHE/rootfs"
 TARBALL="$CACHE/rootfs.tar"
@@ -27,8 +27,9 @@ command -v podman >/dev/null || need+=(podman)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing host packages: ${need[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/tmp/trunkop-host-apt.log 2>&1 \
+    || { tail -n 30 /tmp/trunkop-host-apt.log; exit 1; }
 fi
 
 if podman image exists "$IMAGE"; then
@@ -76,5 +77,5 @@ else
 fi
 
 log "podman import -> $IMAGE"
-podman import --change 'CMD ["/usr/sbin/asterisk","-f"]' "$TARBALL" "$IMAGE" >/dev/null
-log "done: $(podman image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' "$IMAGE")"
+podman import --quiet --change 'CMD ["/usr/sbin/asterisk","-f"]' "$TARBALL" "$IMAGE" >/dev/null
+log "done: $IMAGE ($(podman image inspect --format '{{.Size}}' "$IMAGE") bytes)"
