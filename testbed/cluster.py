@@ -97,7 +97,7 @@ def _cmdline(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -309,13 +309,13 @@ class Cluster:
         Those kwokctl recorded, plus any process whose command line names this
         cluster's own (unique, per-run) directory.
         """
-        found = {p for p in self._component_pids.values() if _pid_alive(p)}
+        found = {p for p in self._component_pids.values() if pid_alive(p)}
         marker = self._marker
         if marker:
             for d in Path("/proc").iterdir():
                 if d.name.isdigit() and int(d.name) != os.getpid():
                     pid = int(d.name)
-                    if marker in _cmdline(pid) and _pid_alive(pid):
+                    if marker in _cmdline(pid) and pid_alive(pid):
                         found.add(pid)
         return sorted(found)
 
