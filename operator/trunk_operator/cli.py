@@ -77,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from trunk_operator import handlers
 
-    sys.argv = ["kopf", "run", "--all-namespaces", handlers.__file__, *args.kopf_args]
+    sys.argv = ["kopf", "run", "--all-namespaces", "-m", handlers.__name__, *args.kopf_args]
     return int(kopf_main() or 0)
 
 
@@ -95,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--strict", action="store_true", help="exit 1 when problems are found")
     render.set_defaults(func=_render)
     run = sub.add_parser("run", help="run the operator (kopf run)")
-    run.add_argument("kopf_args", nargs=argparse.REMAINDER)
-    run.set_defaults(func=_run)
+    run.add_argument("kopf_args", nargs="*", help="options of `kopf run`, e.g. --standalone")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:  # everything after `run` belongs to `kopf run`
+        return _run(argparse.Namespace(kopf_args=argv[1:]))
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -8,7 +8,7 @@ from typing import Any
 import kopf
 
 from trunk_operator.controller import Controller, Settings
-from trunk_operator.kube import Kube
+from trunk_operator.kube import Kube, load_config
 from trunk_operator.models import GROUP
 from trunk_operator.plan import SEGMENT, TRUNK
 
@@ -45,7 +45,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Long watches die silently behind some proxies; reconnect well before they do.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    controller = Controller(Kube(), settings_from_env())
+    controller = Controller(Kube(load_config()), settings_from_env())
     controller.start()
 
 

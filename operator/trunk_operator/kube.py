@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.stream import stream
 from kubernetes.stream.ws_client import ERROR_CHANNEL, STDERR_CHANNEL, STDOUT_CHANNEL
@@ -98,6 +98,15 @@ def config_map_payloads(files: Files) -> list[tuple[dict[str, str], dict[str, st
             parts[-1][f"{file_key(path)}.gz.{index:03d}"] = base64.b64encode(chunk).decode()
             used += len(chunk)
     return [(data if i == 0 else {}, binary) for i, binary in enumerate(parts)]
+
+
+def load_config() -> client.ApiClient:
+    """In a pod: the service account; elsewhere: KUBECONFIG or ~/.kube/config."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
 
 
 class Kube:

@@ -118,7 +118,9 @@ class Inbound(Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 rule(
-                    "self.twilioSignallingRanges || size(self.extraSourceRanges) > 0"
+                    # has(): the schema default {} is checked before nested defaults apply
+                    "!has(self.twilioSignallingRanges) || self.twilioSignallingRanges"
+                    " || (has(self.extraSourceRanges) && size(self.extraSourceRanges) > 0)"
                     " || has(self.accountSid)",
                     "inbound identification needs twilioSignallingRanges, extraSourceRanges"
                     " or accountSid",
@@ -175,9 +177,7 @@ class Outbound(Model):
 
 
 class PodSelector(Model):
-    match_labels: dict[
-        Annotated[str, Field(max_length=317)], Annotated[str, Field(max_length=63)]
-    ] = Field(
+    match_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
         default_factory=dict,
         max_length=16,
         description="Labels of the Asterisk pods (same namespace) that get this trunk.",
@@ -191,7 +191,8 @@ class TwilioTrunkSpec(Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 rule(
-                    "!self.secure || self.transport != 'transport-udp'",
+                    "!has(self.secure) || !self.secure"
+                    " || (has(self.transport) && self.transport != 'transport-udp')",
                     "secure trunks need a TLS transport, not transport-udp",
                 ),
             ]
@@ -295,7 +296,8 @@ class DIDSegmentSpec(Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 rule(
-                    "size(self.numbers) + size(self.ranges) > 0",
+                    "(has(self.numbers) && size(self.numbers) > 0)"
+                    " || (has(self.ranges) && size(self.ranges) > 0)",
                     "a segment needs numbers or ranges",
                 ),
             ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -77,3 +78,23 @@ def podman_exec(container: str) -> Exec:
         return ExecResult(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
     return run
+
+
+@pytest.fixture
+def start_asterisk_pod(
+    cluster: Any, namespace: str, start_asterisk: Callable[..., AsteriskContainer]
+) -> Iterator[Callable[..., AsteriskContainer]]:
+    """An Asterisk container plus the Pod in the API whose exec runs inside it."""
+    pods: list[str] = []
+
+    def start(
+        name: str, bind_ip: str, hosts: dict[str, str], labels: dict[str, str] | None = None
+    ) -> AsteriskContainer:
+        container = start_asterisk(name, bind_ip, hosts)
+        cluster.add_exec_pod(namespace, name, container.name, labels or {"app": "asterisk"})
+        pods.append(name)
+        return container
+
+    yield start
+    for name in pods:
+        cluster.delete_exec_pod(namespace, name)

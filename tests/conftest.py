@@ -1,0 +1,177 @@
+"""Session fixtures shared by the integration and e2e tiers.
+
+`cluster`: a real control plane (testbed/cluster.py: etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler, kwok) or, with E2E_KUBECONFIG set, that cluster.
+`operator`: the operator as its own process (`trunk-operator run`) against it.
+Both are started once per session, only when a test asks for them, and stopped by the
+handles held here, whether the tests pass or fail.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client, config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ExistingCluster:
+    """A cluster someone else runs (kind in CI): same surface as testbed's Cluster."""
+
+    def __init__(self, kubeconfig: str) -> None:
+        self.kubeconfig = kubeconfig
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["kubectl", "--kubeconfig", self.kubeconfig, *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr}")
+        return proc
+
+    def apply(self, *objs: dict[str, Any] | str, check: bool = True) -> Any:
+        docs = [o if isinstance(o, str) else yaml.safe_dump(o) for o in objs]
+        return self.kubectl("apply", "-f", "-", input="\n---\n".join(docs), check=check)
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        ns = ["-n", namespace] if namespace else []
+        return yaml.safe_load(self.kubectl("get", kind, name, *ns, "-o", "yaml").stdout)
+
+    def stop(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Any]:
+    external = os.environ.get("E2E_KUBECONFIG")
+    if external:
+        yield ExistingCluster(external)
+        return
+    from testbed.cluster import Cluster
+
+    cl = Cluster()
+    try:
+        cl.start()
+        yield cl
+    finally:
+        cl.stop()
+        assert not cl.processes(), "cluster processes are left behind"
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Any) -> None:
+    cluster.kubectl("apply", "-f", str(ROOT / "crds"))
+    for name in ("twiliotrunks", "didsegments"):
+        cluster.kubectl(
+            "wait",
+            "--for=condition=Established",
+            f"crd/{name}.trunks.asterisk-operator.dev",
+            "--timeout=60s",
+        )
+
+
+@pytest.fixture(scope="session")
+def api(cluster: Any) -> client.ApiClient:
+    return config.new_client_from_config(config_file=cluster.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def core(api: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api)
+
+
+@pytest.fixture(scope="session")
+def custom(api: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api)
+
+
+class OperatorProcess:
+    def __init__(self, kubeconfig: str, log_path: Path) -> None:
+        self.log_path = log_path
+        self.kubeconfig = kubeconfig
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": self.kubeconfig,
+            "TRUNKOP_OBSERVE_INTERVAL": "2",
+            "PYTHONUNBUFFERED": "1",
+        }
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trunk_operator.cli", "run", "--standalone", "--verbose"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: Any, crds: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+@pytest.fixture
+def namespace(cluster: Any, core: client.CoreV1Api) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name)
+
+
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 30,
+    interval: float = 0.2,
+    what: str = "condition",
+) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")

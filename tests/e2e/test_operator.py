@@ -1,0 +1,259 @@
+"""The operator end to end: real API server, operator process, Asterisk pods, sipp as Twilio."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from testbed.asterisk import AsteriskContainer
+from testbed.sipp import TwilioStandIn
+from tests.conftest import wait_for
+from trunk_operator.asterisk import parse_contexts, parse_endpoints
+from trunk_operator.models import GROUP, VERSION
+
+pytestmark = pytest.mark.e2e
+
+ACME_IP, GLOBEX_IP = "127.0.0.14", "127.0.0.15"
+HOSTS = {"acme.pstn.twilio.com": ACME_IP, "globex.pstn.twilio.com": GLOBEX_IP}
+PASSWORD = "pa;ss #1"
+SID_A, SID_B = "AC" + "a" * 32, "AC" + "b" * 32
+
+
+def trunk(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TwilioTrunk",
+        "metadata": {"name": name},
+        "spec": {
+            "terminationHost": f"{name}.pstn.twilio.com",
+            "credentials": {"secretName": f"{name}-sip"},
+            "qualifyFrequencySeconds": 2,
+            "outbound": {"context": f"to-{name}"},
+            **spec,
+        },
+    }
+
+
+def credentials(namespace: str, name: str, password: str = PASSWORD) -> client.V1Secret:
+    return client.V1Secret(
+        metadata=client.V1ObjectMeta(name=f"{name}-sip", namespace=namespace),
+        string_data={"username": f"{name}-user", "password": password},
+    )
+
+
+def status(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
+    obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "twiliotrunks", name)
+    return obj.get("status", {})
+
+
+def condition(st: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in st.get("conditions", []) if c["type"] == type_), {})
+
+
+def wait_ready(
+    custom: client.CustomObjectsApi, namespace: str, name: str, timeout: float = 30
+) -> dict:
+    return wait_for(
+        lambda: (
+            (st := status(custom, namespace, name))
+            and condition(st, "Ready").get("status") == "True"
+            and st
+        ),
+        timeout=timeout,
+        what=f"TwilioTrunk {name} Ready",
+    )
+
+
+def call(pbx: AsteriskContainer, standin: TwilioStandIn, context: str, number: str) -> Any:
+    before = len(standin.invites())
+    pbx.rx(f"channel originate Local/{number}@{context} application Wait 1")
+    standin.wait_for(lambda msgs: len([m for m in msgs if m.method == "INVITE"]) >= before + 2)
+    standin.wait_for(lambda msgs: [m for m in msgs if m.method == "BYE"], timeout=30)
+    return standin.invites()[before:]
+
+
+@pytest.fixture
+def apply(cluster: Any, namespace: str) -> Callable[[dict[str, Any]], None]:
+    def apply_doc(doc: dict[str, Any]) -> None:
+        doc = {**doc, "metadata": {**doc["metadata"], "namespace": namespace}}
+        cluster.apply(doc)
+
+    return apply_doc
+
+
+def test_trunk_goes_live_qualifies_and_calls_then_follows_codec_changes(
+    operator: Any,
+    namespace: str,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    apply: Callable[[dict[str, Any]], None],
+    start_asterisk_pod: Callable[..., AsteriskContainer],
+    start_standin: Callable[..., TwilioStandIn],
+) -> None:
+    standin = start_standin("acme-user", PASSWORD, ip=ACME_IP)
+    pbx = start_asterisk_pod("asterisk-0", "127.0.10.31", HOSTS)
+    core.create_namespaced_secret(namespace, credentials(namespace, "acme"))
+    started = time.monotonic()
+    apply(trunk("acme"))
+    st = wait_ready(custom, namespace, "acme")
+    print(f"apply -> Ready in {time.monotonic() - started:.2f} s")
+    assert "ACME" in parse_endpoints(pbx.rx("pjsip show endpoints"))
+
+    st = wait_for(
+        lambda: (
+            (s := status(custom, namespace, "acme"))
+            and condition(s, "Reachable").get("status") == "True"
+            and s
+        ),
+        timeout=30,
+        what="contact Avail",
+    )
+    [pod] = st["pods"]
+    assert pod["pod"] == "asterisk-0" and pod["contacts"][0]["status"] == "Avail"
+    assert pod["contacts"][0]["rttMs"] is not None
+
+    invites = call(pbx, standin, "to-acme", "+15551234567")
+    assert invites[0].uri == "sip:+15551234567@acme.pstn.twilio.com"
+    assert standin.verify_digest(PASSWORD)
+    assert invites[0].codecs[:2] == ["PCMU", "PCMA"]
+
+    apply(trunk("acme", codecs=["alaw"]))
+    wait_for(
+        lambda: (
+            "alaw" in pbx.read_file("/etc/asterisk/pjsip.d/twiliotrunk-acme.conf")
+            and "ulaw" not in pbx.read_file("/etc/asterisk/pjsip.d/twiliotrunk-acme.conf")
+        ),
+        what="the codec change delivered",
+    )
+    wait_ready(custom, namespace, "acme")
+    invites = call(pbx, standin, "to-acme", "+15551234567")
+    assert "PCMU" not in invites[-1].codecs and "PCMA" in invites[-1].codecs
+
+
+def test_trunk_asterisk_rejects_is_degraded_and_others_keep_working(
+    operator: Any,
+    namespace: str,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    apply: Callable[[dict[str, Any]], None],
+    start_asterisk_pod: Callable[..., AsteriskContainer],
+    start_standin: Callable[..., TwilioStandIn],
+) -> None:
+    standin = start_standin("acme-user", PASSWORD, ip=ACME_IP)
+    pbx = start_asterisk_pod("asterisk-0", "127.0.10.32", HOSTS)
+    for name in ("acme", "globex"):
+        core.create_namespaced_secret(namespace, credentials(namespace, name))
+    apply(trunk("acme", inbound={"accountSid": SID_A}))
+    wait_ready(custom, namespace, "acme")
+    apply(trunk("globex", transport="transport-missing", inbound={"accountSid": SID_B}))
+    st = wait_for(
+        lambda: (
+            (s := status(custom, namespace, "globex"))
+            and condition(s, "Delivered").get("reason") == "TransportNotFound"
+            and s
+        ),
+        timeout=30,
+        what="globex to report TransportNotFound",
+    )
+    assert condition(st, "Ready")["status"] == "False"
+    assert "transport-missing" in condition(st, "Delivered")["message"]
+    assert condition(status(custom, namespace, "acme"), "Ready")["status"] == "True"
+    assert set(parse_endpoints(pbx.rx("pjsip show endpoints"))) == {"ACME"}
+    invites = call(pbx, standin, "to-acme", "+15551234567")
+    assert 200 in [r.status for r in standin.responses(invites[-1].call_id)]
+
+
+def test_restarted_pod_gets_its_set_back_and_deletion_cleans_every_pod(
+    operator: Any,
+    namespace: str,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    apply: Callable[[dict[str, Any]], None],
+    start_asterisk_pod: Callable[..., AsteriskContainer],
+) -> None:
+    first = start_asterisk_pod("asterisk-0", "127.0.10.33", HOSTS)
+    second = start_asterisk_pod("asterisk-1", "127.0.10.34", HOSTS)
+    second.write_file(
+        "/etc/asterisk/extensions.d/local.conf", "[local-ctx]\nexten => 1,1,Hangup()\n"
+    )
+    second.rx("dialplan reload")
+    core.create_namespaced_secret(namespace, credentials(namespace, "acme"))
+    apply(trunk("acme"))
+    st = wait_ready(custom, namespace, "acme")
+    assert sorted(p["pod"] for p in st["pods"]) == ["asterisk-0", "asterisk-1"]
+
+    second.restart()  # a crashed container comes back empty
+    started = time.monotonic()
+    wait_for(
+        lambda: "ACME" in parse_endpoints(second.rx("pjsip show endpoints")),
+        timeout=30,
+        what="the set back in the restarted pod",
+    )
+    print(f"restarted pod has its set again after {time.monotonic() - started:.1f} s")
+    wait_ready(custom, namespace, "acme")
+
+    second.write_file(
+        "/etc/asterisk/extensions.d/local.conf", "[local-ctx]\nexten => 1,1,Hangup()\n"
+    )
+    second.rx("dialplan reload")
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "twiliotrunks", "acme")
+    for pbx in (first, second):
+        wait_for(
+            lambda pbx=pbx: "ACME" not in parse_endpoints(pbx.rx("pjsip show endpoints")),
+            what=f"ACME gone from {pbx.name}",
+        )
+        assert "twiliotrunk-acme" not in pbx.exec("ls", "/etc/asterisk/pjsip.d").stdout
+    assert "local-ctx" in parse_contexts(second.rx("dialplan show"))
+    wait_for(
+        lambda: (
+            not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "twiliotrunks")[
+                "items"
+            ]
+        ),
+        what="the finalizer to let the trunk go",
+    )
+
+
+def test_operator_down_while_trunks_change_converges_on_start(
+    operator: Any,
+    namespace: str,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    apply: Callable[[dict[str, Any]], None],
+    start_asterisk_pod: Callable[..., AsteriskContainer],
+) -> None:
+    pbx = start_asterisk_pod("asterisk-0", "127.0.10.35", HOSTS)
+    for name in ("acme", "globex"):
+        core.create_namespaced_secret(namespace, credentials(namespace, name))
+    apply(trunk("acme", inbound={"accountSid": SID_A}))
+    apply(trunk("globex", inbound={"accountSid": SID_B}))
+    wait_ready(custom, namespace, "acme")
+    wait_ready(custom, namespace, "globex")
+
+    operator.stop()
+    try:
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "twiliotrunks", "acme")
+        apply(trunk("globex", inbound={"accountSid": SID_B}, codecs=["alaw"]))
+    finally:
+        operator.start()
+    wait_for(
+        lambda: set(parse_endpoints(pbx.rx("pjsip show endpoints"))) == {"GLOBEX"},
+        timeout=60,
+        what="ACME removed after the restart",
+    )
+    wait_for(
+        lambda: "allow = alaw\n" in pbx.read_file("/etc/asterisk/pjsip.d/twiliotrunk-globex.conf"),
+        timeout=30,
+        what="the globex change delivered after the restart",
+    )
+    st = wait_ready(custom, namespace, "globex")
+    assert (
+        st["observedGeneration"]
+        == custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "twiliotrunks", "globex")[
+            "metadata"
+        ]["generation"]
+    )
