@@ -410,6 +410,49 @@ class Cluster:
         ns = ["-n", namespace] if namespace else []
         return yaml.safe_load(self.kubectl("get", kind, name, *ns, "-o", "yaml").stdout)
 
+    def wait_garbage_collector(self, sample: dict[str, Any], timeout: float = 120) -> float:
+        """Wait until the garbage collector cascades deletes from ``sample``'s kind.
+
+        kube-controller-manager's garbage collector re-reads API discovery only every
+        30 s (hard-coded), so for a CRD created after the cluster started, dependents
+        of its objects are deleted only after that (41 s measured). ``sample`` is a
+        valid object of the new kind (its name is replaced); this creates it plus an
+        owned ConfigMap, deletes it and waits for the ConfigMap to go. Returns the
+        seconds waited.
+        """
+        obj = yaml.safe_load(yaml.safe_dump(sample))
+        meta = obj.setdefault("metadata", {})
+        meta["name"] = f"gc-probe-{os.getpid()}-{int(time.time() * 1000) % 100000}"
+        ns = meta.get("namespace")
+        ns_args = ["-n", ns] if ns else []
+        self.apply(obj)
+        uid = self.get(obj["kind"], meta["name"], ns)["metadata"]["uid"]
+        cm_meta: dict[str, Any] = {
+            "name": meta["name"],
+            "namespace": ns or "default",
+            "ownerReferences": [
+                {
+                    "apiVersion": obj["apiVersion"],
+                    "kind": obj["kind"],
+                    "name": meta["name"],
+                    "uid": uid,
+                }
+            ],
+        }
+        self.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": cm_meta})
+        start = time.monotonic()
+        self.kubectl("delete", obj["kind"], meta["name"], *ns_args)
+        while (
+            self.kubectl(
+                "get", "configmap", meta["name"], "-n", cm_meta["namespace"], check=False
+            ).returncode
+            == 0
+        ):
+            if time.monotonic() - start > timeout:
+                raise ClusterError(f"garbage collector ignores {obj['kind']} after {timeout}s")
+            time.sleep(0.5)
+        return time.monotonic() - start
+
     # ------------------------------------------------------------- exec pods
     def add_exec_pod(
         self,

@@ -154,28 +154,28 @@ def test_cluster_smoke(container: str) -> None:
         assert bad.returncode != 0
         assert "spec.size" in bad.stderr and "less than or equal to 10" in bad.stderr, bad.stderr
 
-        # Garbage collector: a ConfigMap owned by the Widget goes with it.
+        # Garbage collector: it learns about the new kind within ~30-60 s (its
+        # discovery resync); after that a ConfigMap owned by a Widget goes at once.
+        waited = c.wait_garbage_collector(
+            {
+                "apiVersion": "smoke.testbed.local/v1",
+                "kind": "Widget",
+                "metadata": {"namespace": "smoke"},
+                "spec": {"size": 1},
+            }
+        )
+        assert waited < 120
         uid = c.get("widget", "ok", "smoke")["metadata"]["uid"]
+        owner = {"apiVersion": "smoke.testbed.local/v1", "kind": "Widget", "name": "ok", "uid": uid}
         c.apply(
             {
                 "apiVersion": "v1",
                 "kind": "ConfigMap",
-                "metadata": {
-                    "name": "owned",
-                    "namespace": "smoke",
-                    "ownerReferences": [
-                        {
-                            "apiVersion": "smoke.testbed.local/v1",
-                            "kind": "Widget",
-                            "name": "ok",
-                            "uid": uid,
-                        }
-                    ],
-                },
+                "metadata": {"name": "owned", "namespace": "smoke", "ownerReferences": [owner]},
             }
         )
         c.kubectl("delete", "widget", "ok", "-n", "smoke")
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 30
         while c.kubectl("get", "configmap", "owned", "-n", "smoke", check=False).returncode == 0:
             assert time.monotonic() < deadline, "garbage collector did not delete the ConfigMap"
             time.sleep(0.5)
