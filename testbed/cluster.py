@@ -21,6 +21,7 @@ command line names this cluster's own unique directory.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -46,6 +47,9 @@ COMPONENT_BINARIES = {
     "--etcd-binary": "etcd",
     "--kwok-controller-binary": "kwok",
 }
+
+
+_SEQ = itertools.count()
 
 
 class ClusterError(RuntimeError):
@@ -118,7 +122,7 @@ class Cluster:
         start_timeout: float = 180.0,
         verbose: bool = False,
     ) -> None:
-        self.name = name or f"trunkop-{os.getpid()}-{int(time.time() * 1000) % 100000}"
+        self.name = name or f"trunkop-{os.getpid()}-{int(time.time()) % 100000}-{next(_SEQ)}"
         self._bin_dir = Path(bin_dir) if bin_dir else None
         self._workdir_arg = Path(workdir) if workdir else None
         self.start_timeout = start_timeout
