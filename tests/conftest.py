@@ -175,3 +175,13 @@ def wait_for(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """On failure, show the operator's log tail: it usually says why."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    op = getattr(item, "funcargs", {}).get("operator")
+    if report.failed and isinstance(op, OperatorProcess):
+        report.sections.append(("operator log (tail)", op.log()[-8000:]))

@@ -24,7 +24,7 @@ from typing import Any
 
 from trunk_operator import asterisk
 from trunk_operator.asterisk import Expected, ExpectedEndpoint
-from trunk_operator.kube import Kube, Owner
+from trunk_operator.kube import Kube, KubeError, Owner, describe
 from trunk_operator.models import TwilioTrunkSpec
 from trunk_operator.plan import SEGMENT, TRUNK, Inputs, Outcome, Plan, Resource, plan_namespace
 from trunk_operator.render import EXTENSIONS_DIR, Files, aors, files_hash, trunk_names
@@ -218,8 +218,13 @@ class Controller:
                 namespace = self.dirty.pop()
                 try:
                     await self.reconcile_namespace(namespace)
-                except Exception:
-                    log.exception("reconcile of namespace %s failed; retrying", namespace)
+                except Exception as error:
+                    # No traceback: exception texts from API calls can quote response bodies.
+                    log.error(
+                        "reconcile of namespace %s failed (%s); retrying",
+                        namespace,
+                        error if isinstance(error, KubeError) else describe(error),
+                    )
                     await asyncio.sleep(2)
                     self.mark(namespace)
 
@@ -333,8 +338,9 @@ class Controller:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                log.warning("delivery to %s/%s failed: %s", namespace, worker.pod.name, error)
-                worker.state.last_reload_result = f"error: {str(error)[:200]}"
+                text = str(error) if isinstance(error, asterisk.ExecError) else describe(error)
+                log.warning("delivery to %s/%s failed: %s", namespace, worker.pod.name, text)
+                worker.state.last_reload_result = f"error: {text[:200]}"
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30)
                 worker.wake.set()
@@ -448,7 +454,8 @@ class Controller:
                 except asyncio.CancelledError:
                     raise
                 except Exception as error:
-                    log.info("observing %s/%s failed: %s", namespace, worker.pod.name, error)
+                    text = str(error) if isinstance(error, asterisk.ExecError) else describe(error)
+                    log.info("observing %s/%s failed: %s", namespace, worker.pod.name, text)
 
     async def observe(self, namespace: str, worker: PodWorker) -> None:
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)

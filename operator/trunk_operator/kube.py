@@ -100,6 +100,17 @@ def config_map_payloads(files: Files) -> list[tuple[dict[str, str], dict[str, st
     return [(data if i == 0 else {}, binary) for i, binary in enumerate(parts)]
 
 
+class KubeError(RuntimeError):
+    """An API call failed; the message never quotes a response body."""
+
+
+def describe(error: BaseException) -> str:
+    """An error in words that cannot carry a payload (bodies may hold Secret data)."""
+    if isinstance(error, ApiException):
+        return f"API error {error.status}" if error.status else "API connection error"
+    return type(error).__name__
+
+
 def load_config() -> client.ApiClient:
     """In a pod: the service account; elsewhere: KUBECONFIG or ~/.kube/config."""
     try:
@@ -113,8 +124,9 @@ class Kube:
     """Thin synchronous wrapper; the controller calls it from worker threads."""
 
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
-        self.core = client.CoreV1Api(api_client)
-        self.custom = client.CustomObjectsApi(api_client)
+        self.api_client = api_client or client.ApiClient()
+        self.core = client.CoreV1Api(self.api_client)
+        self.custom = client.CustomObjectsApi(self.api_client)
 
     # -- credentials -------------------------------------------------------------------
 
@@ -124,7 +136,10 @@ class Kube:
         except ApiException as error:
             if error.status == 404:
                 return None
-            raise
+            raise KubeError(f"reading Secret {namespace}/{name}: {describe(error)}") from None
+        except Exception as error:
+            # Whatever went wrong, its text may quote the response: the Secret itself.
+            raise KubeError(f"reading Secret {namespace}/{name}: {describe(error)}") from None
         decoded = {}
         for key, value in (secret.data or {}).items():
             try:
@@ -234,7 +249,10 @@ class Kube:
     # -- exec --------------------------------------------------------------------------
 
     def pod_exec(self, namespace: str, pod: str, container: str) -> PodExec:
-        return PodExec(self.core, namespace, pod, container)
+        # `stream()` swaps the request method of the ApiClient it is given while it runs:
+        # every exec gets its own client, so no other thread's call turns into a WebSocket.
+        own = client.CoreV1Api(client.ApiClient(self.api_client.configuration))
+        return PodExec(own, namespace, pod, container)
 
 
 def _keyed_hash(files: Mapping[str, str]) -> str:

@@ -132,6 +132,7 @@ def test_trunk_goes_live_qualifies_and_calls_then_follows_codec_changes(
     wait_ready(custom, namespace, "acme")
     invites = call(pbx, standin, "to-acme", "+15551234567")
     assert "PCMU" not in invites[-1].codecs and "PCMA" in invites[-1].codecs
+    assert PASSWORD not in operator.log() and PASSWORD not in str(status(custom, namespace, "acme"))
 
 
 def test_trunk_asterisk_rejects_is_degraded_and_others_keep_working(
