@@ -7,10 +7,12 @@
 
 The image is ``localhost/asterisk:22`` (build it with ``testbed/asterisk/build-image.sh``).
 Each container runs on the host network with its own loopback bind address (SIP on
-``bind_ip:port``, RTP on a port range of its own), so several can run at once. Its
+``bind_ip:port`` over UDP (``transport-udp``) and ``bind_ip:tls_port`` over TLS
+(``transport-tls``), RTP on a port range of its own), so several can run at once. Its
 ``/etc/asterisk`` is a bind mount of a per-container copy of ``testbed/asterisk/config``
-(``@BIND@``, ``@RTPSTART@``, ``@RTPEND@`` rendered), with empty, writable ``pjsip.d/`` and
-``extensions.d/``; ``config_dir`` is that directory on the host.
+(``@BIND@``, ``@TLSBIND@``, ``@RTPSTART@``, ``@RTPEND@`` rendered), with empty, writable
+``pjsip.d/`` and ``extensions.d/`` and a self-signed certificate made with the host's
+``openssl`` in ``keys/``; ``config_dir`` is that directory on the host.
 
 Container names are unique per run and start with ``trunkop-``; everything this module starts
 is removed by name at interpreter exit, should a test forget to.
@@ -38,6 +40,8 @@ HERE = Path(__file__).resolve().parent
 BASE_CONFIG = HERE / "asterisk" / "config"
 BUILD_SCRIPT = HERE / "asterisk" / "build-image.sh"
 TRANSPORT = "transport-udp"
+TLS_TRANSPORT = "transport-tls"
+TLS_PORT = 5061
 LABEL = "trunkop.testbed"
 
 _started: set[str] = set()
@@ -105,6 +109,33 @@ def _cleanup_at_exit() -> None:
             remove_container(name)
 
 
+def ensure_openssl() -> str:
+    """Path of the host's openssl; apt-get installs it when missing."""
+    path = shutil.which("openssl")
+    if path is None:
+        subprocess.run(["apt-get", "install", "-y", "openssl"], check=True, timeout=600,
+                       capture_output=True)
+        path = shutil.which("openssl")
+        if path is None:
+            raise AsteriskError("openssl is missing and apt-get install openssl did not help")
+    return path
+
+
+def make_certificate(directory: Path, common_name: str, ip: str) -> tuple[Path, Path]:
+    """A self-signed RSA-2048 certificate and its unencrypted key (asterisk.crt/.key), ~0.1 s."""
+    directory.mkdir(parents=True, exist_ok=True)
+    crt, key = directory / "asterisk.crt", directory / "asterisk.key"
+    proc = subprocess.run(
+        [ensure_openssl(), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
+         "-days", "3650", "-keyout", str(key), "-out", str(crt),
+         "-subj", f"/CN={common_name}", "-addext", f"subjectAltName=IP:{ip}"],
+        capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0 or not crt.exists() or not key.exists():
+        raise AsteriskError(f"openssl req failed ({proc.returncode}): {proc.stderr.strip()}")
+    os.chmod(key, 0o600)
+    return crt, key
+
+
 def default_rtp_range(bind_ip: str, width: int = 200) -> tuple[int, int]:
     """A port range derived from the bind address, so that containers bound to different
     loopback addresses (127.0.10.1, 127.0.10.2, ...) never share RTP ports even when a
@@ -121,6 +152,7 @@ class AsteriskContainer:
 
     def __init__(self, name: str = "asterisk", bind_ip: str = "127.0.10.1",
                  hosts: dict[str, str] | None = None, *, port: int = 5060,
+                 tls_port: int = TLS_PORT,
                  rtp_range: tuple[int, int] | None = None, unique: bool = True,
                  image: str = IMAGE, workdir: str | os.PathLike | None = None,
                  ready_timeout: float = 120) -> None:
@@ -133,6 +165,7 @@ class AsteriskContainer:
             self.name = name
         self.bind_ip = bind_ip
         self.port = port
+        self.tls_port = tls_port
         self.hosts: dict[str, str] = dict(hosts or {})
         self.rtp_range = rtp_range or default_rtp_range(bind_ip)
         self.image = image
@@ -146,13 +179,18 @@ class AsteriskContainer:
     def bind(self) -> str:
         return f"{self.bind_ip}:{self.port}"
 
+    @property
+    def tls_bind(self) -> str:
+        return f"{self.bind_ip}:{self.tls_port}"
+
     def render_config(self) -> Path:
-        """Fresh copy of the base configuration (empty pjsip.d/ and extensions.d/)."""
+        """Fresh copy of the base configuration (empty pjsip.d/ and extensions.d/, a new
+        self-signed certificate in keys/)."""
         if self.config_dir.exists():
             shutil.rmtree(self.config_dir)
         shutil.copytree(BASE_CONFIG, self.config_dir)
-        subs = {"@BIND@": self.bind, "@RTPSTART@": str(self.rtp_range[0]),
-                "@RTPEND@": str(self.rtp_range[1])}
+        subs = {"@BIND@": self.bind, "@TLSBIND@": self.tls_bind,
+                "@RTPSTART@": str(self.rtp_range[0]), "@RTPEND@": str(self.rtp_range[1])}
         for path in self.config_dir.glob("*.conf"):
             text = path.read_text()
             for key, value in subs.items():
@@ -161,6 +199,7 @@ class AsteriskContainer:
         for sub in ("pjsip.d", "extensions.d"):
             (self.config_dir / sub).mkdir(mode=0o777)
             os.chmod(self.config_dir / sub, 0o777)
+        make_certificate(self.config_dir / "keys", self.name, self.bind_ip)
         return self.config_dir
 
     def start(self) -> AsteriskContainer:
@@ -184,7 +223,8 @@ class AsteriskContainer:
         return self
 
     def wait_ready(self, timeout: float | None = None) -> None:
-        """Until `core show version` answers and `pjsip show transports` lists our transport."""
+        """Until `core show version` answers and `pjsip show transports` lists both our
+        transports (transport-udp on bind, transport-tls on tls_bind)."""
         deadline = time.monotonic() + (timeout or self.ready_timeout)
         last = ""
         while True:
@@ -194,7 +234,7 @@ class AsteriskContainer:
                 version = self.rx("core show version", timeout=20, check=False)
                 if version.startswith("Asterisk "):
                     transports = self.rx("pjsip show transports", timeout=20, check=False)
-                    if TRANSPORT in transports and self.bind in transports:
+                    if self._transports_up(transports):
                         return
                     last = transports
                 else:
@@ -205,6 +245,18 @@ class AsteriskContainer:
                 raise AsteriskError(f"{self.name} not ready after {timeout or self.ready_timeout}s:"
                                     f" {last.strip()[-500:]}\n{self.logs()[-3000:]}")
             time.sleep(0.3)
+
+    def detach(self) -> None:
+        """Keep the container after this process exits (make demo); stop it by name later."""
+        with _lock:
+            _started.discard(self.name)
+
+    def _transports_up(self, shown: str) -> bool:
+        """`pjsip show transports` has a `Transport: ID  TYPE ... BIND` line for both."""
+        rows = {(words[1], words[2], words[-1]) for words in map(str.split, shown.splitlines())
+                if len(words) >= 4 and words[0] == "Transport:"}
+        return ((TRANSPORT, "udp", self.bind) in rows
+                and (TLS_TRANSPORT, "tls", self.tls_bind) in rows)
 
     def running(self) -> bool:
         proc = _podman("inspect", "--format", "{{.State.Running}}", self.name, check=False)

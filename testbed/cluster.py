@@ -228,6 +228,17 @@ class Cluster:
             raise
         return self
 
+    @classmethod
+    def attach(cls, name: str, workdir: str | os.PathLike[str]) -> Cluster:
+        """A handle on a cluster started earlier (by another process) with this workdir."""
+        cluster = cls(name, workdir=workdir)
+        cluster.workdir = Path(workdir)
+        cluster._marker = str(cluster.cluster_dir)
+        cluster._record_pids()
+        if cluster.cluster_dir.exists():
+            cluster.kubeconfig = str(cluster._find_kubeconfig())
+        return cluster
+
     def _kwokctl_config(self) -> dict[str, Any]:
         # kwokctl starts every component with its own environment plus the
         # component's extraEnvs (exec.Cmd.Env = os.Environ() + extraEnvs, last one

@@ -317,6 +317,12 @@ class TwilioStandIn:
             time.sleep(0.1)
         return self
 
+    def detach(self) -> None:
+        """Keep sipp running after this process exits (make demo); stop it by pid later."""
+        with _lock:
+            if self.proc is not None:
+                _running.pop(self.proc.pid, None)
+
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

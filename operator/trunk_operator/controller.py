@@ -40,7 +40,7 @@ _CONTEXT_LINE = re.compile(r"^\[([^\]]+)\]", re.MULTILINE)
 class Settings:
     default_selector: Mapping[str, str] = field(default_factory=lambda: {"app": "asterisk"})
     container: str = "asterisk"
-    observe_interval: float = 10.0
+    observe_interval: float = 5.0
     exec_timeout: float = 180.0
     readiness_condition: str = "trunks.asterisk-operator.dev/delivered"
 
@@ -74,6 +74,9 @@ class PodWorker:
     owners: dict[str, Files] = field(default_factory=dict)  # CR ref -> its files in `files`
     delivered_owners: dict[str, Files] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # One exec conversation with a pod at a time: an observation that overlaps a delivery
+    # would read the old hash and report drift that is not there.
+    busy: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task[None] | None = None
 
 
@@ -131,6 +134,7 @@ class Controller:
         self.changed = asyncio.Condition()
         self.tasks: list[asyncio.Task[None]] = []
         self.stats: dict[str, int] = defaultdict(int)
+        self.status_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     # ---- inputs from Kopf ------------------------------------------------------------
 
@@ -139,14 +143,22 @@ class Controller:
         resource = Resource(
             kind, meta["name"], meta.get("creationTimestamp", ""), dict(body.get("spec") or {})
         )
-        self.resources[meta["namespace"]][resource.ref] = Tracked(
+        known = self.resources[meta["namespace"]].get(resource.ref)
+        tracked = Tracked(
             resource,
             meta.get("uid", ""),
             meta.get("generation"),
-            dict(body.get("status") or {}),
+            # Watch events can lag behind our own status writes: ours is the newer truth.
+            known.status if known else dict(body.get("status") or {}),
             deleting=bool(meta.get("deletionTimestamp")),
         )
-        self.mark(meta["namespace"])
+        self.resources[meta["namespace"]][resource.ref] = tracked
+        if known is None or (known.resource, known.uid, known.deleting) != (
+            tracked.resource,
+            tracked.uid,
+            tracked.deleting,
+        ):
+            self.mark(meta["namespace"])  # our own status writes come back here: no re-plan
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self.resources[namespace].pop(f"{kind}/{name}", None)
@@ -333,7 +345,8 @@ class Controller:
             if worker.state.desired_hash == worker.state.delivered_hash:
                 continue
             try:
-                await self._deliver_once(namespace, worker)
+                async with worker.busy:
+                    await self._deliver_once(namespace, worker)
                 backoff = 1.0
             except asyncio.CancelledError:
                 raise
@@ -459,7 +472,8 @@ class Controller:
 
     async def observe(self, namespace: str, worker: PodWorker) -> None:
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
-        observation = await asyncio.to_thread(asterisk.observe, pod_exec)
+        async with worker.busy:
+            observation = await asyncio.to_thread(asterisk.observe, pod_exec)
         worker.state.observation = observation
         if (
             worker.state.delivered_hash == worker.state.desired_hash
@@ -474,6 +488,12 @@ class Controller:
     # ---- status ----------------------------------------------------------------------
 
     async def write_statuses(self, namespace: str) -> None:
+        # Serialized per namespace: two writers computing transitions from the same old
+        # status would both record the transition (and both emit its Event).
+        async with self.status_locks[namespace]:
+            await self._write_statuses(namespace)
+
+    async def _write_statuses(self, namespace: str) -> None:
         plan = self.plans.get(namespace)
         if plan is None:
             return
@@ -549,9 +569,9 @@ class Controller:
             return None, None
 
         before, after = ready(old), ready(new)
-        if before == after:
-            return
         status, reason = after
+        if before == after or reason == "Delivering":  # transient: not worth an Event
+            return
         message = next(c["message"] for c in new["conditions"] if c["type"] == "Ready")
         owner = Owner(cr.resource.kind, cr.resource.name, namespace, cr.uid)
         self.kube.event(owner, "Normal" if status == "True" else "Warning", reason or "", message)

@@ -29,7 +29,7 @@ def settings_from_env() -> Settings:
     return Settings(
         default_selector=dict(p.split("=", 1) for p in selector.split(",") if "=" in p),
         container=os.environ.get("TRUNKOP_CONTAINER", "asterisk"),
-        observe_interval=float(os.environ.get("TRUNKOP_OBSERVE_INTERVAL", "10")),
+        observe_interval=float(os.environ.get("TRUNKOP_OBSERVE_INTERVAL", "5")),
     )
 
 
