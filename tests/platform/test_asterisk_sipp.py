@@ -138,7 +138,7 @@ def test_core_show_version_is_asterisk_22(pbx):
     assert out.startswith("Asterisk 22."), out
     transports = pbx.rx("pjsip show transports")
     assert "transport-udp" in transports and "127.0.10.1:5060" in transports
-    assert "Objects found: 1" in transports
+    assert "Objects found: 2" in transports  # transport-udp and transport-tls
 
 
 def test_trunk_qualifies_and_calls_with_401(request, pbx):
