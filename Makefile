@@ -46,9 +46,11 @@ platform: deps venv binaries image
 crds: venv
 	$(PY) -m trunk_operator.crdgen crds
 
+LINT_PATHS := operator tests testbed $(wildcard bench)
+
 lint: venv
-	$(VENV)/bin/ruff check operator tests testbed bench
-	$(VENV)/bin/ruff format --check operator tests bench
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check operator tests $(wildcard bench)
 	$(VENV)/bin/mypy operator/trunk_operator
 
 test-unit: venv

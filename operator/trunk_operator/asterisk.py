@@ -13,6 +13,7 @@ Only files whose names start with `twiliotrunk-` or `didsegment-` in `pjsip.d/` 
 
 from __future__ import annotations
 
+import gzip
 import io
 import re
 import shlex
@@ -192,14 +193,14 @@ def verify(expected: Expected, endpoints: Mapping[str, Endpoint], contexts: set[
 def pack(files: Files) -> bytes:
     """A deterministic gzip'd tar of the files (paths relative to the config directory)."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
         for path in sorted(files):
             data = files[path].encode()
             info = tarfile.TarInfo(path)
             info.size = len(data)
             info.mode = 0o640
             tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    return gzip.compress(buffer.getvalue(), compresslevel=6, mtime=0)
 
 
 def _owned_files(base: str) -> str:

@@ -1,0 +1,118 @@
+"""Parsers and the delivery script, against CLI output captured from Asterisk 22.10.1."""
+
+from trunk_operator.asterisk import (
+    Endpoint,
+    Expected,
+    ExpectedEndpoint,
+    parse_contexts,
+    parse_endpoints,
+    parse_transports,
+    sections,
+    verify,
+)
+
+ENDPOINTS = """
+ Endpoint:  <Endpoint/CID.....................................>  <State.....>  <Channels.>
+    I/OAuth:  <AuthId/UserName...........................................................>
+        Aor:  <Aor............................................>  <MaxContact>
+      Contact:  <Aor/ContactUri..........................> <Hash....> <Status> <RTT(ms)..>
+  Transport:  <TransportId........>  <Type>  <cos>  <tos>  <BindAddress..................>
+   Identify:  <Identify/Endpoint.........................................................>
+        Match:  <criteria.........................>
+==========================================================================================
+
+ Endpoint:  ACME                                                 Not in use    0 of inf
+    OutAuth:  ACME-auth/acme-user
+        Aor:  ACME-ashburn                                       0
+      Contact:  ACME-ashburn/sip:acme.pstn.ashburn.twilio. e2542f824d Avail         6.645
+        Aor:  ACME-umatilla                                      0
+      Contact:  ACME-umatilla/sip:acme.pstn.umatilla.twili fd60fcf2f3 NonQual        -nan
+  Transport:  transport-udp             udp      0      0  127.0.10.29:5060
+   Identify:  ACME-identify/ACME
+       Header: X-Twilio-AccountSid: ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
+
+ Endpoint:  GLOBEX                                               Unavailable   0 of inf
+    OutAuth:  GLOBEX-auth/globex-user
+        Aor:  GLOBEX-aor                                         0
+      Contact:  GLOBEX-aor/sip:globex.pstn.twilio.com      44cde233f9 Unavail        -nan
+  Transport:  transport-udp             udp      0      0  127.0.10.29:5060
+   Identify:  GLOBEX-identify/GLOBEX
+        Match: 54.172.60.0/30
+
+
+Objects found: 2
+"""
+
+
+def test_endpoints_states_contacts_and_identify_are_parsed() -> None:
+    endpoints = parse_endpoints(ENDPOINTS)
+    assert set(endpoints) == {"ACME", "GLOBEX"}
+    acme = endpoints["ACME"]
+    assert acme.state == "Not in use"
+    assert acme.out_auths == ["ACME-auth"]
+    assert acme.aors == ["ACME-ashburn", "ACME-umatilla"]
+    assert [(c.aor, c.status, c.rtt_ms) for c in acme.contacts] == [
+        ("ACME-ashburn", "Avail", 6.645),
+        ("ACME-umatilla", "NonQual", None),
+    ]
+    assert acme.transport == "transport-udp"
+    assert acme.matches == ["X-Twilio-AccountSid: AC" + "a" * 32]
+    assert endpoints["GLOBEX"].state == "Unavailable"
+    assert endpoints["GLOBEX"].matches == ["54.172.60.0/30"]
+
+
+def test_cut_contact_uris_still_verify_but_wrong_ones_do_not() -> None:
+    want = ExpectedEndpoint(
+        "ACME",
+        "ACME-auth",
+        {
+            "ACME-ashburn": "sip:acme.pstn.ashburn.twilio.com",
+            "ACME-umatilla": "sip:acme.pstn.umatilla.twilio.com",
+        },
+        "ACME-identify",
+        frozenset({"X-Twilio-AccountSid: AC" + "a" * 32}),
+    )
+    loaded = parse_endpoints(ENDPOINTS)
+    assert verify(Expected((want,)), loaded, set()) == []
+    other = ExpectedEndpoint(
+        "ACME", "ACME-auth", {"ACME-ashburn": "sip:x.pstn.twilio.com"}, "ACME-identify", frozenset()
+    )
+    problems = verify(Expected((other,)), loaded, set())
+    assert any("AORs" in p for p in problems)
+    assert any("no contact sip:x.pstn.twilio.com" in p for p in problems)
+
+
+def test_missing_endpoint_auth_identify_and_contexts_are_each_reported() -> None:
+    want = ExpectedEndpoint("NEW", "NEW-auth", {}, "NEW-identify", frozenset())
+    loaded = {"OLD": Endpoint("OLD", "Unavailable")}
+    problems = verify(Expected((want,), frozenset({"ctx-a", "ctx-b"})), loaded, {"ctx-a"})
+    assert problems == [
+        "endpoint NEW is not loaded",
+        "1 dialplan contexts are not loaded (ctx-b)",
+    ]
+    loaded = {"NEW": Endpoint("NEW", "Unavailable", aors=[])}
+    problems = verify(Expected((want,)), loaded, set())
+    assert "endpoint NEW has no outbound auth NEW-auth" in problems
+    assert "identify NEW-identify is not loaded" in problems
+
+
+def test_contexts_and_transports() -> None:
+    dialplan = (
+        "[ Context 'trunkop-out-ACME' created by 'pbx_config' ]\n"
+        "  's' =>            1. NoOp(x) [twiliotrunk-acme.conf:45]\n"
+        "[ Context 'default' created by 'pbx_config' ]\n"
+        "-= 1 extension (4 priorities) in 2 contexts. =-\n"
+    )
+    assert parse_contexts(dialplan) == {"trunkop-out-ACME", "default"}
+    transports = (
+        "Transport:  <TransportId........>  <Type>  <cos>  <tos>  <BindAddress....>\n"
+        "==========================================================================\n"
+        "Transport:  transport-tls             tls      0      0  127.0.10.1:5061\n"
+        "Transport:  transport-udp             udp      0      0  127.0.10.1:5060\n"
+    )
+    assert parse_transports(transports) == {"transport-tls", "transport-udp"}
+
+
+def test_marked_sections_split_script_output() -> None:
+    out = "noise\n=====trunk-operator:a\n1\n2\n=====trunk-operator:b\n3\n"
+    assert sections(out) == {"a": "1\n2\n", "b": "3\n"}

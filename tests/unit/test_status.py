@@ -1,0 +1,75 @@
+from trunk_operator.asterisk import Contact, Endpoint, Observation
+from trunk_operator.plan import Outcome, Problem
+from trunk_operator.status import CRView, PodDelivery, reduce_status, with_transition_times
+
+TRUNK = CRView("TwilioTrunk/acme", 3, "ACME", frozenset({"from-twilio"}), True)
+
+
+def conditions(status: dict) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+def pod(
+    delivered: str | None = "h", contact: str = "Avail", contexts=("from-twilio",)
+) -> PodDelivery:
+    endpoint = Endpoint("ACME", "Not in use", contacts=[Contact("ACME-aor", "sip:x", contact, 5.0)])
+    return PodDelivery(
+        "asterisk-0",
+        desired_hash="h",
+        delivered_hash=delivered,
+        observation=Observation({"ACME": endpoint}, set(contexts), delivered),
+    )
+
+
+def test_delivered_everywhere_and_reachable_is_ready() -> None:
+    status = reduce_status(TRUNK, Outcome(), [pod()])
+    assert conditions(status) == {
+        "Ready": ("True", "Ready"),
+        "Rendered": ("True", "Rendered"),
+        "Delivered": ("True", "Delivered"),
+        "Reachable": ("True", "ContactAvailable"),
+        "Degraded": ("False", "AsExpected"),
+    }
+    assert status["observedGeneration"] == 3
+    assert status["endpointState"] == "Not in use"
+    assert status["pods"][0]["contacts"] == [{"uri": "sip:x", "status": "Avail", "rttMs": 5.0}]
+
+
+def test_blocking_problem_wins_the_ready_reason_and_keeps_last_good_config() -> None:
+    outcome = Outcome(problems=[Problem("SecretNotFound", "Secret acme-sip does not exist")])
+    status = reduce_status(TRUNK, outcome, [pod()])
+    assert conditions(status)["Ready"] == ("False", "SecretNotFound")
+    assert conditions(status)["Degraded"] == ("True", "SecretNotFound")
+    assert "last good configuration" in status["conditions"][-1]["message"]
+
+
+def test_pending_failed_and_podless_deliveries() -> None:
+    assert conditions(reduce_status(TRUNK, Outcome(), []))["Ready"] == ("False", "NoAsteriskPods")
+    assert conditions(reduce_status(TRUNK, Outcome(), [pod(delivered=None)]))["Ready"] == (
+        "False",
+        "Delivering",
+    )
+    failed = pod()
+    failed.problems = {"TwilioTrunk/acme": ["transport transport-x does not exist in Asterisk"]}
+    assert conditions(reduce_status(TRUNK, Outcome(), [failed]))["Delivered"] == (
+        "False",
+        "TransportNotFound",
+    )
+
+
+def test_unreachable_and_missing_context_degrade_but_do_not_unready() -> None:
+    status = reduce_status(TRUNK, Outcome(), [pod(contact="Unavail", contexts=())])
+    got = conditions(status)
+    assert got["Ready"] == ("True", "Ready")
+    assert got["Reachable"] == ("False", "EndpointUnavailable")
+    assert got["Degraded"] == ("True", "ContextMissing")
+
+
+def test_transition_time_only_moves_when_status_changes() -> None:
+    old = {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "t0"}]}
+    same = with_transition_times({"conditions": [{"type": "Ready", "status": "True"}]}, old, "t1")
+    flipped = with_transition_times(
+        {"conditions": [{"type": "Ready", "status": "False"}]}, old, "t1"
+    )
+    assert same["conditions"][0]["lastTransitionTime"] == "t0"
+    assert flipped["conditions"][0]["lastTransitionTime"] == "t1"
