@@ -72,7 +72,7 @@ def cluster() -> Iterator[Any]:
         yield cl
     finally:
         cl.stop()
-        assert not cl.processes(), "cluster processes are left behind"
+        _cluster_pids.extend(cl.processes())  # reported by pytest_sessionfinish
 
 
 @pytest.fixture(scope="session")
@@ -185,3 +185,45 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     op = getattr(item, "funcargs", {}).get("operator")
     if report.failed and isinstance(op, OperatorProcess):
         report.sections.append(("operator log (tail)", op.log()[-8000:]))
+
+
+def leftovers() -> list[str]:
+    """Everything this test process started that still exists."""
+    from testbed import asterisk as asterisk_mod
+    from testbed import sipp as sipp_mod
+
+    found = [f"sipp pid {pid}" for pid in sorted(sipp_mod.running_pids())]
+    if subprocess.run(["which", "podman"], capture_output=True).returncode == 0:
+        listed = subprocess.run(
+            [
+                "podman",
+                "ps",
+                "-a",
+                "--format",
+                "{{.Names}}",
+                "--filter",
+                f"label={asterisk_mod.LABEL}.pid={os.getpid()}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        found += [f"container {name}" for name in listed]
+    found += [
+        f"container {name}"
+        for name in sorted(asterisk_mod.started_containers())
+        if f"container {name}" not in found
+    ]
+    found += [f"cluster process {pid}" for pid in _cluster_pids]
+    return found
+
+
+_cluster_pids: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The suite checks its own hygiene: a run that leaves something behind fails."""
+    left = leftovers()
+    if left:
+        print(f"\nleft behind by this test run: {', '.join(left)}", file=sys.stderr)
+        session.exitstatus = 1
