@@ -14,6 +14,7 @@ Only files whose names start with `twiliotrunk-` or `didsegment-` in `pjsip.d/` 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import re
 import shlex
@@ -227,6 +228,11 @@ def _observe() -> str:
                 f" grep '^\\[ Context' {STATE_DIR}/dialplan.txt; rm -f {STATE_DIR}/dialplan.txt",
             ),
             _section("hash", f"cat {STATE_DIR}/hash 2>/dev/null || true"),
+            _section(
+                "files",
+                f"cd {CONFIG_DIR} && for f in {' '.join(OWNED_GLOBS)};"
+                ' do [ -e "$f" ] && sha256sum "$f"; done; true',
+            ),
         ]
     )
 
@@ -302,6 +308,7 @@ class Observation:
     endpoints: dict[str, Endpoint]
     contexts: set[str]
     delivered_hash: str | None
+    file_digests: dict[str, str] = field(default_factory=dict)  # path -> sha256 in the pod
 
 
 @dataclass
@@ -318,7 +325,20 @@ def _observation(parts: Mapping[str, str]) -> Observation:
         endpoints=parse_endpoints(parts.get("endpoints", "")),
         contexts=parse_contexts(parts.get("contexts", "")),
         delivered_hash=parts.get("hash", "").strip() or None,
+        file_digests={
+            path: digest
+            for digest, _, path in (
+                line.partition("  ") for line in parts.get("files", "").splitlines()
+            )
+            if path
+        },
     )
+
+
+def drifted(files: Files, observation: Observation) -> bool:
+    """Whether the pod's operator-owned files differ from the delivered set (hand edits)."""
+    wanted = {path: hashlib.sha256(text.encode()).hexdigest() for path, text in files.items()}
+    return wanted != observation.file_digests
 
 
 def _run(exec_: Exec, script: str, stdin: bytes | None, timeout: float) -> ExecResult:

@@ -7,7 +7,7 @@ deletions. Work is level-based and coalesced:
 - each Asterisk pod has one worker that always delivers the newest desired set, so a burst of
   changes becomes one exec round (changes arriving during a reload fold into the next);
 - an observer execs once per pod per interval for all trunks, to refresh live status and
-  detect drift (files changed by hand, a restarted container) by the delivered hash.
+  detect drift (files changed by hand, a restarted container) by content hashes.
 """
 
 from __future__ import annotations
@@ -478,10 +478,13 @@ class Controller:
         if (
             worker.state.delivered_hash == worker.state.desired_hash
             and worker.state.last_reload_result == "Verified"
-            and observation.delivered_hash != worker.state.delivered_hash
+            and (
+                observation.delivered_hash != worker.state.delivered_hash
+                or asterisk.drifted(worker.files, observation)
+            )
         ):
             log.info("drift in %s/%s: redelivering", namespace, worker.pod.name)
-            worker.state.delivered_hash = observation.delivered_hash
+            worker.state.delivered_hash = None  # whatever is there, it is not our set
             worker.wake.set()
         await self.write_statuses(namespace)
 

@@ -197,6 +197,11 @@ def test_restarted_pod_gets_its_set_back_and_deletion_cleans_every_pod(
     print(f"restarted pod has its set again after {time.monotonic() - started:.1f} s")
     wait_ready(custom, namespace, "acme")
 
+    # A hand edit of an operator-owned file is drift: put back within an observation round.
+    path = "/etc/asterisk/pjsip.d/twiliotrunk-acme.conf"
+    rendered = first.read_file(path)
+    first.write_file(path, rendered.replace("allow = ulaw,alaw", "allow = gsm"))
+    wait_for(lambda: first.read_file(path) == rendered, timeout=30, what="the hand edit undone")
     second.write_file(
         "/etc/asterisk/extensions.d/local.conf", "[local-ctx]\nexten => 1,1,Hangup()\n"
     )
