@@ -263,3 +263,36 @@ def test_operator_down_while_trunks_change_converges_on_start(
             "metadata"
         ]["generation"]
     )
+
+
+def test_password_rotation_reaches_asterisk_without_restarts(
+    operator: Any,
+    cluster: Any,
+    namespace: str,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    apply: Callable[[dict[str, Any]], None],
+    start_asterisk_pod: Callable[..., AsteriskContainer],
+    start_standin: Callable[..., TwilioStandIn],
+) -> None:
+    old_twilio = start_standin("acme-user", PASSWORD, ip=ACME_IP)
+    pbx = start_asterisk_pod("asterisk-0", "127.0.10.36", HOSTS)
+    core.create_namespaced_secret(namespace, credentials(namespace, "acme"))
+    apply(trunk("acme"))
+    wait_ready(custom, namespace, "acme")
+    pod = cluster.get("pod", "asterisk-0", namespace)
+    gate = [c for c in pod["status"]["conditions"] if c["type"] == f"{GROUP}/delivered"]
+    assert gate and gate[0]["status"] == "True", pod["status"]["conditions"]
+    assert old_twilio.verify_digest(PASSWORD) is False  # no call yet: nothing to verify
+    old_twilio.cleanup()
+
+    # What External Secrets Operator does on a vault rotation: rewrite the Secret's data.
+    rotated = "n3w;Pa55 word"
+    twilio = start_standin("acme-user", rotated, ip=ACME_IP)
+    core.replace_namespaced_secret("acme-sip", namespace, credentials(namespace, "acme", rotated))
+    auth = "/etc/asterisk/pjsip.d/twiliotrunk-acme-auth.conf"
+    wait_for(lambda: "n3w\\;Pa55 word" in pbx.read_file(auth), what="the rotated password")
+    invites = call(pbx, twilio, "to-acme", "+15551234567")
+    assert twilio.verify_digest(rotated)
+    assert 200 in [r.status for r in twilio.responses(invites[-1].call_id)]
+    assert rotated not in operator.log()
