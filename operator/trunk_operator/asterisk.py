@@ -145,6 +145,7 @@ def parse_transports(text: str) -> set[str]:
 
 @dataclass(frozen=True)
 class ExpectedEndpoint:
+    owner: str  # the resource these objects come from, e.g. "TwilioTrunk/acme"
     name: str
     auth: str
     aors: dict[str, str]  # aor id -> contact URI as Asterisk lists it
@@ -155,36 +156,61 @@ class ExpectedEndpoint:
 @dataclass(frozen=True)
 class Expected:
     endpoints: tuple[ExpectedEndpoint, ...] = ()
-    contexts: frozenset[str] = frozenset()
-    transports: frozenset[str] = frozenset()
+    contexts: dict[str, str] = field(default_factory=dict)  # context -> owner
+    transports: dict[str, tuple[str, ...]] = field(default_factory=dict)  # -> owners
 
 
-def verify(expected: Expected, endpoints: Mapping[str, Endpoint], contexts: set[str]) -> list[str]:
+@dataclass(frozen=True)
+class Mismatch:
+    """One way Asterisk's loaded state differs from the rendered one, and whose it is."""
+
+    owners: tuple[str, ...]
+    message: str
+
+
+def verify(
+    expected: Expected,
+    endpoints: Mapping[str, Endpoint],
+    contexts: set[str],
+    transports: set[str] | None = None,
+) -> list[Mismatch]:
     """What is missing or different; empty when Asterisk loaded exactly what was rendered."""
-    problems: list[str] = []
+    problems: list[Mismatch] = [
+        Mismatch(owners, f"transport {t} does not exist in Asterisk (adding one needs a restart)")
+        for t, owners in sorted(expected.transports.items())
+        if transports is not None and t not in transports
+    ]
     for want in expected.endpoints:
+
+        def problem(message: str, want: ExpectedEndpoint = want) -> None:
+            problems.append(Mismatch((want.owner,), message))
+
         got = endpoints.get(want.name)
         if got is None:
-            problems.append(f"endpoint {want.name} is not loaded")
+            problem(f"endpoint {want.name} is not loaded")
             continue
         if want.auth not in got.out_auths:
-            problems.append(f"endpoint {want.name} has no outbound auth {want.auth}")
+            problem(f"endpoint {want.name} has no outbound auth {want.auth}")
         if set(got.aors) != set(want.aors):
-            problems.append(
-                f"endpoint {want.name} has AORs {sorted(got.aors)}, not {sorted(want.aors)}"
-            )
+            problem(f"endpoint {want.name} has AORs {sorted(got.aors)}, not {sorted(want.aors)}")
         for aor, uri in want.aors.items():
             if not any(c.aor == aor and contact_matches(c, uri) for c in got.contacts):
-                problems.append(f"AOR {aor} has no contact {uri} (does the host resolve?)")
+                problem(f"AOR {aor} has no contact {uri} (does the host resolve?)")
         if want.identify not in got.identifies:
-            problems.append(f"identify {want.identify} is not loaded")
+            problem(f"identify {want.identify} is not loaded")
         elif not want.matches <= set(got.matches):
-            missing = sorted(want.matches - set(got.matches))
-            problems.append(f"identify {want.identify} lacks matches {missing}")
-    missing_contexts = sorted(expected.contexts - contexts)
-    if missing_contexts:
-        shown = ", ".join(missing_contexts[:5])
-        problems.append(f"{len(missing_contexts)} dialplan contexts are not loaded ({shown})")
+            problem(
+                f"identify {want.identify} lacks matches {sorted(want.matches - set(got.matches))}"
+            )
+    missing: dict[str, list[str]] = {}
+    for context, owner in sorted(expected.contexts.items()):
+        if context not in contexts:
+            missing.setdefault(owner, []).append(context)
+    for owner, names in missing.items():
+        shown = ", ".join(names[:5])
+        problems.append(
+            Mismatch((owner,), f"{len(names)} dialplan contexts are not loaded ({shown})")
+        )
     return problems
 
 
@@ -315,7 +341,7 @@ class Observation:
 class DeliveryResult:
     ok: bool
     hash: str
-    problems: list[str]
+    problems: list[Mismatch]
     observation: Observation | None
     rolled_back: bool = False
 
@@ -364,16 +390,12 @@ def deliver(exec_: Exec, files: Files, expected: Expected, timeout: float = 120)
         raise ExecError(
             f"delivery script failed (exit {result.returncode}): {result.stderr.strip()[-300:]}"
         )
-    transports = parse_transports(parts.get("transports", ""))
     observation = _observation(parts)
-    problems = [
-        f"transport {t} does not exist in Asterisk (transports need a restart to add)"
-        for t in sorted(expected.transports - transports)
-    ]
-    problems += verify(expected, observation.endpoints, observation.contexts)
+    transports = parse_transports(parts.get("transports", ""))
+    problems = verify(expected, observation.endpoints, observation.contexts, transports)
     if not problems:
         return DeliveryResult(True, digest, [], observation)
-    problems += _error_lines(parts)
+    problems += [Mismatch((), line) for line in _error_lines(parts)]
     back = _run(exec_, rollback_script(), None, timeout)
     restored = _observation(sections(back.stdout)) if back.returncode == 0 else None
     return DeliveryResult(False, digest, problems, restored, rolled_back=back.returncode == 0)

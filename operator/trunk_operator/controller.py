@@ -27,7 +27,14 @@ from trunk_operator.asterisk import Expected, ExpectedEndpoint
 from trunk_operator.kube import Kube, KubeError, Owner, describe
 from trunk_operator.models import TwilioTrunkSpec
 from trunk_operator.plan import SEGMENT, TRUNK, Inputs, Outcome, Plan, Resource, plan_namespace
-from trunk_operator.render import EXTENSIONS_DIR, Files, aors, files_hash, trunk_names
+from trunk_operator.render import (
+    EXTENSIONS_DIR,
+    Files,
+    aors,
+    files_hash,
+    identify_sources,
+    trunk_names,
+)
 from trunk_operator.status import CRView, PodDelivery, reduce_status, with_transition_times
 
 log = logging.getLogger(__name__)
@@ -69,10 +76,8 @@ class Pod:
 class PodWorker:
     pod: Pod
     state: PodDelivery
-    files: Files = field(default_factory=dict)
-    expected: Expected = field(default_factory=Expected)
-    owners: dict[str, Files] = field(default_factory=dict)  # CR ref -> its files in `files`
-    delivered_owners: dict[str, Files] = field(default_factory=dict)
+    owners: dict[str, Outcome] = field(default_factory=dict)  # CR ref -> what the pod should get
+    delivered_owners: dict[str, Outcome] = field(default_factory=dict)  # what it has
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     # One exec conversation with a pod at a time: an observation that overlaps a delivery
     # would read the old hash and report drift that is not there.
@@ -100,9 +105,7 @@ def _with_mask(source: str) -> str:
     return source if "/" in source else f"{source}/32"
 
 
-def expected_endpoint(name: str, spec: TwilioTrunkSpec) -> ExpectedEndpoint:
-    from trunk_operator.render import identify_sources
-
+def expected_endpoint(owner: str, name: str, spec: TwilioTrunkSpec) -> ExpectedEndpoint:
     names = trunk_names(name, spec)
     matches = (
         frozenset()
@@ -110,12 +113,35 @@ def expected_endpoint(name: str, spec: TwilioTrunkSpec) -> ExpectedEndpoint:
         else frozenset(_with_mask(s) for s in identify_sources(spec))
     )
     return ExpectedEndpoint(
+        owner=owner,
         name=names.endpoint,
         auth=names.auth,
         aors={a.id: a.contact for a in aors(name, spec)},
         identify=names.identify,
         matches=matches,
     )
+
+
+def files_of(outcomes: Mapping[str, Outcome]) -> Files:
+    files: Files = {}
+    for outcome in outcomes.values():
+        files |= outcome.public | outcome.secret
+    return files
+
+
+def expected_for(outcomes: Mapping[str, Outcome]) -> Expected:
+    """What Asterisk must show after loading these CRs' files, each part tagged with its CR."""
+    endpoints = []
+    contexts: dict[str, str] = {}
+    transports: dict[str, list[str]] = defaultdict(list)
+    for ref, outcome in sorted(outcomes.items()):
+        spec = outcome.trunk_spec
+        if ref == f"{TRUNK}/{outcome.trunk}" and spec is not None:
+            endpoints.append(expected_endpoint(ref, outcome.trunk or "", spec))
+            transports[spec.transport].append(ref)
+        for context in sorted(_contexts(outcome.public)):
+            contexts.setdefault(context, ref)
+    return Expected(tuple(endpoints), contexts, {t: tuple(r) for t, r in transports.items()})
 
 
 class Controller:
@@ -275,48 +301,29 @@ class Controller:
             del self.last_good[key]  # deleted CRs: their files leave the pods
             self.written.pop(key, None)
 
-        self._assign_pods(namespace, plan, tracked)
+        self._assign_pods(namespace)
         await self.write_statuses(namespace)
         async with self.changed:
             self.changed.notify_all()
 
-    def _trunk_selector(self, spec: Mapping[str, Any]) -> Mapping[str, str]:
-        selector = spec.get("asteriskSelector") or {}
-        return selector.get("matchLabels") or self.settings.default_selector
+    def _trunk_selector(self, spec: TwilioTrunkSpec) -> Mapping[str, str]:
+        selector = spec.asterisk_selector
+        return (selector.match_labels if selector else None) or self.settings.default_selector
 
-    def _assign_pods(self, namespace: str, plan: Plan, tracked: Mapping[str, Tracked]) -> None:
-        """Give every ready pod the union of the files of the CRs that select it."""
+    def _assign_pods(self, namespace: str) -> None:
+        """Give every ready pod the union of the last good files of the CRs that select it."""
         outcomes = {ref: o for (ns, ref), o in self.last_good.items() if ns == namespace}
         pods = [p for p in self.pods.get(namespace, {}).values() if p.ready]
         for pod in pods:
-            owners: dict[str, Files] = {}
-            expected_endpoints = []
+            owners: dict[str, Outcome] = {}
             for ref, outcome in sorted(outcomes.items()):
-                trunk_ref = f"{TRUNK}/{outcome.trunk}"
-                trunk = tracked.get(trunk_ref)
-                if trunk is None or trunk_ref not in outcomes:
-                    continue
-                if not _selector_matches(self._trunk_selector(trunk.resource.spec), pod.labels):
-                    continue
-                owners[ref] = outcome.public | outcome.secret
-                if ref == trunk_ref:
-                    spec = TwilioTrunkSpec.model_validate(trunk.resource.spec)
-                    expected_endpoints.append(expected_endpoint(trunk.resource.name, spec))
-            files: Files = {}
-            for owned in owners.values():
-                files |= owned
-            transports = frozenset(
-                TwilioTrunkSpec.model_validate(tracked[ref].resource.spec).transport
-                for ref in owners
-                if ref.startswith(TRUNK + "/")
-            )
+                trunk = outcomes.get(f"{TRUNK}/{outcome.trunk}")
+                spec = trunk.trunk_spec if trunk else None
+                if spec is not None and _selector_matches(self._trunk_selector(spec), pod.labels):
+                    owners[ref] = outcome
             worker = self._worker(namespace, pod)
             worker.owners = owners
-            worker.files = files
-            worker.expected = Expected(
-                tuple(expected_endpoints), frozenset(_contexts(files)), transports
-            )
-            worker.state.desired_hash = files_hash(files)
+            worker.state.desired_hash = files_hash(files_of(owners))
             if worker.state.desired_hash != worker.state.delivered_hash:
                 worker.wake.set()
         for (ns, name), worker in list(self.workers.items()):
@@ -362,83 +369,54 @@ class Controller:
                 self.changed.notify_all()
 
     async def _deliver_once(self, namespace: str, worker: PodWorker) -> None:
-        files, expected, owners = worker.files, worker.expected, dict(worker.owners)
+        owners = dict(worker.owners)
+        result = await self._deliver(namespace, worker, owners)
+        if result.ok:
+            return
+        # Keep the CRs Asterisk refused at their last delivered version; the others go ahead.
+        culprits = {owner for problem in result.problems for owner in problem.owners}
+        worker.state.problems = {
+            ref: [p.message for p in result.problems if ref in p.owners or not p.owners]
+            for ref in (culprits or owners)
+        }
+        if not culprits or culprits >= set(owners):
+            worker.state.delivered_hash = None
+            return
+        retry = {
+            ref: worker.delivered_owners[ref] if ref in culprits else outcome
+            for ref, outcome in owners.items()
+            if ref not in culprits or ref in worker.delivered_owners
+        }
+        problems = worker.state.problems
+        if (await self._deliver(namespace, worker, retry)).ok:
+            worker.state.problems = problems  # the refused CRs still need fixing
+            worker.state.last_reload_result = "PartiallyApplied"
+            # Nothing more to do until something changes: a fixed CR changes the desired hash.
+            worker.state.delivered_hash = worker.state.desired_hash
+
+    async def _deliver(
+        self, namespace: str, worker: PodWorker, owners: dict[str, Outcome]
+    ) -> asterisk.DeliveryResult:
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
         self.stats["reloads"] += 1
         result = await asyncio.to_thread(
-            asterisk.deliver, pod_exec, files, expected, self.settings.exec_timeout
+            asterisk.deliver,
+            pod_exec,
+            files_of(owners),
+            expected_for(owners),
+            self.settings.exec_timeout,
         )
         worker.state.last_reload_time = _now()
+        worker.state.observation = result.observation
         if result.ok:
             worker.state.delivered_hash = result.hash
             worker.state.problems = {}
             worker.state.last_reload_result = "Verified"
-            worker.state.observation = result.observation
             worker.delivered_owners = owners
             await asyncio.to_thread(self._set_readiness, namespace, worker.pod.name, True)
-            return
-        # Attribute the failure, keep the culprits at their last delivered version, retry.
-        culprits = self._culprits(result.problems, owners, worker)
-        worker.state.last_reload_result = "RolledBack" if result.rolled_back else "Failed"
-        worker.state.problems = {ref: result.problems for ref in culprits}
-        if not culprits or set(culprits) == set(owners):
-            worker.state.delivered_hash = None if not result.rolled_back else "rolled-back"
-            worker.state.observation = result.observation
-            return
-        retry_owners = {
-            ref: (worker.delivered_owners.get(ref, {}) if ref in culprits else owned)
-            for ref, owned in owners.items()
-        }
-        retry_files: Files = {}
-        for owned in retry_owners.values():
-            retry_files |= owned
-        retry_expected = Expected(
-            tuple(e for e in expected.endpoints if not self._endpoint_of(e.name, culprits)),
-            frozenset(_contexts(retry_files)),
-            frozenset(t for t in expected.transports if t not in _transports_of(result.problems)),
-        )
-        again = await asyncio.to_thread(
-            asterisk.deliver, pod_exec, retry_files, retry_expected, self.settings.exec_timeout
-        )
-        worker.state.last_reload_time = _now()
-        worker.state.observation = again.observation
-        if again.ok:
-            # The pod serves a set that differs from the desired one: keep desired != delivered
-            # hashes apart, so a fixed CR triggers a new delivery, but do not spin.
-            worker.state.delivered_hash = worker.state.desired_hash
-            worker.delivered_owners = retry_owners
-            worker.state.last_reload_result = "PartiallyApplied"
-            await asyncio.to_thread(self._set_readiness, namespace, worker.pod.name, True)
-
-    def _endpoint_of(self, endpoint: str, culprits: list[str]) -> bool:
-        return any(
-            ref.startswith(TRUNK + "/") and endpoint in self._endpoints(ref) for ref in culprits
-        )
-
-    def _endpoints(self, ref: str) -> set[str]:
-        for tracked in self.resources.values():
-            if ref in tracked:
-                spec = TwilioTrunkSpec.model_validate(tracked[ref].resource.spec)
-                return {spec.endpoint(tracked[ref].resource.name)}
-        return set()
-
-    def _culprits(
-        self, problems: list[str], owners: Mapping[str, Files], worker: PodWorker
-    ) -> list[str]:
-        """CRs named by the verification problems (endpoint, AOR, transport or context)."""
-        found = []
-        text = " ".join(problems)
-        for ref, owned in owners.items():
-            names = set(self._endpoints(ref)) | _contexts(owned)
-            for path in owned:
-                names.add(path)
-            if ref.startswith(TRUNK + "/"):
-                for tracked in self.resources.values():
-                    if ref in tracked:
-                        names.add(tracked[ref].resource.spec.get("transport", "transport-udp"))
-            if any(re.search(rf"\b{re.escape(n)}\b", text) for n in names):
-                found.append(ref)
-        return found
+        else:
+            worker.state.last_reload_result = "RolledBack" if result.rolled_back else "Failed"
+        return result
 
     def _set_readiness(self, namespace: str, pod: str, ready: bool) -> None:
         """The pod readiness gate: traffic waits until the trunks are delivered and verified."""
@@ -480,7 +458,7 @@ class Controller:
             and worker.state.last_reload_result == "Verified"
             and (
                 observation.delivered_hash != worker.state.delivered_hash
-                or asterisk.drifted(worker.files, observation)
+                or asterisk.drifted(files_of(worker.delivered_owners), observation)
             )
         ):
             log.info("drift in %s/%s: redelivering", namespace, worker.pod.name)
@@ -600,7 +578,3 @@ class Controller:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), timeout=min(remaining, 1))
         return True
-
-
-def _transports_of(problems: list[str]) -> set[str]:
-    return {m.group(1) for p in problems if (m := re.match(r"transport (\S+) does not exist", p))}

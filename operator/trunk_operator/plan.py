@@ -61,6 +61,7 @@ class Outcome:
     secret: Files = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     trunk: str | None = None  # the trunk whose pods get these files
+    trunk_spec: TwilioTrunkSpec | None = None  # that trunk as these files were rendered for
     did_count: int = 0
     conflicts: list[str] = field(default_factory=list)
     conflict_count: int = 0
@@ -124,6 +125,7 @@ def _plan_trunk(
     except ValidationError as error:
         outcome.problems.append(Problem("InvalidSpec", _validation_message(error)))
         return outcome, None
+    outcome.trunk_spec = spec
     names = trunk_names(resource.name, spec)
     ip_identified = spec.inbound.account_sid is None
     for what, key in (
@@ -203,6 +205,7 @@ def plan_namespace(inputs: Inputs) -> Plan:
             continue
         trunk_name = segment.trunk_ref.name
         outcome.trunk = trunk_name
+        outcome.trunk_spec = usable.get(trunk_name)
         trunk = usable.get(trunk_name)
         if trunk is None:
             known = any(t.name == trunk_name for t in inputs.trunks)

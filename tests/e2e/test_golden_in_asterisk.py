@@ -28,9 +28,9 @@ def hosts_of(case: Case) -> dict[str, str]:
 
 def expected_of(case: Case, files: dict[str, str]) -> asterisk.Expected:
     return asterisk.Expected(
-        tuple(expected_endpoint(name, spec) for name, spec in case.trunks.items()),
-        frozenset(_contexts(files)),
-        frozenset(spec.transport for spec in case.trunks.values()),
+        tuple(expected_endpoint(f"TwilioTrunk/{n}", n, s) for n, s in case.trunks.items()),
+        {context: "case" for context in _contexts(files)},
+        {spec.transport: (f"TwilioTrunk/{n}",) for n, spec in case.trunks.items()},
     )
 
 
@@ -101,7 +101,8 @@ def test_broken_trunk_is_rolled_back_and_the_previous_set_keeps_serving(
     bad = Case(trunks={**good.trunks, "broken": broken}, segments=good.segments)
     result = deliver(pbx, bad)
     assert not result.ok and result.rolled_back
-    assert any("transport-missing does not exist" in p for p in result.problems)
+    [refused] = [p for p in result.problems if "transport-missing does not exist" in p.message]
+    assert refused.owners == ("TwilioTrunk/broken",)
     endpoints = asterisk.parse_endpoints(pbx.rx("pjsip show endpoints"))
     assert set(endpoints) == {"ACME"}
 

@@ -63,6 +63,7 @@ def test_endpoints_states_contacts_and_identify_are_parsed() -> None:
 
 def test_cut_contact_uris_still_verify_but_wrong_ones_do_not() -> None:
     want = ExpectedEndpoint(
+        "TwilioTrunk/acme",
         "ACME",
         "ACME-auth",
         {
@@ -75,25 +76,38 @@ def test_cut_contact_uris_still_verify_but_wrong_ones_do_not() -> None:
     loaded = parse_endpoints(ENDPOINTS)
     assert verify(Expected((want,)), loaded, set()) == []
     other = ExpectedEndpoint(
-        "ACME", "ACME-auth", {"ACME-ashburn": "sip:x.pstn.twilio.com"}, "ACME-identify", frozenset()
+        "TwilioTrunk/acme",
+        "ACME",
+        "ACME-auth",
+        {"ACME-ashburn": "sip:x.pstn.twilio.com"},
+        "ACME-identify",
+        frozenset(),
     )
-    problems = verify(Expected((other,)), loaded, set())
+    problems = [p.message for p in verify(Expected((other,)), loaded, set())]
     assert any("AORs" in p for p in problems)
     assert any("no contact sip:x.pstn.twilio.com" in p for p in problems)
 
 
-def test_missing_endpoint_auth_identify_and_contexts_are_each_reported() -> None:
-    want = ExpectedEndpoint("NEW", "NEW-auth", {}, "NEW-identify", frozenset())
-    loaded = {"OLD": Endpoint("OLD", "Unavailable")}
-    problems = verify(Expected((want,), frozenset({"ctx-a", "ctx-b"})), loaded, {"ctx-a"})
-    assert problems == [
-        "endpoint NEW is not loaded",
-        "1 dialplan contexts are not loaded (ctx-b)",
+def test_every_mismatch_names_the_resource_it_belongs_to() -> None:
+    want = ExpectedEndpoint("TwilioTrunk/new", "NEW", "NEW-auth", {}, "NEW-identify", frozenset())
+    expected = Expected(
+        (want,),
+        {"ctx-a": "DIDSegment/a", "ctx-b": "DIDSegment/b"},
+        {"transport-x": ("TwilioTrunk/new",)},
+    )
+    problems = verify(expected, {"OLD": Endpoint("OLD", "Unavailable")}, {"ctx-a"}, set())
+    assert [(p.owners, p.message) for p in problems] == [
+        (
+            ("TwilioTrunk/new",),
+            "transport transport-x does not exist in Asterisk (adding one needs a restart)",
+        ),
+        (("TwilioTrunk/new",), "endpoint NEW is not loaded"),
+        (("DIDSegment/b",), "1 dialplan contexts are not loaded (ctx-b)"),
     ]
     loaded = {"NEW": Endpoint("NEW", "Unavailable", aors=[])}
-    problems = verify(Expected((want,)), loaded, set())
-    assert "endpoint NEW has no outbound auth NEW-auth" in problems
-    assert "identify NEW-identify is not loaded" in problems
+    messages = [p.message for p in verify(Expected((want,)), loaded, set())]
+    assert "endpoint NEW has no outbound auth NEW-auth" in messages
+    assert "identify NEW-identify is not loaded" in messages
 
 
 def test_contexts_and_transports() -> None:
