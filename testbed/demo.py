@@ -9,9 +9,6 @@ Everything lives under $TRUNKOP_CACHE/demo/; state.json holds the handles `down`
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +16,7 @@ from typing import Any
 
 from testbed.asterisk import AsteriskContainer, container_exists, remove_container
 from testbed.cluster import Cluster, cache_dir, pid_alive
+from testbed.operator_process import OperatorProcess, stop_pid
 from testbed.sipp import TwilioStandIn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,16 +124,9 @@ def _up(state: dict[str, Any]) -> int:
     cluster.add_exec_pod(NAMESPACE, POD, CONTAINER, {"app": "asterisk"})
 
     step("operator (trunk-operator run)")
-    log = open(demo_dir() / "operator.log", "ab")  # noqa: SIM115 - the operator owns it
-    operator = subprocess.Popen(
-        [sys.executable, "-m", "trunk_operator.cli", "run", "--standalone"],
-        env={**os.environ, "KUBECONFIG": kubeconfig},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    log.close()
+    operator = OperatorProcess(
+        kubeconfig, demo_dir() / "operator.log", verbose=False, detached=True
+    ).start()
     state["operator_pid"] = operator.pid
     _save(state)
 
@@ -200,20 +191,11 @@ def _example(name: str) -> dict[str, Any]:
     return doc
 
 
-def _stop_pid(pid: int | None) -> None:
-    if not pid or not pid_alive(pid):
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if pid_alive(pid):
-        os.kill(pid, signal.SIGKILL)
-
-
 def _down(state: dict[str, Any]) -> None:
-    _stop_pid(state.get("operator_pid"))
-    _stop_pid(state.get("sipp_pid"))
+    for key in ("operator_pid", "sipp_pid"):
+        pid = state.get(key)
+        if pid and pid_alive(pid):
+            stop_pid(pid)
     if state.get("container") and container_exists(state["container"]):
         remove_container(state["container"])
     if "cluster" in state:

@@ -22,6 +22,8 @@ import pytest
 import yaml
 from kubernetes import client, config
 
+from testbed.operator_process import OperatorProcess
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -102,48 +104,15 @@ def custom(api: client.ApiClient) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(api)
 
 
-class OperatorProcess:
-    def __init__(self, kubeconfig: str, log_path: Path) -> None:
-        self.log_path = log_path
-        self.kubeconfig = kubeconfig
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "KUBECONFIG": self.kubeconfig,
-            "TRUNKOP_OBSERVE_INTERVAL": "2",
-            "PYTHONUNBUFFERED": "1",
-        }
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trunk_operator.cli", "run", "--standalone", "--verbose"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 @pytest.fixture(scope="session")
 def operator(
     cluster: Any, crds: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
+    op = OperatorProcess(
+        cluster.kubeconfig,
+        tmp_path_factory.mktemp("operator") / "operator.log",
+        env={"TRUNKOP_OBSERVE_INTERVAL": "2"},
+    )
     op.start()
     try:
         yield op
