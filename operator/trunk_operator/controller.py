@@ -399,6 +399,7 @@ class Controller:
     ) -> asterisk.DeliveryResult:
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
         self.stats["reloads"] += 1
+        started = time.monotonic()
         result = await asyncio.to_thread(
             asterisk.deliver,
             pod_exec,
@@ -416,6 +417,15 @@ class Controller:
             await asyncio.to_thread(self._set_readiness, namespace, worker.pod.name, True)
         else:
             worker.state.last_reload_result = "RolledBack" if result.rolled_back else "Failed"
+        log.info(
+            "%s/%s: %d resources, hash %s: %s in %.2f s",
+            namespace,
+            worker.pod.name,
+            len(owners),
+            result.hash[:12],
+            worker.state.last_reload_result,
+            time.monotonic() - started,
+        )
         return result
 
     def _set_readiness(self, namespace: str, pod: str, ready: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -45,6 +46,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Long watches die silently behind some proxies; reconnect well before they do.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # One line per watch event ("Handler ... succeeded") drowns what matters.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     controller = Controller(Kube(load_config()), settings_from_env())
     controller.start()
 
