@@ -10,6 +10,7 @@ handles held here, whether the tests pass or fail.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,9 +23,13 @@ import pytest
 import yaml
 from kubernetes import client, config
 
+from testbed import asterisk as asterisk_mod
+from testbed.asterisk import AsteriskContainer
 from testbed.operator_process import OperatorProcess
+from testbed.sipp import TwilioStandIn
 
 ROOT = Path(__file__).resolve().parents[1]
+STANDIN_IP = "127.0.0.12"  # the Twilio stand-in; Asterisk containers bind 127.0.10.N
 
 
 class ExistingCluster:
@@ -196,3 +201,66 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if left:
         print(f"\nleft behind by this test run: {', '.join(left)}", file=sys.stderr)
         session.exitstatus = 1
+
+
+# ---- Asterisk containers, Asterisk pods and the Twilio stand-in ---------------------------
+
+
+@pytest.fixture(scope="session")
+def asterisk_image() -> str:
+    if shutil.which("podman") is None:
+        pytest.fail("podman is missing: run `make deps` (make test does)")
+    asterisk_mod.ensure_image()
+    return asterisk_mod.IMAGE
+
+
+@pytest.fixture
+def start_asterisk(
+    asterisk_image: str,
+) -> Iterator[Callable[..., AsteriskContainer]]:
+    started: list[AsteriskContainer] = []
+
+    def start(name: str, bind_ip: str, hosts: dict[str, str]) -> AsteriskContainer:
+        container = AsteriskContainer(name, bind_ip, hosts)
+        started.append(container)
+        return container.start()
+
+    yield start
+    for container in started:
+        container.stop()
+
+
+@pytest.fixture
+def start_standin() -> Iterator[Callable[..., TwilioStandIn]]:
+    started: list[TwilioStandIn] = []
+
+    def start(
+        username: str, password: str, ip: str = STANDIN_IP, mode: str = "401"
+    ) -> TwilioStandIn:
+        standin = TwilioStandIn(ip, 5060, username, password, mode=mode)
+        started.append(standin)
+        return standin.start()
+
+    yield start
+    for standin in started:
+        standin.cleanup()
+
+
+@pytest.fixture
+def start_asterisk_pod(
+    cluster: Any, namespace: str, start_asterisk: Callable[..., AsteriskContainer]
+) -> Iterator[Callable[..., AsteriskContainer]]:
+    """An Asterisk container plus the Pod in the API whose exec runs inside it."""
+    pods: list[str] = []
+
+    def start(
+        name: str, bind_ip: str, hosts: dict[str, str], labels: dict[str, str] | None = None
+    ) -> AsteriskContainer:
+        container = start_asterisk(name, bind_ip, hosts)
+        cluster.add_exec_pod(namespace, name, container.name, labels or {"app": "asterisk"})
+        pods.append(name)
+        return container
+
+    yield start
+    for name in pods:
+        cluster.delete_exec_pod(namespace, name)

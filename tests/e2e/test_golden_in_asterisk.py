@@ -14,7 +14,8 @@ import pytest
 from testbed.asterisk import AsteriskContainer
 from testbed.sipp import TwilioStandIn
 from tests.cases import ACCOUNT_SID_B, PASSWORD, Case, cases, large_case, trunk
-from tests.e2e.conftest import STANDIN_IP, podman_exec
+from tests.conftest import STANDIN_IP
+from tests.e2e.conftest import podman_exec
 from trunk_operator import asterisk
 from trunk_operator.controller import _contexts, expected_endpoint
 from trunk_operator.render import aors
