@@ -1,0 +1,542 @@
+"""Benchmarks of the trunk operator on the local platform; prints measured figures.
+
+    .venv/bin/python bench/run.py                 # all five measurements
+    .venv/bin/python bench/run.py --only 1,3      # some of them
+    .venv/bin/python bench/run.py --only 3 --trunks 200 --burst 50
+
+Each measurement gets its own platform (bench/rig.py): a kwok cluster, the CRDs, fresh Asterisk
+containers (bind 127.0.20.N) with their exec pods, and the operator as a subprocess; all of it
+is stopped by its handle afterwards. Progress goes to stderr, figures to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rig import (
+    HOST,
+    SEGMENTS,
+    STANDIN_IP,
+    TRUNKS,
+    Rig,
+    log,
+    percentile,
+    podman_exec,
+    trunk_spec,
+)
+
+from testbed.asterisk import AsteriskContainer
+from tests.cases import large_case
+from trunk_operator import asterisk
+from trunk_operator.controller import _contexts, expected_endpoint
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float | None
+    unit: str
+    target: float | None = None  # upper bound
+    note: str = ""
+
+    def line(self) -> str:
+        shown = "n/a" if self.value is None else f"{self.value:.2f}".rstrip("0").rstrip(".")
+        verdict = ""
+        if self.target is not None:
+            met = self.value is not None and self.value <= self.target
+            verdict = f"target <= {self.target:g} {self.unit}: {'MET' if met else 'NOT MET'}"
+        text = f"  {self.name:<58} {shown:>9} {self.unit:<4} {verdict}"
+        return (text + (f"  ({self.note})" if self.note else "")).rstrip()
+
+
+@dataclass
+class Section:
+    title: str
+    setup: str = ""
+    figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, *args: Any, **kwargs: Any) -> Figure:
+        figure = Figure(*args, **kwargs)
+        self.figures.append(figure)
+        print(f"{self.title} | {figure.line().strip()}", flush=True)
+        return figure
+
+    def render(self) -> str:
+        lines = [f"{self.title}", f"  setup: {self.setup}"] if self.setup else [self.title]
+        lines += [f.line() for f in self.figures]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def secret_for(args: argparse.Namespace, name: str) -> str:
+    return "bench-sip" if args.shared_secret else f"{name}-sip"
+
+
+def make_secrets(rig: Rig, args: argparse.Namespace, names: list[str]) -> None:
+    wanted = sorted({secret_for(args, n) for n in names})
+    rig.parallel(rig.create_secret, wanted)
+
+
+def reloads(rig: Rig) -> list[int]:
+    return [p.reloads() for p in rig.pods]
+
+
+def hosts() -> dict[str, str]:
+    return {HOST: STANDIN_IP}
+
+
+# ---- 1. apply -> Ready latency ---------------------------------------------------------------
+
+
+def m1_latency(args: argparse.Namespace, workdir: Path) -> Section:
+    sec = Section(
+        "1. CR apply -> Ready latency",
+        f"{args.pods} Asterisk pod(s); {args.applies} trunks created one after another, then"
+        f" {args.applies} spec changes of one trunk (codecs), each waiting for Ready with"
+        " observedGeneration == generation (API watch, times from before the API call)",
+    )
+    with Rig("latency", workdir, args.observe_interval) as rig:
+        rig.add_pods(args.pods, hosts())
+        rig.start_operator()
+        watch = rig.watch()
+        names = [f"lat-{i:03d}" for i in range(args.applies)]
+        make_secrets(rig, args, names)
+        creates, updates = [], []
+        for i, name in enumerate(names):
+            started = time.monotonic()
+            gen = rig.create(
+                TRUNKS, "TwilioTrunk", name, trunk_spec(i, name, secret_for(args, name))
+            )
+            done = watch.wait_ready([(name, gen)], 60, f"create {name}")
+            creates.append(done[(name, gen)] - started)
+        for i in range(args.applies):
+            codecs = ["alaw"] if i % 2 == 0 else ["ulaw", "alaw"]
+            started = time.monotonic()
+            gen = rig.patch_spec(TRUNKS, names[0], {"codecs": codecs})
+            done = watch.wait_ready([(names[0], gen)], 60, f"update {i}")
+            updates.append(done[(names[0], gen)] - started)
+        both = creates + updates
+        for label, values in (("create", creates), ("update", updates), ("all", both)):
+            n = len(values)
+            sec.add(f"{label}: p50 (n={n})", percentile(values, 50), "s", 1.0)
+            sec.add(f"{label}: p95 (n={n})", percentile(values, 95), "s", 2.0)
+            sec.add(f"{label}: max", max(values), "s")
+        sec.add("PJSIP reloads per pod over the whole run", max(reloads(rig)), "")
+        assert rig.operator
+        sec.notes.append(f"operator stats: {rig.operator.stats()}")
+    return sec
+
+
+# ---- 2. burst ------------------------------------------------------------------------------
+
+
+def m2_burst(args: argparse.Namespace, workdir: Path) -> Section:
+    n = args.burst
+    sec = Section(
+        f"2. Burst of {n} trunk changes",
+        f"{args.pods} Asterisk pod(s); (a) {n} trunks created as fast as possible (8 API"
+        f" threads), (b) then one spec change (codecs) of each of the {n}; time from the first"
+        " API call to all Ready at their generation; reloads counted as"
+        " \"Reloading module 'res_pjsip.so'\" lines in each container's log",
+    )
+    with Rig("burst", workdir, args.observe_interval) as rig:
+        rig.add_pods(args.pods, hosts())
+        op = rig.start_operator()
+        watch = rig.watch()
+        names = [f"burst-{i:03d}" for i in range(n)]
+        make_secrets(rig, args, names)
+        base = op.stats()
+        for phase in ("create", "update"):
+            before = reloads(rig)
+            started = time.monotonic()
+            if phase == "create":
+                gens = rig.parallel(
+                    lambda i: rig.create(
+                        TRUNKS, "TwilioTrunk", names[i],
+                        trunk_spec(i, names[i], secret_for(args, names[i])),
+                    ),
+                    range(n),
+                )  # fmt: skip
+            else:
+                gens = rig.parallel(
+                    lambda name: rig.patch_spec(TRUNKS, name, {"codecs": ["alaw"]}), names
+                )
+            applied = time.monotonic() - started
+            done = watch.wait_ready(list(zip(names, gens, strict=True)), 300, phase)
+            total = max(done.values()) - started
+            time.sleep(2)  # a reload still running after the last status shows up too
+            per_pod = [a - b for a, b in zip(reloads(rig), before, strict=True)]
+            stats = op.stats()
+            sec.add(f"({phase}) {n} API calls took", applied, "s")
+            sec.add(f"({phase}) burst start -> all {n} Ready", total, "s")
+            sec.add(f"({phase}) PJSIP reloads per pod (max of {per_pod})", max(per_pod), "", 3)
+            sec.notes.append(
+                f"{phase}: operator plans +{stats.get('plans', 0) - base.get('plans', 0)},"
+                f" delivery rounds +{stats.get('reloads', 0) - base.get('reloads', 0)}"
+                f" (all pods)"
+            )
+            base = stats
+    return sec
+
+
+# ---- 3. restart ----------------------------------------------------------------------------
+
+
+class EndpointSampler:
+    """Counts the endpoints one pod's Asterisk has loaded, as often as exec allows."""
+
+    def __init__(self, container: AsteriskContainer) -> None:
+        self.container = container
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from trunk_operator.asterisk import parse_endpoints
+
+        while not self._stop.is_set():
+            text = self.container.rx("pjsip show endpoints", timeout=60, check=False)
+            self.samples.append((time.monotonic(), len(parse_endpoints(text))))
+            self._stop.wait(0.3)
+
+    def __enter__(self) -> EndpointSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+def m3_restart(args: argparse.Namespace, workdir: Path) -> Section:
+    n, pods = args.trunks, args.restart_pods
+    sec = Section(
+        "3. Convergence after an operator restart",
+        f"{n} trunks on {pods} pods, all Ready; operator stopped (SIGTERM), every trunk's status"
+        " reset to Ready=Unknown while it is down (otherwise the old Ready=True would hide"
+        " convergence), operator started again; pods untouched",
+    )
+    with Rig("restart", workdir, args.observe_interval) as rig:
+        rig.add_pods(pods, hosts())
+        op = rig.start_operator()
+        watch = rig.watch()
+        names = [f"rs-{i:04d}" for i in range(n)]
+        make_secrets(rig, args, names)
+        started = time.monotonic()
+        gens = rig.parallel(
+            lambda i: rig.create(
+                TRUNKS, "TwilioTrunk", names[i], trunk_spec(i, names[i], secret_for(args, names[i]))
+            ),
+            range(n),
+        )
+        keys = list(zip(names, gens, strict=True))
+        done = watch.wait_ready(keys, args.timeout, "initial")
+        sec.add(f"initial: {n} trunks created -> all Ready", max(done.values()) - started, "s")
+        time.sleep(3)
+        sec.add("initial: PJSIP reloads per pod (max)", max(reloads(rig)), "")
+        stats = op.stats()
+        sec.notes.append(f"initial: operator stats {stats}")
+        counts = [p.endpoint_count() for p in rig.pods]
+        sec.notes.append(f"endpoints loaded per pod before the restart: {counts}")
+
+        op.stop()
+        rig.parallel(
+            lambda name: rig.patch_status(
+                TRUNKS,
+                name,
+                {
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "Unknown",
+                            "reason": "BenchReset",
+                            "message": "reset by bench/run.py while the operator is down",
+                        }
+                    ]
+                },
+            ),
+            names,
+        )
+        # The watch only records the first Ready per generation: start a fresh one.
+        time.sleep(1)
+        watch.stop()
+        watch = rig.watch()
+        time.sleep(1)
+        if watch.count_ready(keys):
+            sec.notes.append("WARNING: some trunks still Ready after the status reset")
+        before = reloads(rig)
+        with EndpointSampler(rig.pods[0].container) as sampler:
+            restart_wall = time.time()
+            answered = op.start()
+            t0 = op.started
+            done = watch.wait_ready(keys, args.timeout, "after restart")
+            ready_after = max(done.values()) - t0
+            time.sleep(max(5.0, args.observe_interval / 3))
+        per_pod = [a - b for a, b in zip(reloads(rig), before, strict=True)]
+        last_reload = max(
+            (t for p in rig.pods for t in p.reload_times() if t >= restart_wall), default=None
+        )
+        sec.add("operator start -> liveness probe answers", answered, "s")
+        sec.add(f"operator start -> all {n} Ready again", ready_after, "s", 30)
+        sec.add(
+            f"PJSIP reloads per pod after the restart (max of {per_pod})", max(per_pod), "",
+            note="~0 expected when delivered hashes match",
+        )  # fmt: skip
+        if last_reload is not None:
+            sec.add("operator start -> last reload seen", last_reload - restart_wall, "s")
+        low = min((c for _, c in sampler.samples), default=None)
+        sec.add(
+            f"fewest endpoints seen in {rig.pods[0].name} during convergence", low, "",
+            note=f"{len(sampler.samples)} samples; {n} expected throughout",
+        )  # fmt: skip
+        dips = [(round(t - t0, 1), c) for t, c in sampler.samples if c < n]
+        if dips:
+            sec.add(
+                f"{rig.pods[0].name} served fewer than {n} endpoints from", dips[0][0], "s",
+                note=f"to {dips[-1][0]} s after start; {len(dips)} samples, counts"
+                f" {sorted({c for _, c in dips})}",
+            )  # fmt: skip
+        pod0 = [round(t - restart_wall, 1) for t in rig.pods[0].reload_times() if t >= restart_wall]
+        sec.notes.append(f"PJSIP reloads in {rig.pods[0].name} at (s after start): {pod0}")
+        sec.notes.append(f"after restart: operator stats {op.stats()}")
+    return sec
+
+
+# ---- 4. memory -----------------------------------------------------------------------------
+
+
+def m4_memory(args: argparse.Namespace, workdir: Path) -> Section:
+    n, pods = args.memory_trunks, args.memory_pods
+    sec = Section(
+        "4. Operator peak RSS",
+        f"{n} trunks, {pods} Asterisk pod(s)"
+        + ("" if pods else " (trunks end Ready=False NoAsteriskPods, rendered)")
+        + "; VmHWM of the operator process from /proc/<pid>/status once settled",
+    )
+    with Rig("memory", workdir, args.observe_interval) as rig:
+        if pods:
+            rig.add_pods(pods, hosts())
+        op = rig.start_operator()
+        watch = rig.watch()
+        idle = op.memory()
+        names = [f"mem-{i:04d}" for i in range(n)]
+        make_secrets(rig, args, names)
+        started = time.monotonic()
+        gens = rig.parallel(
+            lambda i: rig.create(
+                TRUNKS, "TwilioTrunk", names[i], trunk_spec(i, names[i], secret_for(args, names[i]))
+            ),
+            range(n),
+        )
+        created = time.monotonic() - started
+        keys = list(zip(names, gens, strict=True))
+        peak_seen = 0
+        settled = None
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            peak_seen = max(peak_seen, op.memory()["VmRSS"])
+            if pods:
+                if watch.count_ready(keys) == n:
+                    settled = time.monotonic() - started
+                    break
+            else:
+                with watch.lock:
+                    reasons = [
+                        (o.get("status") or {}).get("observedGeneration")
+                        == o["metadata"]["generation"]
+                        for o in watch.objects.values()
+                    ]
+                if len(reasons) == n and all(reasons):
+                    settled = time.monotonic() - started
+                    break
+            time.sleep(0.5)
+        if settled is None:
+            sec.notes.append(
+                f"NOT settled after {args.timeout:.0f} s: {watch.count_ready(keys)}/{n} Ready"
+            )
+        time.sleep(5)
+        memory = op.memory()
+        sec.add("operator RSS idle before the trunks", idle["VmRSS"] / 1024, "MiB")
+        sec.add(f"{n} trunks + secrets created (API calls)", created, "s")
+        sec.add(
+            f"created -> all {n} {'Ready' if pods else 'statused'}",
+            settled, "s",
+        )  # fmt: skip
+        sec.add("operator VmHWM (peak RSS)", memory["VmHWM"] / 1024, "MiB", 120)
+        sec.add("operator VmRSS after settling", memory["VmRSS"] / 1024, "MiB")
+        stats = op.stats()
+        sec.notes.append(f"operator stats {stats}")
+        if pods:
+            sec.notes.append(f"PJSIP reloads per pod: {reloads(rig)}")
+    return sec
+
+
+# ---- 5. 100k DIDs --------------------------------------------------------------------------
+
+
+def m5_dids(args: argparse.Namespace, workdir: Path) -> Section:
+    count = args.dids
+    sec = Section(
+        f"5. Render + deliver + reload of a {count}-DID segment",
+        "pure: tests.cases.large_case rendered in-process and delivered with"
+        " trunk_operator.asterisk.deliver over `podman exec`; operator: a DIDSegment with"
+        f" {args.did_ranges} ranges totalling {count} applied to a Ready trunk on 1 pod",
+    )
+    bulk_host = "bulk.pstn.twilio.com"
+    # -- pure path
+    container = AsteriskContainer("bench-dids-pure", "127.0.20.40", {bulk_host: "127.0.0.22"})
+    try:
+        container.start()
+        started = time.monotonic()
+        case = large_case(count)
+        files = case.files()
+        rendered = time.monotonic() - started
+        spec = case.trunks["bulk"]
+        expected = asterisk.Expected(
+            (expected_endpoint("bulk", spec),),
+            frozenset(_contexts(files)),
+            frozenset({spec.transport}),
+        )
+        size = sum(len(t) for t in files.values())
+        for attempt in ("first", "again"):
+            t = time.monotonic()
+            result = asterisk.deliver(podman_exec(container.name), files, expected, 300)
+            took = time.monotonic() - t
+            if not result.ok:
+                sec.notes.append(f"pure {attempt} delivery FAILED: {result.problems[:3]}")
+            if attempt == "first":
+                sec.add(f"pure: render ({size / 1e6:.1f} MB of config)", rendered, "s")
+                sec.add("pure: deliver + reload + verify (empty pod)", took, "s")
+                sec.add("pure: render + deliver total", rendered + took, "s", 5)
+            else:
+                sec.add("pure: deliver again (same set, pod already has it)", took, "s")
+        t = time.monotonic()
+        container.rx("dialplan reload", timeout=300)
+        sec.add("pure: a bare `dialplan reload` with the set loaded", time.monotonic() - t, "s")
+        t = time.monotonic()
+        container.rx("module reload res_pjsip.so", timeout=300)
+        sec.add("pure: a bare PJSIP reload with the set loaded", time.monotonic() - t, "s")
+    finally:
+        container.stop()
+    # -- through the operator
+    with Rig("dids", workdir, args.observe_interval) as rig:
+        rig.add_pods(1, {bulk_host: "127.0.0.22"}, first_ip=41)
+        rig.start_operator()
+        trunks, segments = rig.watch(TRUNKS), rig.watch(SEGMENTS)
+        rig.create_secret("bulk-sip")
+        gen = rig.create(
+            TRUNKS, "TwilioTrunk", "bulk",
+            {"terminationHost": bulk_host, "credentials": {"secretName": "bulk-sip"},
+             "qualifyFrequencySeconds": 0},
+        )  # fmt: skip
+        trunks.wait_ready([("bulk", gen)], 60, "bulk trunk")
+        per = count // args.did_ranges
+        ranges = [
+            {
+                "start": f"+1555{i:03d}00000",
+                "count": per if i else count - per * (args.did_ranges - 1),
+            }
+            for i in range(args.did_ranges)
+        ]
+        before = reloads(rig)
+        started, started_wall = time.monotonic(), time.time()
+        sgen = rig.create(
+            SEGMENTS, "DIDSegment", "bulk-all",
+            {"trunkRef": {"name": "bulk"}, "ranges": ranges,
+             "callerIdPool": {"enabled": True, "strategy": "random"}},
+        )  # fmt: skip
+        applied = time.monotonic() - started
+        done = segments.wait_ready([("bulk-all", sgen)], args.timeout, "segment")
+        seg_ready = done[("bulk-all", sgen)] - started
+        trunk_obj = trunks.objects.get("bulk") or {}
+        sec.add("operator: DIDSegment create API call", applied, "s")
+        sec.add(f"operator: create -> segment Ready ({count} DIDs)", seg_ready, "s", 5)
+        time.sleep(2)
+        times = [t for t in rig.pods[0].reload_times() if t >= started_wall]
+        first_reload = min(times, default=None)
+        if first_reload is not None:
+            sec.add(
+                "operator: create -> PJSIP reload starts in the pod", first_reload - started_wall,
+                "s", note="plan, render, rendered-state writes, tar transfer over exec",
+            )  # fmt: skip
+        sec.add(
+            "operator: PJSIP reloads in the pod for it",
+            max(a - b for a, b in zip(reloads(rig), before, strict=True)), "",
+        )  # fmt: skip
+        sec.notes.append(
+            f"trunk status didCount={(trunk_obj.get('status') or {}).get('didCount')},"
+            f" trunk Ready={trunks.conditions('bulk').get('status')}"
+        )
+        assert rig.operator
+        sec.notes.append(f"operator stats {rig.operator.stats()}")
+        sec.notes.append(
+            f"operator RSS after the segment: {rig.operator.memory()['VmHWM'] / 1024:.0f} MiB peak"
+        )
+    return sec
+
+
+MEASUREMENTS = {1: m1_latency, 2: m2_burst, 3: m3_restart, 4: m4_memory, 5: m5_dids}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--only", default="1,2,3,4,5", help="measurements to run, e.g. 1,3")
+    p.add_argument("--applies", type=int, default=20, help="(1) creates and updates, each")
+    p.add_argument("--pods", type=int, default=2, help="(1, 2) Asterisk pods")
+    p.add_argument("--burst", type=int, default=50, help="(2) trunks in the burst")
+    p.add_argument("--trunks", type=int, default=200, help="(3) trunks")
+    p.add_argument("--restart-pods", type=int, default=3, help="(3) Asterisk pods")
+    p.add_argument("--memory-trunks", type=int, default=1000, help="(4) trunks")
+    p.add_argument("--memory-pods", type=int, default=1, help="(4) Asterisk pods (0: none)")
+    p.add_argument("--dids", type=int, default=100_000, help="(5) DIDs in the segment")
+    p.add_argument("--did-ranges", type=int, default=4, help="(5) ranges of the segment")
+    p.add_argument(
+        "--shared-secret",
+        action="store_true",
+        help="all trunks use one credentials Secret (default: one Secret per trunk)",
+    )
+    p.add_argument(
+        "--observe-interval", type=float, default=30, help="TRUNKOP_OBSERVE_INTERVAL (s)"
+    )
+    p.add_argument("--timeout", type=float, default=900, help="per wait for many CRs (s)")
+    p.add_argument("--logs", help="keep operator logs in this directory")
+    args = p.parse_args(argv)
+    chosen = [int(x) for x in args.only.replace(" ", "").split(",") if x]
+
+    workdir = Path(args.logs or tempfile.mkdtemp(prefix="trunkop-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    log(f"operator logs in {workdir}")
+    sections: list[Section] = []
+    failed = []
+    for number in chosen:
+        log(f"measurement {number} ...")
+        started = time.monotonic()
+        try:
+            sections.append(MEASUREMENTS[number](args, workdir))
+        except Exception as error:
+            failed.append(number)
+            sec = Section(f"{number}. FAILED")
+            sec.notes.append(f"{type(error).__name__}: {error}")
+            sections.append(sec)
+            log(f"measurement {number} failed: {error}")
+        log(f"measurement {number} took {time.monotonic() - started:.0f} s")
+
+    print("\n==== trunk operator bench ====")
+    for sec in sections:
+        print(sec.render())
+        print()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
