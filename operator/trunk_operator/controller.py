@@ -24,7 +24,7 @@ from typing import Any
 
 from trunk_operator import asterisk
 from trunk_operator.asterisk import Expected, ExpectedEndpoint
-from trunk_operator.kube import Kube, KubeError, Owner, describe
+from trunk_operator.kube import Kube, KubeError, Owner, describe, secret_files_hash
 from trunk_operator.models import TwilioTrunkSpec
 from trunk_operator.plan import SEGMENT, TRUNK, Inputs, Outcome, Plan, Resource, plan_namespace
 from trunk_operator.render import (
@@ -83,6 +83,7 @@ class PodWorker:
     # would read the old hash and report drift that is not there.
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task[None] | None = None
+    adoptable: bool = True  # first delivery: the pod may already hold this set (restart)
 
 
 def _now() -> str:
@@ -161,6 +162,9 @@ class Controller:
         self.tasks: list[asyncio.Task[None]] = []
         self.stats: dict[str, int] = defaultdict(int)
         self.status_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Credentials as last read; every watch event on a Secret drops its entry.
+        self.secrets: dict[tuple[str, str], dict[str, str] | None] = {}
+        self.api_calls = asyncio.Semaphore(8)
 
     # ---- inputs from Kopf ------------------------------------------------------------
 
@@ -191,6 +195,7 @@ class Controller:
         self.mark(namespace)
 
     def secret_changed(self, namespace: str, name: str) -> None:
+        self.secrets.pop((namespace, name), None)
         for tracked in self.resources.get(namespace, {}).values():
             if tracked.resource.kind == TRUNK and (
                 tracked.resource.spec.get("credentials", {}).get("secretName") == name
@@ -236,6 +241,33 @@ class Controller:
 
     # ---- lifecycle -------------------------------------------------------------------
 
+    async def prime(self) -> None:
+        """Know every CR, pod and rendered object before the first plan.
+
+        Without this, a restarted operator could plan a namespace whose pods it has seen but
+        whose trunks it has not yet, and empty live Asterisk pods until the rest arrive.
+        """
+
+        def listing() -> tuple[list[Any], list[Any], list[Any], dict[Any, tuple[str, str]]]:
+            return (
+                self.kube.list_custom(PLURALS[TRUNK]),
+                self.kube.list_custom(PLURALS[SEGMENT]),
+                self.kube.list_pods(),
+                self.kube.rendered_hashes(),
+            )
+
+        trunks, segments, pods, hashes = await asyncio.to_thread(listing)
+        for body in trunks:
+            self.upsert(TRUNK, body)
+        for body in segments:
+            self.upsert(SEGMENT, body)
+        for body in pods:
+            self.upsert_pod(body)
+        kinds = {TRUNK.lower(): TRUNK, SEGMENT.lower(): SEGMENT}
+        for (namespace, kind, name), digests in hashes.items():
+            if kind in kinds:
+                self.written[(namespace, f"{kinds[kind]}/{name}")] = digests
+
     def start(self) -> None:
         self.tasks = [
             asyncio.create_task(self._plan_loop(), name="plan"),
@@ -276,27 +308,27 @@ class Controller:
             trunks=[t.resource for t in live if t.resource.kind == TRUNK],
             segments=[t.resource for t in live if t.resource.kind == SEGMENT],
         )
-        for name in {t.spec.get("credentials", {}).get("secretName") for t in inputs.trunks}:
-            if name:
-                secret = await asyncio.to_thread(self.kube.read_secret, namespace, name)
-                if secret is not None:
-                    inputs.secrets[name] = secret
+        names = {t.spec.get("credentials", {}).get("secretName") for t in inputs.trunks}
+        await asyncio.gather(*(self._read_secret(namespace, n) for n in names if n))
+        for name in names:
+            secret = self.secrets.get((namespace, name or ""))
+            if name and secret is not None:
+                inputs.secrets[name] = secret
         plan = plan_namespace(inputs)
         self.plans[namespace] = plan
 
+        writes = []
         for ref, outcome in plan.outcomes.items():
             key = (namespace, ref)
             if outcome.blocked:
                 continue
             self.last_good[key] = outcome
-            digest = (files_hash(outcome.public), files_hash(outcome.secret))
+            digest = (files_hash(outcome.public), secret_files_hash(outcome.secret))
             if self.written.get(key) != digest:
                 cr = tracked[ref]
                 owner = Owner(cr.resource.kind, cr.resource.name, namespace, cr.uid, outcome.trunk)
-                await asyncio.to_thread(
-                    self.kube.write_rendered, owner, outcome.public, outcome.secret
-                )
-                self.written[key] = digest
+                writes.append(self._write_rendered(key, digest, owner, outcome))
+        await asyncio.gather(*writes)
         for key in [k for k in self.last_good if k[0] == namespace and k[1] not in plan.outcomes]:
             del self.last_good[key]  # deleted CRs: their files leave the pods
             self.written.pop(key, None)
@@ -305,6 +337,19 @@ class Controller:
         await self.write_statuses(namespace)
         async with self.changed:
             self.changed.notify_all()
+
+    async def _read_secret(self, namespace: str, name: str) -> None:
+        if (namespace, name) not in self.secrets:
+            async with self.api_calls:
+                secret = await asyncio.to_thread(self.kube.read_secret, namespace, name)
+            self.secrets[(namespace, name)] = secret
+
+    async def _write_rendered(
+        self, key: tuple[str, str], digest: tuple[str, str], owner: Owner, outcome: Outcome
+    ) -> None:
+        async with self.api_calls:
+            await asyncio.to_thread(self.kube.write_rendered, owner, outcome.public, outcome.secret)
+        self.written[key] = digest
 
     def _trunk_selector(self, spec: TwilioTrunkSpec) -> Mapping[str, str]:
         selector = spec.asterisk_selector
@@ -370,6 +415,10 @@ class Controller:
 
     async def _deliver_once(self, namespace: str, worker: PodWorker) -> None:
         owners = dict(worker.owners)
+        if worker.adoptable:
+            worker.adoptable = False
+            if await self._adopt(namespace, worker, owners):
+                return
         result = await self._deliver(namespace, worker, owners)
         if result.ok:
             return
@@ -393,6 +442,28 @@ class Controller:
             worker.state.last_reload_result = "PartiallyApplied"
             # Nothing more to do until something changes: a fixed CR changes the desired hash.
             worker.state.delivered_hash = worker.state.desired_hash
+
+    async def _adopt(self, namespace: str, worker: PodWorker, owners: dict[str, Outcome]) -> bool:
+        """Take over a pod that already serves exactly this set (the operator restarted):
+        verified by content and by what Asterisk shows, so no reload is needed."""
+        pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
+        observation = await asyncio.to_thread(asterisk.observe, pod_exec)
+        files = files_of(owners)
+        if (
+            observation.delivered_hash != files_hash(files)
+            or asterisk.drifted(files, observation)
+            or asterisk.verify(expected_for(owners), observation.endpoints, observation.contexts)
+        ):
+            return False
+        worker.state.delivered_hash = observation.delivered_hash
+        worker.state.observation = observation
+        worker.state.problems = {}
+        worker.state.last_reload_result = "Verified"
+        worker.delivered_owners = owners
+        log.info(
+            "%s/%s already serves %d resources: adopted", namespace, worker.pod.name, len(owners)
+        )
+        return True
 
     async def _deliver(
         self, namespace: str, worker: PodWorker, owners: dict[str, Outcome]

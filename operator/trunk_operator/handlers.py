@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 
 from trunk_operator.controller import Controller, Settings
-from trunk_operator.kube import Kube, load_config
+from trunk_operator.kube import LABEL_MANAGED_BY, MANAGER, Kube, load_config
 from trunk_operator.models import GROUP
 from trunk_operator.plan import SEGMENT, TRUNK
 
@@ -49,7 +49,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # One line per watch event ("Handler ... succeeded") drowns what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # The operator's own rendered Secrets never need to wake it: filter them out server-side.
+    settings.watching.label_selectors["", "v1", "secrets"] = f"{LABEL_MANAGED_BY}!={MANAGER}"
     controller = Controller(Kube(load_config()), settings_from_env())
+    await controller.prime()
     controller.start()
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
@@ -210,6 +210,38 @@ class Kube:
                 if index >= keep:
                     self.core.delete_namespaced_config_map(name, owner.namespace)
 
+    def list_custom(self, plural: str) -> list[dict[str, Any]]:
+        """Every object of one of our kinds, cluster-wide, as plain dicts."""
+        found = self.custom.list_cluster_custom_object(GROUP, VERSION, plural)
+        return list(cast(dict[str, Any], found)["items"])
+
+    def list_pods(self) -> list[dict[str, Any]]:
+        """Every pod, as plain dicts with the API's own (camelCase) keys."""
+        pods = self.core.list_pod_for_all_namespaces()
+        return list(self.api_client.sanitize_for_serialization(pods)["items"])
+
+    def rendered_hashes(self) -> dict[tuple[str, str, str], tuple[str, str]]:
+        """(namespace, kind, name) -> (ConfigMap hash, Secret hash) of what is in the API now,
+        in two list calls, so a restarted operator does not re-read every object."""
+        selector = f"{LABEL_MANAGED_BY}={MANAGER}"
+        found: dict[tuple[str, str, str], tuple[str, str]] = {}
+        for cm in self.core.list_config_map_for_all_namespaces(label_selector=selector).items:
+            meta = cm.metadata
+            if meta is None or (meta.name or "").rsplit("-part-", 1)[0] != meta.name:
+                continue
+            labels, annotations = meta.labels or {}, meta.annotations or {}
+            key = (meta.namespace or "", labels.get(LABEL_KIND, ""), labels.get(LABEL_NAME, ""))
+            found[key] = (annotations.get(ANNOTATION_HASH, ""), "")
+        for secret in self.core.list_secret_for_all_namespaces(label_selector=selector).items:
+            meta = secret.metadata
+            if meta is None:
+                continue
+            labels, annotations = meta.labels or {}, meta.annotations or {}
+            key = (meta.namespace or "", labels.get(LABEL_KIND, ""), labels.get(LABEL_NAME, ""))
+            if key in found:
+                found[key] = (found[key][0], annotations.get(ANNOTATION_HASH, ""))
+        return found
+
     # -- status ------------------------------------------------------------------------
 
     def patch_status(self, kind_plural: str, namespace: str, name: str, status: dict) -> None:
@@ -253,6 +285,11 @@ class Kube:
         # every exec gets its own client, so no other thread's call turns into a WebSocket.
         own = client.CoreV1Api(client.ApiClient(self.api_client.configuration))
         return PodExec(own, namespace, pod, container)
+
+
+def secret_files_hash(files: Mapping[str, str]) -> str:
+    """What annotates a rendered Secret: changes with its files, is not a plain hash of them."""
+    return _keyed_hash(files) if files else ""
 
 
 def _keyed_hash(files: Mapping[str, str]) -> str:
