@@ -164,6 +164,7 @@ class Controller:
         self.status_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # Credentials as last read; every watch event on a Secret drops its entry.
         self.secrets: dict[tuple[str, str], dict[str, str] | None] = {}
+        self.secret_events: dict[tuple[str, str], int] = defaultdict(int)
         self.api_calls = asyncio.Semaphore(8)
 
     # ---- inputs from Kopf ------------------------------------------------------------
@@ -196,6 +197,7 @@ class Controller:
 
     def secret_changed(self, namespace: str, name: str) -> None:
         self.secrets.pop((namespace, name), None)
+        self.secret_events[(namespace, name)] += 1
         for tracked in self.resources.get(namespace, {}).values():
             if tracked.resource.kind == TRUNK and (
                 tracked.resource.spec.get("credentials", {}).get("secretName") == name
@@ -308,12 +310,16 @@ class Controller:
             trunks=[t.resource for t in live if t.resource.kind == TRUNK],
             segments=[t.resource for t in live if t.resource.kind == SEGMENT],
         )
-        names = {t.spec.get("credentials", {}).get("secretName") for t in inputs.trunks}
-        await asyncio.gather(*(self._read_secret(namespace, n) for n in names if n))
-        for name in names:
-            secret = self.secrets.get((namespace, name or ""))
-            if name and secret is not None:
-                inputs.secrets[name] = secret
+        names = sorted(
+            {t.spec.get("credentials", {}).get("secretName") or "" for t in inputs.trunks}
+        )
+        # Taken from the reads themselves: Secret events may empty the cache meanwhile.
+        found = await asyncio.gather(*(self._read_secret(namespace, n) for n in names if n))
+        inputs.secrets = {
+            name: secret
+            for name, secret in zip([n for n in names if n], found, strict=True)
+            if secret is not None
+        }
         plan = plan_namespace(inputs)
         self.plans[namespace] = plan
 
@@ -338,11 +344,16 @@ class Controller:
         async with self.changed:
             self.changed.notify_all()
 
-    async def _read_secret(self, namespace: str, name: str) -> None:
-        if (namespace, name) not in self.secrets:
-            async with self.api_calls:
-                secret = await asyncio.to_thread(self.kube.read_secret, namespace, name)
-            self.secrets[(namespace, name)] = secret
+    async def _read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        key = (namespace, name)
+        if key in self.secrets:
+            return self.secrets[key]
+        seen = self.secret_events[key]
+        async with self.api_calls:
+            secret = await asyncio.to_thread(self.kube.read_secret, namespace, name)
+        if self.secret_events[key] == seen:  # else it changed meanwhile: read again next time
+            self.secrets[key] = secret
+        return secret
 
     async def _write_rendered(
         self, key: tuple[str, str], digest: tuple[str, str], owner: Owner, outcome: Outcome
