@@ -44,3 +44,61 @@ def test_files_of_is_the_union_including_the_auth_sections() -> None:
     assert "pjsip.d/twiliotrunk-a-auth.conf" in files
     assert "extensions.d/didsegment-s.conf" in files
     assert len(files) == 7
+
+
+class FakeKube:
+    """Records the controller's API calls; no cluster. (The real calls are exercised by the
+    integration tier.)"""
+
+    def __init__(self, secret: dict[str, str]) -> None:
+        self.secret = secret
+        self.reads = 0
+        self.during_read = lambda: None
+        self.statuses: dict[str, dict] = {}
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        self.reads += 1
+        self.during_read()
+        return dict(self.secret)
+
+    def write_rendered(self, owner, public, secret) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    def patch_status(self, plural: str, namespace: str, name: str, status: dict) -> None:
+        self.statuses[name] = status
+
+    def event(self, *args: object) -> None:
+        pass
+
+
+def trunk_body(name: str) -> dict:
+    return {
+        "metadata": {"name": name, "namespace": "ns", "uid": name, "generation": 1},
+        "spec": {
+            "terminationHost": f"{name}.pstn.twilio.com",
+            "credentials": {"secretName": "sip"},
+        },
+    }
+
+
+def test_a_secret_event_during_the_read_neither_loses_nor_caches_it() -> None:
+    import asyncio
+
+    from trunk_operator.controller import Controller
+
+    async def scenario() -> None:
+        kube = FakeKube({"username": "u", "password": "p"})
+        controller = Controller(kube)  # type: ignore[arg-type]
+        controller.upsert("TwilioTrunk", trunk_body("acme"))
+        kube.during_read = lambda: controller.secret_changed("ns", "sip")  # rotation mid-read
+        await controller.reconcile_namespace("ns")
+        assert not controller.plans["ns"].outcomes["TwilioTrunk/acme"].problems
+        assert ("ns", "sip") not in controller.secrets  # may be stale: read again next time
+        kube.during_read = lambda: None
+        await controller.reconcile_namespace("ns")
+        await controller.reconcile_namespace("ns")
+        assert kube.reads == 2  # cached after a clean read
+        ready = kube.statuses["acme"]["conditions"][0]
+        assert (ready["type"], ready["reason"]) == ("Ready", "NoAsteriskPods")
+
+    asyncio.run(scenario())
