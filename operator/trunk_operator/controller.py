@@ -40,6 +40,7 @@ from trunk_operator.status import CRView, PodDelivery, reduce_status, with_trans
 log = logging.getLogger(__name__)
 
 PLURALS = {TRUNK: "twiliotrunks", SEGMENT: "didsegments"}
+FINALIZER = "trunks.asterisk-operator.dev/delivered"
 _CONTEXT_LINE = re.compile(r"^\[([^\]]+)\]", re.MULTILINE)
 
 
@@ -61,6 +62,8 @@ class Tracked:
     generation: int | None
     status: dict[str, Any]
     deleting: bool = False
+    finalizers: tuple[str, ...] = ()
+    resource_version: str = ""
 
 
 @dataclass
@@ -84,6 +87,10 @@ class PodWorker:
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task[None] | None = None
     adoptable: bool = True  # first delivery: the pod may already hold this set (restart)
+
+    def set_delivered(self, owners: dict[str, Outcome]) -> None:
+        self.delivered_owners = owners
+        self.state.delivered = {ref: outcome.digest for ref, outcome in owners.items()}
 
 
 def _now() -> str:
@@ -182,6 +189,8 @@ class Controller:
             # Watch events can lag behind our own status writes: ours is the newer truth.
             known.status if known else dict(body.get("status") or {}),
             deleting=bool(meta.get("deletionTimestamp")),
+            finalizers=tuple(meta.get("finalizers") or ()),
+            resource_version=meta.get("resourceVersion", ""),
         )
         self.resources[meta["namespace"]][resource.ref] = tracked
         if known is None or (known.resource, known.uid, known.deleting) != (
@@ -190,6 +199,8 @@ class Controller:
             tracked.deleting,
         ):
             self.mark(meta["namespace"])  # our own status writes come back here: no re-plan
+        elif tracked.deleting or FINALIZER not in tracked.finalizers:
+            self.mark(meta["namespace"])  # the finalizer still needs adding or releasing
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self.resources[namespace].pop(f"{kind}/{name}", None)
@@ -222,7 +233,7 @@ class Controller:
         worker = self.workers.get((namespace, pod.name))
         if worker and before and (before.incarnation != incarnation or before.uid != pod.uid):
             worker.state.delivered_hash = None  # a new container starts empty
-            worker.delivered_owners = {}
+            worker.set_delivered({})
         if worker:
             worker.pod = pod
         if (
@@ -341,6 +352,7 @@ class Controller:
 
         self._assign_pods(namespace)
         await self.write_statuses(namespace)
+        await self.sync_finalizers(namespace)
         async with self.changed:
             self.changed.notify_all()
 
@@ -379,6 +391,7 @@ class Controller:
                     owners[ref] = outcome
             worker = self._worker(namespace, pod)
             worker.owners = owners
+            worker.state.desired = {ref: outcome.digest for ref, outcome in owners.items()}
             worker.state.desired_hash = files_hash(files_of(owners))
             if worker.state.desired_hash != worker.state.delivered_hash:
                 worker.wake.set()
@@ -470,7 +483,7 @@ class Controller:
         worker.state.observation = observation
         worker.state.problems = {}
         worker.state.last_reload_result = "Verified"
-        worker.delivered_owners = owners
+        worker.set_delivered(owners)
         log.info(
             "%s/%s already serves %d resources: adopted", namespace, worker.pod.name, len(owners)
         )
@@ -495,7 +508,7 @@ class Controller:
             worker.state.delivered_hash = result.hash
             worker.state.problems = {}
             worker.state.last_reload_result = "Verified"
-            worker.delivered_owners = owners
+            worker.set_delivered(owners)
             await asyncio.to_thread(self._set_readiness, namespace, worker.pod.name, True)
         else:
             worker.state.last_reload_result = "RolledBack" if result.rolled_back else "Failed"
@@ -555,6 +568,7 @@ class Controller:
         ):
             log.info("drift in %s/%s: redelivering", namespace, worker.pod.name)
             worker.state.delivered_hash = None  # whatever is there, it is not our set
+            worker.state.delivered = {}
             worker.wake.set()
         await self.write_statuses(namespace)
 
@@ -571,6 +585,7 @@ class Controller:
         if plan is None:
             return
         tracked = self.resources.get(namespace, {})
+        writes = []
         for ref, outcome in plan.outcomes.items():
             cr = tracked.get(ref)
             if cr is None or cr.deleting:
@@ -594,20 +609,23 @@ class Controller:
             key = (namespace, ref)
             if self.patched.get(key) == status:
                 continue
-            old = cr.status
             final = with_transition_times(
-                {**status, "conditions": [dict(c) for c in status["conditions"]]}, old, _now()
+                {**status, "conditions": [dict(c) for c in status["conditions"]]}, cr.status, _now()
             )
-            await asyncio.to_thread(
-                self.kube.patch_status,
-                PLURALS[cr.resource.kind],
-                namespace,
-                cr.resource.name,
-                final,
-            )
-            self.patched[key] = status
-            self._event_on_transition(namespace, cr, old, final)
-            cr.status = final
+            writes.append(self._write_status(namespace, cr, status, final))
+        await asyncio.gather(*writes)
+
+    async def _write_status(
+        self, namespace: str, cr: Tracked, status: dict[str, Any], final: dict[str, Any]
+    ) -> None:
+        def write() -> None:
+            self.kube.patch_status(PLURALS[cr.resource.kind], namespace, cr.resource.name, final)
+            self._event_on_transition(namespace, cr, cr.status, final)
+
+        async with self.api_calls:
+            await asyncio.to_thread(write)
+        self.patched[(namespace, cr.resource.ref)] = status
+        cr.status = final
 
     def _view(
         self, ref: str, cr: Tracked, outcome: Outcome, plan: Plan
@@ -651,19 +669,45 @@ class Controller:
 
     # ---- deletion --------------------------------------------------------------------
 
+    def removed_everywhere(self, namespace: str, ref: str) -> bool:
+        """No pod serves, or is to get, this CR's files (pods that went away count)."""
+        return all(
+            ref not in w.delivered_owners and ref not in w.owners
+            for (ns, _), w in self.workers.items()
+            if ns == namespace
+        )
+
+    async def sync_finalizers(self, namespace: str) -> None:
+        """Our finalizer on every live CR; released once a deleted CR's files left every pod.
+
+        Held by the API server, it makes deletion wait for the pods even when the operator
+        was down at the time: on start, `prime()` sees the CR with its deletionTimestamp.
+        """
+        for tracked in list(self.resources.get(namespace, {}).values()):
+            ref = tracked.resource.ref
+            have = FINALIZER in tracked.finalizers
+            if tracked.deleting and have and self.removed_everywhere(namespace, ref):
+                wanted = [f for f in tracked.finalizers if f != FINALIZER]
+            elif not tracked.deleting and not have:
+                wanted = [*tracked.finalizers, FINALIZER]
+            else:
+                continue
+            async with self.api_calls:
+                await asyncio.to_thread(
+                    self.kube.set_finalizers,
+                    PLURALS[tracked.resource.kind],
+                    namespace,
+                    tracked.resource.name,
+                    wanted,
+                    tracked.resource_version,
+                )
+            tracked.finalizers = tuple(wanted)
+
     async def wait_removed(self, namespace: str, ref: str, timeout: float) -> bool:
         """True once no pod serves files of this CR any more (pods that went away count)."""
         deadline = time.monotonic() + timeout
-
-        def gone() -> bool:
-            return all(
-                ref not in w.delivered_owners and ref not in w.owners
-                for (ns, _), w in self.workers.items()
-                if ns == namespace
-            )
-
         async with self.changed:
-            while not gone():
+            while not self.removed_everywhere(namespace, ref):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False

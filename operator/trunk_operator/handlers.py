@@ -8,13 +8,10 @@ from typing import Any
 
 import kopf
 
-from trunk_operator.controller import Controller, Settings
+from trunk_operator.controller import FINALIZER, Controller, Settings
 from trunk_operator.kube import LABEL_MANAGED_BY, MANAGER, Kube, load_config
 from trunk_operator.models import GROUP
 from trunk_operator.plan import SEGMENT, TRUNK
-
-FINALIZER = f"{GROUP}/delivered"
-DELETE_TIMEOUT = 60.0
 
 controller: Controller | None = None
 
@@ -37,12 +34,18 @@ def settings_from_env() -> Settings:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     global controller
+    # Deletion is the controller's, with its own finalizer: Kopf only watches, keeping no
+    # per-object state. Its prefixes are set anyway, should a handler ever need them.
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.posting.level = 100  # our own Events only: Kopf's would echo handler errors
+    # Per-object workers: few and short-lived. A burst of a thousand objects otherwise keeps a
+    # thousand idle workers (and their memory) around for seconds.
+    settings.queueing.worker_limit = 100
+    settings.queueing.idle_timeout = 1.0
     # Long watches die silently behind some proxies; reconnect well before they do.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -63,12 +66,12 @@ async def cleanup(**_: Any) -> None:
 
 
 @kopf.on.event(GROUP, "twiliotrunks")
-def trunk_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+async def trunk_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     _feed(TRUNK, body, type)
 
 
 @kopf.on.event(GROUP, "didsegments")
-def segment_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+async def segment_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     _feed(SEGMENT, body, type)
 
 
@@ -79,40 +82,14 @@ def _feed(kind: str, body: kopf.Body, event_type: str | None) -> None:
         _controller().upsert(kind, body)
 
 
-# The finalizer makes sure files leave every pod even if the operator was down at deletion.
-@kopf.on.create(GROUP, "twiliotrunks")
-@kopf.on.create(GROUP, "didsegments")
-def adopt_finalizer(**_: Any) -> None:
-    """Nothing to do: the event handlers feed the controller; this registers the finalizer."""
-
-
-@kopf.on.delete(GROUP, "twiliotrunks")
-async def trunk_deleted(body: kopf.Body, **_: Any) -> None:
-    await _removed(TRUNK, body)
-
-
-@kopf.on.delete(GROUP, "didsegments")
-async def segment_deleted(body: kopf.Body, **_: Any) -> None:
-    await _removed(SEGMENT, body)
-
-
-async def _removed(kind: str, body: kopf.Body) -> None:
-    ctl = _controller()
-    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
-    ctl.upsert(kind, body)  # carries deletionTimestamp: left out of the plan
-    if not await ctl.wait_removed(namespace, f"{kind}/{name}", DELETE_TIMEOUT):
-        raise kopf.TemporaryError("files not yet removed from every Asterisk pod", delay=5)
-    ctl.forget(kind, namespace, name)
-
-
 @kopf.on.event("", "v1", "secrets")
-def secret_event(body: kopf.Body, **_: Any) -> None:
+async def secret_event(body: kopf.Body, **_: Any) -> None:
     # Only a trigger: the data is read fresh by the reconcile, never kept from the event.
     _controller().secret_changed(body.metadata.namespace or "", body.metadata.name or "")
 
 
 @kopf.on.event("", "v1", "pods")
-def pod_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+async def pod_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     if type == "DELETED":
         _controller().forget_pod(body.metadata.namespace or "", body.metadata.name or "")
     else:

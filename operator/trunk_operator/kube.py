@@ -253,6 +253,19 @@ class Kube:
             if error.status != 404:  # deleted meanwhile
                 raise
 
+    def set_finalizers(
+        self, plural: str, namespace: str, name: str, finalizers: list[str], resource_version: str
+    ) -> None:
+        """Replace the finalizer list; the resourceVersion makes a concurrent change a 409."""
+        body = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
+        try:
+            self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, body
+            )
+        except ApiException as error:
+            if error.status not in (404, 409):  # gone, or changed: the next event retries
+                raise KubeError(f"finalizer on {plural}/{name}: {describe(error)}") from None
+
     def event(self, owner: Owner, event_type: str, reason: str, message: str) -> None:
         now = datetime.now(UTC)
         body = client.CoreV1Event(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,6 +20,7 @@ from trunk_operator.models import DIDSegmentSpec, TwilioTrunkSpec
 from trunk_operator.render import (
     Files,
     RenderError,
+    files_hash,
     render_segment,
     render_trunk,
     render_trunk_auth,
@@ -65,6 +67,11 @@ class Outcome:
     did_count: int = 0
     conflicts: list[str] = field(default_factory=list)
     conflict_count: int = 0
+
+    @cached_property
+    def digest(self) -> str:
+        """Content hash of this resource's files: which version of it a pod has."""
+        return files_hash(self.public | self.secret)
 
     @property
     def blocked(self) -> bool:

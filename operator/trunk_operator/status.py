@@ -15,8 +15,10 @@ class PodDelivery:
     """What the operator knows about one Asterisk pod."""
 
     name: str
-    desired_hash: str | None = None
+    desired_hash: str | None = None  # of the pod's whole set
     delivered_hash: str | None = None
+    desired: dict[str, str] = field(default_factory=dict)  # CR ref -> its digest, to deliver
+    delivered: dict[str, str] = field(default_factory=dict)  # CR ref -> digest the pod has
     last_reload_time: str | None = None
     last_reload_result: str | None = None
     problems: dict[str, list[str]] = field(default_factory=dict)  # CR ref -> Asterisk's words
@@ -65,7 +67,10 @@ def reduce_status(
 
     pod_status = []
     failed = [p for p in pods if p.problems.get(cr.ref)]
-    pending = [p for p in pods if p not in failed and p.delivered_hash != p.desired_hash]
+    # Per resource: another resource's change to the same pod does not make this one pending.
+    pending = [
+        p for p in pods if p not in failed and p.delivered.get(cr.ref) != p.desired.get(cr.ref)
+    ]
     if not pods:
         delivered = _condition(
             "Delivered", False, "NoAsteriskPods", "no ready Asterisk pod matches", cr.generation

@@ -55,6 +55,7 @@ class FakeKube:
         self.reads = 0
         self.during_read = lambda: None
         self.statuses: dict[str, dict] = {}
+        self.finalizers: dict[str, list[str]] = {}
 
     def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         self.reads += 1
@@ -69,6 +70,9 @@ class FakeKube:
 
     def event(self, *args: object) -> None:
         pass
+
+    def set_finalizers(self, plural: str, namespace: str, name: str, finalizers, rv) -> None:  # type: ignore[no-untyped-def]
+        self.finalizers[name] = finalizers
 
 
 def trunk_body(name: str) -> dict:
@@ -100,5 +104,6 @@ def test_a_secret_event_during_the_read_neither_loses_nor_caches_it() -> None:
         assert kube.reads == 2  # cached after a clean read
         ready = kube.statuses["acme"]["conditions"][0]
         assert (ready["type"], ready["reason"]) == ("Ready", "NoAsteriskPods")
+        assert kube.finalizers["acme"] == ["trunks.asterisk-operator.dev/delivered"]
 
     asyncio.run(scenario())

@@ -17,6 +17,8 @@ def pod(
         "asterisk-0",
         desired_hash="h",
         delivered_hash=delivered,
+        desired={TRUNK.ref: "h"},
+        delivered={TRUNK.ref: delivered} if delivered else {},
         observation=Observation({"ACME": endpoint}, set(contexts), delivered),
     )
 
@@ -41,6 +43,13 @@ def test_blocking_problem_wins_the_ready_reason_and_keeps_last_good_config() -> 
     assert conditions(status)["Ready"] == ("False", "SecretNotFound")
     assert conditions(status)["Degraded"] == ("True", "SecretNotFound")
     assert "last good configuration" in status["conditions"][-1]["message"]
+
+
+def test_another_resources_change_does_not_make_this_one_pending() -> None:
+    busy = pod()
+    busy.desired["TwilioTrunk/other"] = "new"  # the pod's set changes, this trunk's does not
+    busy.desired_hash = "changed"
+    assert conditions(reduce_status(TRUNK, Outcome(), [busy]))["Ready"] == ("True", "Ready")
 
 
 def test_pending_failed_and_podless_deliveries() -> None:
