@@ -10,6 +10,7 @@ with this module's own client calls, never through a path that logs payloads.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import logging
@@ -36,6 +37,7 @@ LABEL_KIND = f"{GROUP}/kind"
 LABEL_NAME = f"{GROUP}/name"
 LABEL_TRUNK = f"{GROUP}/trunk"
 ANNOTATION_HASH = f"{GROUP}/config-hash"
+ANNOTATION_PARTS = f"{GROUP}/config-parts"
 INLINE_LIMIT = 256 * 1024
 PART_LIMIT = 700 * 1024  # compressed bytes per ConfigMap; base64 makes it ~930 KiB
 
@@ -150,24 +152,24 @@ class Kube:
 
     # -- rendered state ----------------------------------------------------------------
 
-    def _apply(self, kind: str, namespace: str, body: dict[str, Any]) -> None:
+    def _apply(self, kind: str, namespace: str, body: dict[str, Any]) -> dict[str, str]:
+        """Create, or replace when the content hash differs. Returns the previous annotations.
+
+        Create first: new objects are the common case (one call); responses are not decoded.
+        """
         name = body["metadata"]["name"]
-        read = getattr(self.core, f"read_namespaced_{kind}")
-        create = getattr(self.core, f"create_namespaced_{kind}")
-        replace = getattr(self.core, f"replace_namespaced_{kind}")
         try:
-            current = read(name, namespace)
+            _done(getattr(self.core, f"create_namespaced_{kind}")(namespace, body, **RAW))
+            return {}
         except ApiException as error:
-            if error.status != 404:
-                raise
-            create(namespace, body)
-            return
-        if (current.metadata.annotations or {}).get(ANNOTATION_HASH) == body["metadata"][
-            "annotations"
-        ][ANNOTATION_HASH]:
-            return
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        replace(name, namespace, body)
+            if error.status != 409:
+                raise KubeError(f"creating {kind} {namespace}/{name}: {describe(error)}") from None
+        current = getattr(self.core, f"read_namespaced_{kind}")(name, namespace)
+        annotations = dict(current.metadata.annotations or {})
+        if annotations.get(ANNOTATION_HASH) != body["metadata"]["annotations"][ANNOTATION_HASH]:
+            body["metadata"]["resourceVersion"] = current.metadata.resource_version
+            _done(getattr(self.core, f"replace_namespaced_{kind}")(name, namespace, body, **RAW))
+        return annotations
 
     def _metadata(self, owner: Owner, name: str, digest: str) -> dict[str, Any]:
         return {
@@ -182,15 +184,20 @@ class Kube:
         """Create or update the CR's ConfigMap(s) and Secret; unchanged content is not rewritten."""
         digest = files_hash(public)
         payloads = config_map_payloads(public)
+        previous_parts = 0
         for index, (data, binary) in enumerate(payloads):
             name = owner.base_name if index == 0 else f"{owner.base_name}-part-{index}"
-            body = {
-                "metadata": self._metadata(owner, name, digest),
-                "data": data,
-                "binaryData": binary,
-            }
-            self._apply("config_map", owner.namespace, body)
-        self._delete_stale_parts(owner, len(payloads))
+            metadata = self._metadata(owner, name, digest)
+            metadata["annotations"][ANNOTATION_PARTS] = str(len(payloads))
+            body = {"metadata": metadata, "data": data, "binaryData": binary}
+            before = self._apply("config_map", owner.namespace, body)
+            if index == 0:
+                previous_parts = int(before.get(ANNOTATION_PARTS, "1"))
+        for index in range(len(payloads), previous_parts):  # the set shrank: drop extra parts
+            with contextlib.suppress(ApiException):
+                self.core.delete_namespaced_config_map(
+                    f"{owner.base_name}-part-{index}", owner.namespace
+                )
         if secret:
             secret_body = {
                 "metadata": self._metadata(owner, f"{owner.base_name}-auth", _keyed_hash(secret)),
@@ -198,17 +205,6 @@ class Kube:
                 "stringData": {file_key(p): t for p, t in secret.items()},
             }
             self._apply("secret", owner.namespace, secret_body)
-
-    def _delete_stale_parts(self, owner: Owner, keep: int) -> None:
-        selector = f"{LABEL_KIND}={owner.kind.lower()},{LABEL_NAME}={owner.name}"
-        for cm in self.core.list_namespaced_config_map(
-            owner.namespace, label_selector=selector
-        ).items:
-            name = cm.metadata.name if cm.metadata else None
-            if name and name.startswith(f"{owner.base_name}-part-"):
-                index = int(name.rsplit("-", 1)[1])
-                if index >= keep:
-                    self.core.delete_namespaced_config_map(name, owner.namespace)
 
     def list_custom(self, plural: str) -> list[dict[str, Any]]:
         """Every object of one of our kinds, cluster-wide, as plain dicts."""
@@ -246,8 +242,10 @@ class Kube:
 
     def patch_status(self, kind_plural: str, namespace: str, name: str, status: dict) -> None:
         try:
-            self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, kind_plural, name, {"status": status}
+            _done(
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, kind_plural, name, {"status": status}, **RAW
+                )
             )
         except ApiException as error:
             if error.status != 404:  # deleted meanwhile
@@ -259,8 +257,10 @@ class Kube:
         """Replace the finalizer list; the resourceVersion makes a concurrent change a 409."""
         body = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
         try:
-            self.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name, body
+            _done(
+                self.custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural, name, body, **RAW
+                )
             )
         except ApiException as error:
             if error.status not in (404, 409):  # gone, or changed: the next event retries
@@ -287,7 +287,7 @@ class Kube:
             reporting_component=MANAGER,
         )
         try:
-            self.core.create_namespaced_event(owner.namespace, body)
+            _done(self.core.create_namespaced_event(owner.namespace, body, **RAW))
         except ApiException as error:  # events are best effort
             log.warning("could not record event %s on %s: %s", reason, owner.name, error.status)
 
@@ -298,6 +298,15 @@ class Kube:
         # every exec gets its own client, so no other thread's call turns into a WebSocket.
         own = client.CoreV1Api(client.ApiClient(self.api_client.configuration))
         return PodExec(own, namespace, pod, container)
+
+
+RAW: dict[str, Any] = {"_preload_content": False}  # writes: the response is not decoded
+
+
+def _done(response: Any) -> None:
+    """Read and release a raw response, so its connection goes back to the pool."""
+    response.read()
+    response.release_conn()
 
 
 def secret_files_hash(files: Mapping[str, str]) -> str:
