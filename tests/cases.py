@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from trunk_operator.asterisk import Expected
+from trunk_operator.controller import expected_endpoint
 from trunk_operator.models import DIDSegmentSpec, TwilioTrunkSpec
-from trunk_operator.render import Files, render_segment, render_trunk, render_trunk_auth
+from trunk_operator.render import (
+    Files,
+    contexts_in,
+    render_segment,
+    render_trunk,
+    render_trunk_auth,
+)
 
 PASSWORD = "pa;ss #1 [x] =>\\;"  # every character class Asterisk files treat specially
 ACCOUNT_SID_A = "AC" + "a" * 32
@@ -16,6 +24,14 @@ ACCOUNT_SID_B = "AC" + "b" * 32
 class Case:
     trunks: dict[str, TwilioTrunkSpec]
     segments: dict[str, DIDSegmentSpec] = field(default_factory=dict)
+
+    def expected(self, files: Files) -> Expected:
+        """What Asterisk must show once these files are loaded (as the operator verifies)."""
+        return Expected(
+            tuple(expected_endpoint(f"TwilioTrunk/{n}", n, s) for n, s in self.trunks.items()),
+            {context: "case" for context in contexts_in(files)},
+            {s.transport: (f"TwilioTrunk/{n}",) for n, s in self.trunks.items()},
+        )
 
     def files(self, password: str = PASSWORD) -> Files:
         out: Files = {}

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -28,9 +27,9 @@ from trunk_operator.kube import Kube, KubeError, Owner, describe, secret_files_h
 from trunk_operator.models import TwilioTrunkSpec
 from trunk_operator.plan import SEGMENT, TRUNK, Inputs, Outcome, Plan, Resource, plan_namespace
 from trunk_operator.render import (
-    EXTENSIONS_DIR,
     Files,
     aors,
+    contexts_in,
     files_hash,
     identify_sources,
     trunk_names,
@@ -41,7 +40,6 @@ log = logging.getLogger(__name__)
 
 PLURALS = {TRUNK: "twiliotrunks", SEGMENT: "didsegments"}
 FINALIZER = "trunks.asterisk-operator.dev/delivered"
-_CONTEXT_LINE = re.compile(r"^\[([^\]]+)\]", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -101,14 +99,6 @@ def _selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) ->
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-def _contexts(files: Files) -> set[str]:
-    found: set[str] = set()
-    for path, text in files.items():
-        if path.startswith(EXTENSIONS_DIR + "/"):
-            found.update(_CONTEXT_LINE.findall(text))
-    return found
-
-
 def _with_mask(source: str) -> str:
     return source if "/" in source else f"{source}/32"
 
@@ -147,7 +137,7 @@ def expected_for(outcomes: Mapping[str, Outcome]) -> Expected:
         if ref == f"{TRUNK}/{outcome.trunk}" and spec is not None:
             endpoints.append(expected_endpoint(ref, outcome.trunk or "", spec))
             transports[spec.transport].append(ref)
-        for context in sorted(_contexts(outcome.public)):
+        for context in sorted(contexts_in(outcome.public)):
             contexts.setdefault(context, ref)
     return Expected(tuple(endpoints), contexts, {t: tuple(r) for t, r in transports.items()})
 

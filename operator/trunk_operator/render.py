@@ -259,6 +259,18 @@ def render_segment(
     }
 
 
+_CONTEXT_LINE = re.compile(r"^\[([^\]]+)\]", re.MULTILINE)
+
+
+def contexts_in(files: Mapping[str, str]) -> set[str]:
+    """The dialplan contexts the extensions files define."""
+    found: set[str] = set()
+    for path, text in files.items():
+        if path.startswith(EXTENSIONS_DIR + "/"):
+            found.update(_CONTEXT_LINE.findall(text))
+    return found
+
+
 def files_hash(files: Mapping[str, str]) -> str:
     digest = hashlib.sha256()
     for path in sorted(files):

@@ -17,8 +17,7 @@ from tests.cases import ACCOUNT_SID_B, PASSWORD, Case, cases, large_case, trunk
 from tests.conftest import STANDIN_IP
 from tests.e2e.conftest import podman_exec
 from trunk_operator import asterisk
-from trunk_operator.controller import _contexts, expected_endpoint
-from trunk_operator.render import aors
+from trunk_operator.render import aors, contexts_in
 
 pytestmark = pytest.mark.e2e
 
@@ -27,17 +26,9 @@ def hosts_of(case: Case) -> dict[str, str]:
     return {h: STANDIN_IP for spec in case.trunks.values() for h in spec.edge_hosts()}
 
 
-def expected_of(case: Case, files: dict[str, str]) -> asterisk.Expected:
-    return asterisk.Expected(
-        tuple(expected_endpoint(f"TwilioTrunk/{n}", n, s) for n, s in case.trunks.items()),
-        {context: "case" for context in _contexts(files)},
-        {spec.transport: (f"TwilioTrunk/{n}",) for n, spec in case.trunks.items()},
-    )
-
-
 def deliver(pbx: AsteriskContainer, case: Case) -> asterisk.DeliveryResult:
     files = case.files()
-    return asterisk.deliver(podman_exec(pbx.name), files, expected_of(case, files))
+    return asterisk.deliver(podman_exec(pbx.name), files, case.expected(files))
 
 
 @pytest.mark.parametrize("name", ["single-trunk", "two-trunks", "secure-trunk"])
@@ -64,7 +55,7 @@ def test_golden_config_loads_exactly_as_rendered(
         else:
             assert len(loaded.matches) == 8
     contexts = asterisk.parse_contexts(pbx.rx("dialplan show"))
-    assert _contexts(case.files()) <= contexts
+    assert contexts_in(case.files()) <= contexts
 
 
 def test_call_authenticates_with_the_secrets_password_and_pool_caller_id(
@@ -119,7 +110,7 @@ def test_files_the_operator_does_not_own_are_left_alone(
     assert pbx.read_file("/etc/asterisk/extensions.d/local.conf").startswith("[local-ctx]")
 
 
-def test_large_segment_loads_in_small_contexts(
+def test_large_segment_loads_in_smallcontexts_in(
     start_asterisk: Callable[..., AsteriskContainer],
 ) -> None:
     case = large_case(100_000)
