@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
 
 from testbed.asterisk import AsteriskContainer  # noqa: E402
 from testbed.cluster import Cluster  # noqa: E402
-from trunk_operator.asterisk import Exec, ExecResult, parse_endpoints  # noqa: E402
+from trunk_operator.asterisk import parse_endpoints  # noqa: E402
 from trunk_operator.models import GROUP, VERSION  # noqa: E402
 
 STANDIN_IP = "127.0.0.21"  # nothing needs to answer there: qualify is off
@@ -55,22 +55,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def podman_exec(container: str) -> Exec:
-    """The operator's Exec, straight into the container (no API server)."""
-
-    def run(command: list[str], stdin: bytes | None, timeout: float) -> ExecResult:
-        proc = subprocess.run(
-            ["podman", "exec", "-i", container, *command],
-            input=stdin or b"",
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
-        return ExecResult(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
-
-    return run
 
 
 def proc_status(pid: int) -> dict[str, int]:

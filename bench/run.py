@@ -30,12 +30,12 @@ from rig import (
     Rig,
     log,
     percentile,
-    podman_exec,
     trunk_spec,
 )
 
 from testbed.asterisk import AsteriskContainer
 from tests.cases import large_case
+from tests.e2e.conftest import podman_exec
 from trunk_operator import asterisk
 
 

@@ -582,3 +582,36 @@ if __name__ == "__main__":
                 time.sleep(hold)
         except KeyboardInterrupt:
             pass
+
+
+class ExistingCluster:
+    """A cluster someone else runs (kind in CI, E2E_KUBECONFIG): the surface tests use."""
+
+    def __init__(self, kubeconfig: str) -> None:
+        self.kubeconfig = kubeconfig
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["kubectl", "--kubeconfig", self.kubeconfig, *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr}")
+        return proc
+
+    def apply(self, *objs: dict[str, Any] | str, check: bool = True) -> Any:
+        docs = [o if isinstance(o, str) else yaml.safe_dump(o) for o in objs]
+        return self.kubectl("apply", "-f", "-", input="\n---\n".join(docs), check=check)
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        ns = ["-n", namespace] if namespace else []
+        return yaml.safe_load(self.kubectl("get", kind, name, *ns, "-o", "yaml").stdout)
+
+    def stop(self) -> None:
+        pass

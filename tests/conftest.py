@@ -20,49 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client, config
 
 from testbed import asterisk as asterisk_mod
 from testbed.asterisk import AsteriskContainer
+from testbed.cluster import Cluster, ExistingCluster
 from testbed.operator_process import OperatorProcess
 from testbed.sipp import TwilioStandIn
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDIN_IP = "127.0.0.12"  # the Twilio stand-in; Asterisk containers bind 127.0.10.N
-
-
-class ExistingCluster:
-    """A cluster someone else runs (kind in CI): same surface as testbed's Cluster."""
-
-    def __init__(self, kubeconfig: str) -> None:
-        self.kubeconfig = kubeconfig
-
-    def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            ["kubectl", "--kubeconfig", self.kubeconfig, *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr}")
-        return proc
-
-    def apply(self, *objs: dict[str, Any] | str, check: bool = True) -> Any:
-        docs = [o if isinstance(o, str) else yaml.safe_dump(o) for o in objs]
-        return self.kubectl("apply", "-f", "-", input="\n---\n".join(docs), check=check)
-
-    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
-        ns = ["-n", namespace] if namespace else []
-        return yaml.safe_load(self.kubectl("get", kind, name, *ns, "-o", "yaml").stdout)
-
-    def stop(self) -> None:
-        pass
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +38,6 @@ def cluster() -> Iterator[Any]:
     if external:
         yield ExistingCluster(external)
         return
-    from testbed.cluster import Cluster
 
     cl = Cluster()
     try:
