@@ -515,19 +515,15 @@ class Controller:
 
     def _set_readiness(self, namespace: str, pod: str, ready: bool) -> None:
         """The pod readiness gate: traffic waits until the trunks are delivered and verified."""
-        from kubernetes.client.rest import ApiException
-
         condition = {
             "type": self.settings.readiness_condition,
             "status": "True" if ready else "False",
             "lastTransitionTime": _now(),
         }
         try:
-            self.kube.core.patch_namespaced_pod_status(
-                pod, namespace, {"status": {"conditions": [condition]}}
-            )
-        except ApiException as error:
-            log.debug("readiness gate on %s/%s not set: %s", namespace, pod, error.status)
+            self.kube.set_pod_condition(namespace, pod, condition)
+        except KubeError as error:
+            log.debug("readiness gate on %s/%s not set: %s", namespace, pod, error)
 
     # ---- observation -----------------------------------------------------------------
 

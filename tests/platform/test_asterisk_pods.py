@@ -9,7 +9,7 @@ import pytest
 from kubernetes import client
 
 from testbed.asterisk import AsteriskContainer
-from trunk_operator.kube import PodExec
+from trunk_operator.kube import Kube, load_config
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ def test_kubectl_exec_reaches_each_pods_own_asterisk(
 
     # The Python client's exec (the operator's channel), stdin included, lands in the same place.
     first.write_file("/etc/asterisk/pjsip.d/only-here.conf", "; pod 0\n")
-    run = PodExec(core, namespace, "asterisk-1", "asterisk")
+    run = Kube(load_config(cluster.kubeconfig)).pod_exec(namespace, "asterisk-1", "asterisk")
     listing = run(["ls", "/etc/asterisk/pjsip.d"], None, 30)
     assert listing.returncode == 0 and "only-here.conf" not in listing.stdout
     echoed = run(["sh", "-c", "head -c 5; exit 3"], b"hello", 30)
