@@ -13,6 +13,7 @@ A small REST and exec client of our own (urllib3, websocket-client) instead of t
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import gzip
@@ -144,9 +145,10 @@ def _materialize(path: Any, data: Any) -> str | None:
         return None
     raw = data if isinstance(data, bytes) else base64.b64decode(data)
     handle = tempfile.NamedTemporaryFile(prefix="trunk-operator-", delete=False)  # noqa: SIM115
+    os.chmod(handle.name, 0o600)  # before the key material is in it
     with handle:
         handle.write(raw)
-    os.chmod(handle.name, 0o600)
+    atexit.register(os.unlink, handle.name)
     return handle.name
 
 
