@@ -13,7 +13,6 @@ deletions. Work is level-based and coalesced:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -155,7 +154,6 @@ class Controller:
         self.patched: dict[tuple[str, str], dict[str, Any]] = {}
         self.dirty: set[str] = set()
         self.dirty_event = asyncio.Event()
-        self.changed = asyncio.Condition()
         self.tasks: list[asyncio.Task[None]] = []
         self.stats: dict[str, int] = defaultdict(int)
         self.status_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -343,8 +341,6 @@ class Controller:
         self._assign_pods(namespace)
         await self.write_statuses(namespace)
         await self.sync_finalizers(namespace)
-        async with self.changed:
-            self.changed.notify_all()
 
     async def _read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         key = (namespace, name)
@@ -424,8 +420,7 @@ class Controller:
                 backoff = min(backoff * 2, 30)
                 worker.wake.set()
             await self.write_statuses(namespace)
-            async with self.changed:
-                self.changed.notify_all()
+            await self.sync_finalizers(namespace)  # a deleted CR may have just left this pod
 
     async def _deliver_once(self, namespace: str, worker: PodWorker) -> None:
         owners = dict(worker.owners)
@@ -688,15 +683,3 @@ class Controller:
                     tracked.resource_version,
                 )
             tracked.finalizers = tuple(wanted)
-
-    async def wait_removed(self, namespace: str, ref: str, timeout: float) -> bool:
-        """True once no pod serves files of this CR any more (pods that went away count)."""
-        deadline = time.monotonic() + timeout
-        async with self.changed:
-            while not self.removed_everywhere(namespace, ref):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.changed.wait(), timeout=min(remaining, 1))
-        return True
