@@ -634,19 +634,25 @@ class Controller:
     def _event_on_transition(
         self, namespace: str, cr: Tracked, old: Mapping[str, Any], new: Mapping[str, Any]
     ) -> None:
-        def ready(status: Mapping[str, Any]) -> tuple[str | None, str | None]:
-            for c in status.get("conditions", []):
-                if c.get("type") == "Ready":
-                    return c.get("status"), c.get("reason")
-            return None, None
+        """An Event when Ready or Degraded changes (status or reason), not for `Delivering`."""
 
-        before, after = ready(old), ready(new)
-        status, reason = after
-        if before == after or reason == "Delivering":  # transient: not worth an Event
-            return
-        message = next(c["message"] for c in new["conditions"] if c["type"] == "Ready")
+        def conditions(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+            return {c.get("type", ""): c for c in status.get("conditions", [])}
+
+        before, after = conditions(old), conditions(new)
         owner = Owner(cr.resource.kind, cr.resource.name, namespace, cr.uid)
-        self.kube.event(owner, "Normal" if status == "True" else "Warning", reason or "", message)
+        for kind, good in (("Ready", "True"), ("Degraded", "False")):
+            now = after.get(kind)
+            was = before.get(kind, {})
+            if now is None or (was.get("status"), was.get("reason")) == (
+                now["status"],
+                now["reason"],
+            ):
+                continue
+            if now["reason"] == "Delivering" or (kind == "Degraded" and now["status"] == good):
+                continue  # transient, or the all-clear Ready already announces
+            event_type = "Normal" if now["status"] == good else "Warning"
+            self.kube.event(owner, event_type, now["reason"], now["message"] or kind)
 
     # ---- deletion --------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import kopf
 
-from trunk_operator.controller import FINALIZER, Controller, Settings
+from trunk_operator.controller import Controller, Settings
 from trunk_operator.kube import LABEL_MANAGED_BY, MANAGER, Kube, load_config
 from trunk_operator.models import GROUP
 from trunk_operator.plan import SEGMENT, TRUNK
@@ -34,9 +34,10 @@ def settings_from_env() -> Settings:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     global controller
-    # Deletion is the controller's, with its own finalizer: Kopf only watches, keeping no
-    # per-object state. Its prefixes are set anyway, should a handler ever need them.
-    settings.persistence.finalizer = FINALIZER
+    # Deletion is the controller's, with its own finalizer (FINALIZER): Kopf only watches.
+    # Kopf removes *its* finalizer from objects whose handlers do not need one, so its name
+    # must differ from ours, or the two would take turns adding and removing it.
+    settings.persistence.finalizer = f"{GROUP}/kopf"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"

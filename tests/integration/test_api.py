@@ -214,3 +214,51 @@ def _get(read: Any, name: str, namespace: str) -> Any:
         if error.status == 404:
             return None
         raise
+
+
+def test_a_did_claimed_twice_is_reported_on_the_later_segment(
+    cluster: Any,
+    operator: Any,
+    namespace: str,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+) -> None:
+    core.create_namespaced_secret(namespace, secret(namespace))
+    first = copy.deepcopy(SEGMENT)
+    later = with_spec(SEGMENT, numbers=["+15551230001", "+15551230009"])
+    later["metadata"]["name"] = "acme-second"  # same second as acme-main: name order decides
+    for doc in (TRUNK, first):
+        doc = copy.deepcopy(doc)
+        doc["metadata"]["namespace"] = namespace
+        cluster.apply(doc)
+    wait_for(lambda: ready(custom, namespace, "didsegments", "acme-main").get("Rendered"))
+    later["metadata"]["namespace"] = namespace
+    cluster.apply(later)
+    degraded = wait_for(
+        lambda: (
+            ready(custom, namespace, "didsegments", "acme-second").get("Degraded", {}).get("reason")
+            == "DIDConflict"
+            and ready(custom, namespace, "didsegments", "acme-second")["Degraded"]
+        ),
+        what="DIDConflict on the later segment",
+    )
+    assert "acme-main" in degraded["message"]
+    status = custom.get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "didsegments", "acme-second"
+    )["status"]
+    assert status["conflicts"] == ["+15551230001"] and status["didCount"] == 1
+    assert (
+        ready(custom, namespace, "didsegments", "acme-main").get("Degraded", {}).get("status")
+        != "True"
+    )
+    wait_for(
+        lambda: [
+            e
+            for e in core.list_namespaced_event(namespace).items
+            if e.reason == "DIDConflict" and e.type == "Warning"
+        ],
+        what="a DIDConflict Warning event",
+    )
+    configmap = core.read_namespaced_config_map("didsegment-acme-second", namespace)
+    routed = "".join(configmap.data.values())
+    assert "+15551230009" in routed and "+15551230001" not in routed
