@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import pytest
@@ -262,3 +263,28 @@ def test_a_did_claimed_twice_is_reported_on_the_later_segment(
     configmap = core.read_namespaced_config_map("didsegment-acme-second", namespace)
     routed = "".join(configmap.data.values())
     assert "+15551230009" in routed and "+15551230001" not in routed
+
+
+def test_a_settled_resource_is_left_alone(
+    cluster: Any,
+    operator: Any,
+    namespace: str,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+) -> None:
+    """No write loops: once settled, nothing rewrites the trunk (finalizer, status, annotations)."""
+    core.create_namespaced_secret(namespace, secret(namespace))
+    doc = copy.deepcopy(TRUNK)
+    doc["metadata"]["namespace"] = namespace
+    cluster.apply(doc)
+    wait_for(lambda: ready(custom, namespace, "twiliotrunks", "acme").get("Rendered"))
+    time.sleep(2)
+
+    def version() -> tuple[str, list[str]]:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "twiliotrunks", "acme")
+        return obj["metadata"]["resourceVersion"], obj["metadata"].get("finalizers", [])
+
+    settled = version()
+    time.sleep(4)
+    assert version() == settled
+    assert settled[1] == [f"{GROUP}/delivered"]
