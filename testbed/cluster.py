@@ -110,7 +110,23 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-class Cluster:
+class KubectlHelpers:
+    """`apply` and `get` for any cluster handle that has `kubectl`."""
+
+    def kubectl(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        raise NotImplementedError
+
+    def apply(self, *objs: dict[str, Any] | str, check: bool = True) -> Any:
+        """kubectl apply -f - with dicts or YAML text."""
+        docs = [o if isinstance(o, str) else yaml.safe_dump(o) for o in objs]
+        return self.kubectl("apply", "-f", "-", input="\n---\n".join(docs), check=check)
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        ns = ["-n", namespace] if namespace else []
+        return yaml.safe_load(self.kubectl("get", kind, name, *ns, "-o", "yaml").stdout)
+
+
+class Cluster(KubectlHelpers):
     """One kwokctl cluster. Use as a context manager, or call start()/stop()."""
 
     def __init__(
@@ -416,15 +432,6 @@ class Cluster:
             )
         return r
 
-    def apply(self, *objs: dict[str, Any] | str, check: bool = True) -> Any:
-        """kubectl apply -f - with dicts or YAML text."""
-        docs = [o if isinstance(o, str) else yaml.safe_dump(o) for o in objs]
-        return self.kubectl("apply", "-f", "-", input="\n---\n".join(docs), check=check)
-
-    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
-        ns = ["-n", namespace] if namespace else []
-        return yaml.safe_load(self.kubectl("get", kind, name, *ns, "-o", "yaml").stdout)
-
     def wait_garbage_collector(self, sample: dict[str, Any], timeout: float = 120) -> float:
         """Wait until the garbage collector cascades deletes from ``sample``'s kind.
 
@@ -584,7 +591,7 @@ if __name__ == "__main__":
             pass
 
 
-class ExistingCluster:
+class ExistingCluster(KubectlHelpers):
     """A cluster someone else runs (kind in CI, E2E_KUBECONFIG): the surface tests use."""
 
     def __init__(self, kubeconfig: str) -> None:
@@ -604,14 +611,6 @@ class ExistingCluster:
         if check and proc.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr}")
         return proc
-
-    def apply(self, *objs: dict[str, Any] | str, check: bool = True) -> Any:
-        docs = [o if isinstance(o, str) else yaml.safe_dump(o) for o in objs]
-        return self.kubectl("apply", "-f", "-", input="\n---\n".join(docs), check=check)
-
-    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
-        ns = ["-n", namespace] if namespace else []
-        return yaml.safe_load(self.kubectl("get", kind, name, *ns, "-o", "yaml").stdout)
 
     def stop(self) -> None:
         pass

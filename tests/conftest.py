@@ -101,6 +101,17 @@ def namespace(cluster: Any, core: client.CoreV1Api) -> Iterator[str]:
         core.delete_namespace(name)
 
 
+@pytest.fixture
+def apply(cluster: Any, namespace: str) -> Callable[..., Any]:
+    """kubectl apply of a manifest, placed in the test's namespace (the manifest is not changed)."""
+
+    def apply_doc(doc: dict[str, Any], check: bool = True) -> Any:
+        doc = {**doc, "metadata": {**doc["metadata"], "namespace": namespace}}
+        return cluster.apply(doc, check=check)
+
+    return apply_doc
+
+
 def wait_for(
     predicate: Callable[[], Any],
     timeout: float = 30,

@@ -76,15 +76,6 @@ def call(pbx: AsteriskContainer, standin: TwilioStandIn, context: str, number: s
     return standin.invites()[before:]
 
 
-@pytest.fixture
-def apply(cluster: Any, namespace: str) -> Callable[[dict[str, Any]], None]:
-    def apply_doc(doc: dict[str, Any]) -> None:
-        doc = {**doc, "metadata": {**doc["metadata"], "namespace": namespace}}
-        cluster.apply(doc)
-
-    return apply_doc
-
-
 def test_trunk_goes_live_qualifies_and_calls_then_follows_codec_changes(
     operator: Any,
     namespace: str,

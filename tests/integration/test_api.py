@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -61,19 +62,17 @@ def secret(namespace: str, password: str = PASSWORD) -> client.V1Secret:
     ids=["bare-sip-twilio-com", "unknown-codec", "secure-udp", "not-e164", "empty", "too-many"],
 )
 def test_invalid_resources_are_rejected_with_clear_messages(
-    cluster: Any, crds: None, namespace: str, doc: dict[str, Any], needle: str
+    apply: Callable[..., Any], crds: None, namespace: str, doc: dict[str, Any], needle: str
 ) -> None:
-    doc = copy.deepcopy(doc)
-    doc["metadata"]["namespace"] = namespace
-    result = cluster.apply(doc, check=False)
+    result = apply(doc, check=False)
     assert result.returncode != 0
     assert needle in result.stderr, result.stderr
 
 
-def test_defaults_are_applied_by_the_api_server(cluster: Any, crds: None, namespace: str) -> None:
-    doc = copy.deepcopy(TRUNK)
-    doc["metadata"]["namespace"] = namespace
-    cluster.apply(doc)
+def test_defaults_are_applied_by_the_api_server(
+    cluster: Any, apply: Callable[..., Any], crds: None, namespace: str
+) -> None:
+    apply(TRUNK)
     spec = cluster.get("twiliotrunk", "acme", namespace)["spec"]
     assert spec["codecs"] == ["ulaw", "alaw"]
     assert spec["inbound"]["context"] == "from-twilio"
@@ -89,15 +88,13 @@ def ready(custom: client.CustomObjectsApi, namespace: str, plural: str, name: st
 
 
 def test_missing_secret_is_reported_then_recovers_without_restart(
-    cluster: Any,
+    apply: Callable[..., Any],
     operator: Any,
     namespace: str,
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
 ) -> None:
-    doc = copy.deepcopy(TRUNK)
-    doc["metadata"]["namespace"] = namespace
-    cluster.apply(doc)
+    apply(TRUNK)
     conditions = wait_for(
         lambda: (c := ready(custom, namespace, "twiliotrunks", "acme")).get("Ready") and c,
         what="a Ready condition",
@@ -127,17 +124,15 @@ def test_missing_secret_is_reported_then_recovers_without_restart(
 
 
 def test_rendered_state_lives_in_owned_configmap_and_secret(
-    cluster: Any,
+    apply: Callable[..., Any],
     operator: Any,
     namespace: str,
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
 ) -> None:
     core.create_namespaced_secret(namespace, secret(namespace))
-    for doc in (TRUNK, SEGMENT):
-        doc = copy.deepcopy(doc)
-        doc["metadata"]["namespace"] = namespace
-        cluster.apply(doc)
+    apply(TRUNK)
+    apply(SEGMENT)
     cm = wait_for(lambda: _get(core.read_namespaced_config_map, "twiliotrunk-acme", namespace))
     auth = wait_for(lambda: _get(core.read_namespaced_secret, "twiliotrunk-acme-auth", namespace))
     seg = wait_for(lambda: _get(core.read_namespaced_config_map, "didsegment-acme-main", namespace))
@@ -191,12 +186,10 @@ def test_rendered_state_lives_in_owned_configmap_and_secret(
 
 
 def test_password_rotation_updates_the_auth_secret(
-    cluster: Any, operator: Any, namespace: str, core: client.CoreV1Api
+    apply: Callable[..., Any], operator: Any, namespace: str, core: client.CoreV1Api
 ) -> None:
     core.create_namespaced_secret(namespace, secret(namespace))
-    doc = copy.deepcopy(TRUNK)
-    doc["metadata"]["namespace"] = namespace
-    cluster.apply(doc)
+    apply(TRUNK)
     first = wait_for(lambda: _get(core.read_namespaced_secret, "twiliotrunk-acme-auth", namespace))
     core.replace_namespaced_secret("acme-sip", namespace, secret(namespace, "rotated;pw"))
     wait_for(
@@ -218,23 +211,19 @@ def _get(read: Any, name: str, namespace: str) -> Any:
 
 
 def test_a_did_claimed_twice_is_reported_on_the_later_segment(
-    cluster: Any,
+    apply: Callable[..., Any],
     operator: Any,
     namespace: str,
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
 ) -> None:
     core.create_namespaced_secret(namespace, secret(namespace))
-    first = copy.deepcopy(SEGMENT)
     later = with_spec(SEGMENT, numbers=["+15551230001", "+15551230009"])
     later["metadata"]["name"] = "acme-second"  # same second as acme-main: name order decides
-    for doc in (TRUNK, first):
-        doc = copy.deepcopy(doc)
-        doc["metadata"]["namespace"] = namespace
-        cluster.apply(doc)
+    apply(TRUNK)
+    apply(SEGMENT)
     wait_for(lambda: ready(custom, namespace, "didsegments", "acme-main").get("Rendered"))
-    later["metadata"]["namespace"] = namespace
-    cluster.apply(later)
+    apply(later)
     degraded = wait_for(
         lambda: (
             ready(custom, namespace, "didsegments", "acme-second").get("Degraded", {}).get("reason")
@@ -266,7 +255,7 @@ def test_a_did_claimed_twice_is_reported_on_the_later_segment(
 
 
 def test_a_settled_resource_is_left_alone(
-    cluster: Any,
+    apply: Callable[..., Any],
     operator: Any,
     namespace: str,
     core: client.CoreV1Api,
@@ -274,9 +263,7 @@ def test_a_settled_resource_is_left_alone(
 ) -> None:
     """No write loops: once settled, nothing rewrites the trunk (finalizer, status, annotations)."""
     core.create_namespaced_secret(namespace, secret(namespace))
-    doc = copy.deepcopy(TRUNK)
-    doc["metadata"]["namespace"] = namespace
-    cluster.apply(doc)
+    apply(TRUNK)
     wait_for(lambda: ready(custom, namespace, "twiliotrunks", "acme").get("Rendered"))
     time.sleep(2)
 
