@@ -19,7 +19,7 @@ import io
 import re
 import shlex
 import tarfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from trunk_operator.render import EXTENSIONS_DIR, PJSIP_DIR, Files, files_hash
@@ -65,6 +65,7 @@ class Endpoint:
     name: str
     state: str
     out_auths: list[str] = field(default_factory=list)
+    auth_users: dict[str, str] = field(default_factory=dict)  # outbound auth id -> username
     aors: list[str] = field(default_factory=list)
     contacts: list[Contact] = field(default_factory=list)
     transport: str | None = None
@@ -100,7 +101,9 @@ def parse_endpoints(text: str) -> dict[str, Endpoint]:
         key, _, value = line.partition(":")
         value = value.strip()
         if key == "OutAuth":
-            current.out_auths.append(value.split("/", 1)[0])
+            auth, _, user = value.partition("/")
+            current.out_auths.append(auth)
+            current.auth_users[auth] = user.strip()
         elif key == "Aor":
             current.aors.append(value.split()[0])
         elif key == "Contact" and (m := _CONTACT.match(line)):
@@ -130,6 +133,15 @@ def parse_contexts(text: str) -> set[str]:
     return {m["name"] for line in text.splitlines() if (m := _CONTEXT.match(line.strip()))}
 
 
+_DETAIL = re.compile(r"^\s*(?P<key>[a-z_0-9]+)\s+:\s?(?P<value>.*)$")
+
+
+def parse_endpoint_detail(text: str) -> dict[str, str]:
+    """The `ParameterName : ParameterValue` table of `pjsip show endpoint X`."""
+    lines = (_DETAIL.match(line) for line in text.splitlines())
+    return {m["key"]: m["value"].strip() for m in lines if m}
+
+
 def parse_transports(text: str) -> set[str]:
     """Transport ids from `pjsip show transports`."""
     names = set()
@@ -143,14 +155,32 @@ def parse_transports(text: str) -> set[str]:
 # ---- what must be there after a reload ----------------------------------------------------
 
 
+# What the specs set that verification does not read back from Asterisk: the dialplan's
+# extensions beyond each context's presence (number normalisation, caller-ID pool, dial
+# timeout, failover order, DID destinations). They are in the delivered files, whose content
+# hashes are checked, and a dialplan that does not parse loses its contexts, which is checked.
+UNVERIFIED = ("outbound.*", "DIDSegment.numbers/ranges/destination/overrides/callerIdPool")
+
+
 @dataclass(frozen=True)
 class ExpectedEndpoint:
+    """One trunk's PJSIP objects as Asterisk must show them after a reload."""
+
     owner: str  # the resource these objects come from, e.g. "TwilioTrunk/acme"
     name: str
     auth: str
     aors: dict[str, str]  # aor id -> contact URI as Asterisk lists it
     identify: str
-    matches: frozenset[str]
+    matches: frozenset[str]  # identify criteria: CIDRs, or `Header: value` when by header
+    username: str = ""
+    transport: str = ""
+    # Shown only by `pjsip show endpoint X`: checked for the endpoints a delivery changes.
+    codecs: tuple[str, ...] = ()
+    media_encryption: str = "no"
+    context: str = ""
+    # sha256 of the password as `pjsip show auth` prints it (plus a newline): hashed inside
+    # the pod, so the password is never carried back out of it.
+    password_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -173,8 +203,13 @@ def verify(
     endpoints: Mapping[str, Endpoint],
     contexts: set[str],
     transports: set[str] | None = None,
+    details: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[Mismatch]:
-    """What is missing or different; empty when Asterisk loaded exactly what was rendered."""
+    """What is missing or different; empty when Asterisk loaded exactly what was rendered.
+
+    `details` holds `pjsip show endpoint X` tables for the endpoints checked in depth
+    (codecs, media encryption, context, transport option); the listing covers the rest.
+    """
     problems: list[Mismatch] = [
         Mismatch(owners, f"transport {t} does not exist in Asterisk (adding one needs a restart)")
         for t, owners in sorted(expected.transports.items())
@@ -191,6 +226,11 @@ def verify(
             continue
         if want.auth not in got.out_auths:
             problem(f"endpoint {want.name} has no outbound auth {want.auth}")
+        elif want.username and got.auth_users.get(want.auth) != want.username:
+            problem(f"auth {want.auth} has another username than the Secret's")
+        # No `Transport:` line at all: the transport does not exist, reported above.
+        if want.transport and got.transport not in (None, want.transport):
+            problem(f"endpoint {want.name} uses transport {got.transport}, not {want.transport}")
         if set(got.aors) != set(want.aors):
             problem(f"endpoint {want.name} has AORs {sorted(got.aors)}, not {sorted(want.aors)}")
         for aor, uri in want.aors.items():
@@ -202,6 +242,9 @@ def verify(
             problem(
                 f"identify {want.identify} lacks matches {sorted(want.matches - set(got.matches))}"
             )
+        detail = (details or {}).get(want.name)
+        for message in _detail_mismatches(want, detail) if detail is not None else []:
+            problem(message)
     missing: dict[str, list[str]] = {}
     for context, owner in sorted(expected.contexts.items()):
         if context not in contexts:
@@ -212,6 +255,33 @@ def verify(
             Mismatch((owner,), f"{len(names)} dialplan contexts are not loaded ({shown})")
         )
     return problems
+
+
+def _detail_mismatches(want: ExpectedEndpoint, detail: Mapping[str, str]) -> list[str]:
+    got_codecs = tuple(c for c in detail.get("allow", "").strip("()").split("|") if c)
+    shown: dict[str, tuple[object, object]] = {
+        "media_encryption": (detail.get("media_encryption"), want.media_encryption)
+    }
+    if want.codecs:
+        shown["codecs"] = (got_codecs, want.codecs)
+    if want.context:
+        shown["context"] = (detail.get("context"), want.context)
+    if want.transport:
+        shown["transport"] = (detail.get("transport"), want.transport)
+    if want.password_sha256 and detail.get("password_sha256") != want.password_sha256:
+        return [
+            *_shown_mismatches(want, shown),
+            f"auth {want.auth} has another password than the Secret's (Asterisk kept the old one)",
+        ]
+    return _shown_mismatches(want, shown)
+
+
+def _shown_mismatches(want: ExpectedEndpoint, shown: dict[str, tuple[object, object]]) -> list[str]:
+    return [
+        f"endpoint {want.name} has {name} {got!r}, not {wanted!r} (Asterisk kept another version)"
+        for name, (got, wanted) in shown.items()
+        if got != wanted
+    ]
 
 
 # ---- the delivery script ------------------------------------------------------------------
@@ -243,10 +313,19 @@ def _section(name: str, command: str) -> str:
     return f'echo "{MARK}{name}"; {command}'
 
 
+DETAIL_LIST = f"{STATE_DIR}/verify-endpoints"
+
+
 def _observe() -> str:
-    """Shell that prints what Asterisk has loaded, in marked sections."""
+    """Shell that prints what Asterisk has loaded, in marked sections: the listing, the
+    contexts, the delivered hash, file digests, and `pjsip show endpoint X` for each name in
+    DETAIL_LIST (one per line, written from stdin before)."""
     return "; ".join(
         [
+            f'while read -r e; do echo "{MARK}endpoint:$e"; asterisk -rx "pjsip show endpoint $e";'
+            f' echo "{MARK}auth:$e"; asterisk -rx "pjsip show auth $e-auth"'
+            " | sed -n 's/^ *password *: //p' | sha256sum;"
+            f" done < {DETAIL_LIST}",
             _section("endpoints", "asterisk -rx 'pjsip show endpoints'"),
             _section(
                 "contexts",
@@ -272,8 +351,14 @@ def _reload() -> str:
     )
 
 
-def deliver_script(size: int, digest: str) -> str:
-    """Stage the tar from stdin, keep the previous set, swap, reload, observe."""
+def _read_detail_list(size: int) -> str:
+    return f"head -c {size} > {DETAIL_LIST}"
+
+
+def deliver_script(size: int, digest: str, detail_size: int = 0) -> str:
+    """Stage the tar from stdin, keep the previous set, swap, reload, observe.
+
+    Stdin: the gzip'd tar (`size` bytes), then the endpoint names to check in depth."""
     staging, previous = f"{STATE_DIR}/staging", f"{STATE_DIR}/previous"
     return "\n".join(
         [
@@ -281,6 +366,7 @@ def deliver_script(size: int, digest: str) -> str:
             f"mkdir -p {STATE_DIR} {CONFIG_DIR}/{PJSIP_DIR} {CONFIG_DIR}/{EXTENSIONS_DIR}",
             f"rm -rf {staging} && mkdir -p {staging}",
             f"head -c {size} | tar -xzf - -C {staging}",
+            _read_detail_list(detail_size),
             _section("transports", "asterisk -rx 'pjsip show transports'"),
             f"rm -rf {previous} && mkdir -p {previous}/{PJSIP_DIR} {previous}/{EXTENSIONS_DIR}",
             f"cp {STATE_DIR}/hash {previous}/hash 2>/dev/null || true",
@@ -306,6 +392,7 @@ def rollback_script() -> str:
             f"cp -R {previous}/{PJSIP_DIR} {previous}/{EXTENSIONS_DIR} {CONFIG_DIR}/",
             f"if [ -f {previous}/hash ]; then cp {previous}/hash {STATE_DIR}/hash;"
             f" else rm -f {STATE_DIR}/hash; fi",
+            f": > {DETAIL_LIST}",  # what is restored was verified when it was delivered
             _reload(),
             _observe(),
         ]
@@ -335,6 +422,7 @@ class Observation:
     contexts: set[str]
     delivered_hash: str | None
     file_digests: dict[str, str] = field(default_factory=dict)  # path -> sha256 in the pod
+    details: dict[str, dict[str, str]] = field(default_factory=dict)  # `pjsip show endpoint`
 
 
 @dataclass
@@ -358,7 +446,20 @@ def _observation(parts: Mapping[str, str]) -> Observation:
             )
             if path
         },
+        details=_details(parts),
     )
+
+
+def _details(parts: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    details = {
+        name.removeprefix("endpoint:"): parse_endpoint_detail(text)
+        for name, text in parts.items()
+        if name.startswith("endpoint:")
+    }
+    for name, text in parts.items():
+        if name.startswith("auth:") and name.removeprefix("auth:") in details:
+            details[name.removeprefix("auth:")]["password_sha256"] = (text.split() or [""])[0]
+    return details
 
 
 def drifted(files: Files, observation: Observation) -> bool:
@@ -381,10 +482,24 @@ def _error_lines(parts: Mapping[str, str]) -> list[str]:
     return lines[:5]
 
 
-def deliver(exec_: Exec, files: Files, expected: Expected, timeout: float = 120) -> DeliveryResult:
+def _names(names: Iterable[str]) -> bytes:
+    return "".join(f"{name}\n" for name in sorted(set(names))).encode()
+
+
+def deliver(
+    exec_: Exec,
+    files: Files,
+    expected: Expected,
+    timeout: float = 120,
+    detailed: Iterable[str] = (),
+) -> DeliveryResult:
+    """Deliver, reload and verify; `detailed` names the endpoints to check in depth (those
+    whose configuration this delivery changes)."""
     digest = files_hash(files)
     payload = pack(files)
-    result = _run(exec_, deliver_script(len(payload), digest), payload, timeout)
+    names = _names(detailed)
+    script = deliver_script(len(payload), digest, len(names))
+    result = _run(exec_, script, payload + names, timeout)
     parts = sections(result.stdout)
     if result.returncode != 0 or "endpoints" not in parts:
         raise ExecError(
@@ -392,7 +507,9 @@ def deliver(exec_: Exec, files: Files, expected: Expected, timeout: float = 120)
         )
     observation = _observation(parts)
     transports = parse_transports(parts.get("transports", ""))
-    problems = verify(expected, observation.endpoints, observation.contexts, transports)
+    problems = verify(
+        expected, observation.endpoints, observation.contexts, transports, observation.details
+    )
     if not problems:
         return DeliveryResult(True, digest, [], observation)
     problems += [Mismatch((), line) for line in _error_lines(parts)]
@@ -401,8 +518,10 @@ def deliver(exec_: Exec, files: Files, expected: Expected, timeout: float = 120)
     return DeliveryResult(False, digest, problems, restored, rolled_back=back.returncode == 0)
 
 
-def observe(exec_: Exec, timeout: float = 30) -> Observation:
-    result = _run(exec_, _observe(), None, timeout)
+def observe(exec_: Exec, timeout: float = 30, detailed: Iterable[str] = ()) -> Observation:
+    names = _names(detailed)
+    script = f"mkdir -p {STATE_DIR}; {_read_detail_list(len(names))}; {_observe()}"
+    result = _run(exec_, script, names, timeout)
     if result.returncode != 0:
         raise ExecError(
             f"observe failed (exit {result.returncode}): {result.stderr.strip()[-300:]}"

@@ -22,7 +22,7 @@ from typing import Any
 
 from trunk_operator import asterisk
 from trunk_operator.asterisk import Expected, ExpectedEndpoint
-from trunk_operator.kube import Kube, KubeError, Owner, describe, secret_files_hash
+from trunk_operator.kube import Kube, KubeError, Owner, SecretRead, describe, secret_files_hash
 from trunk_operator.models import TwilioTrunkSpec
 from trunk_operator.plan import SEGMENT, TRUNK, Inputs, Outcome, Plan, Resource, plan_namespace
 from trunk_operator.render import (
@@ -56,7 +56,6 @@ class Tracked:
 
     resource: Resource
     uid: str
-    generation: int | None
     status: dict[str, Any]
     deleting: bool = False
     finalizers: tuple[str, ...] = ()
@@ -84,6 +83,9 @@ class PodWorker:
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task[None] | None = None
     adoptable: bool = True  # first delivery: the pod may already hold this set (restart)
+    # The desired set of the last round that ended with some CRs refused: nothing more to do
+    # for it (the others were delivered) until the desired set changes again.
+    settled_hash: str | None = None
 
     def set_delivered(self, owners: dict[str, Outcome]) -> None:
         self.delivered_owners = owners
@@ -102,10 +104,12 @@ def _with_mask(source: str) -> str:
     return source if "/" in source else f"{source}/32"
 
 
-def expected_endpoint(owner: str, name: str, spec: TwilioTrunkSpec) -> ExpectedEndpoint:
+def expected_endpoint(
+    owner: str, name: str, spec: TwilioTrunkSpec, outcome: Outcome
+) -> ExpectedEndpoint:
     names = trunk_names(name, spec)
     matches = (
-        frozenset()
+        frozenset({f"X-Twilio-AccountSid: {spec.inbound.account_sid}"})
         if spec.inbound.account_sid
         else frozenset(_with_mask(s) for s in identify_sources(spec))
     )
@@ -116,7 +120,24 @@ def expected_endpoint(owner: str, name: str, spec: TwilioTrunkSpec) -> ExpectedE
         aors={a.id: a.contact for a in aors(name, spec)},
         identify=names.identify,
         matches=matches,
+        username=outcome.username or "",
+        password_sha256=outcome.password_sha256 or "",
+        transport=spec.transport,
+        codecs=tuple(str(c) for c in spec.codecs),
+        media_encryption="sdes" if spec.secure else "no",
+        context=names.dispatch_context,
     )
+
+
+def changed_endpoints(owners: Mapping[str, Outcome], delivered: Mapping[str, Outcome]) -> set[str]:
+    """Endpoints whose trunk files differ from what the pod has: checked in depth."""
+    return {
+        trunk_names(outcome.trunk or "", outcome.trunk_spec).endpoint
+        for ref, outcome in owners.items()
+        if outcome.trunk_spec is not None
+        and ref == f"{TRUNK}/{outcome.trunk}"
+        and (ref not in delivered or delivered[ref].digest != outcome.digest)
+    }
 
 
 def files_of(outcomes: Mapping[str, Outcome]) -> Files:
@@ -134,7 +155,7 @@ def expected_for(outcomes: Mapping[str, Outcome]) -> Expected:
     for ref, outcome in sorted(outcomes.items()):
         spec = outcome.trunk_spec
         if ref == f"{TRUNK}/{outcome.trunk}" and spec is not None:
-            endpoints.append(expected_endpoint(ref, outcome.trunk or "", spec))
+            endpoints.append(expected_endpoint(ref, outcome.trunk or "", spec, outcome))
             transports[spec.transport].append(ref)
         for context in sorted(contexts_in(outcome.public)):
             contexts.setdefault(context, ref)
@@ -158,7 +179,7 @@ class Controller:
         self.stats: dict[str, int] = defaultdict(int)
         self.status_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # Credentials as last read; every watch event on a Secret drops its entry.
-        self.secrets: dict[tuple[str, str], dict[str, str] | None] = {}
+        self.secrets: dict[tuple[str, str], SecretRead | None] = {}
         self.secret_events: dict[tuple[str, str], int] = defaultdict(int)
         self.api_calls = asyncio.Semaphore(8)
 
@@ -167,13 +188,16 @@ class Controller:
     def upsert(self, kind: str, body: Mapping[str, Any]) -> None:
         meta = body["metadata"]
         resource = Resource(
-            kind, meta["name"], meta.get("creationTimestamp", ""), dict(body.get("spec") or {})
+            kind,
+            meta["name"],
+            meta.get("creationTimestamp", ""),
+            dict(body.get("spec") or {}),
+            meta.get("generation"),
         )
         known = self.resources[meta["namespace"]].get(resource.ref)
         tracked = Tracked(
             resource,
             meta.get("uid", ""),
-            meta.get("generation"),
             # Watch events can lag behind our own status writes: ours is the newer truth.
             known.status if known else dict(body.get("status") or {}),
             deleting=bool(meta.get("deletionTimestamp")),
@@ -314,35 +338,38 @@ class Controller:
         )
         # Taken from the reads themselves: Secret events may empty the cache meanwhile.
         found = await asyncio.gather(*(self._read_secret(namespace, n) for n in names if n))
-        inputs.secrets = {
-            name: secret
-            for name, secret in zip([n for n in names if n], found, strict=True)
-            if secret is not None
-        }
+        for name, secret in zip([n for n in names if n], found, strict=True):
+            if secret is not None:
+                inputs.secrets[name] = secret.data
+                inputs.secret_versions[name] = secret.resource_version
         plan = plan_namespace(inputs)
-        self.plans[namespace] = plan
 
         writes = []
         for ref, outcome in plan.outcomes.items():
             key = (namespace, ref)
-            if outcome.blocked:
-                continue
-            self.last_good[key] = outcome
             digest = (files_hash(outcome.public), secret_files_hash(outcome.secret))
-            if self.written.get(key) != digest:
+            if not outcome.blocked and self.written.get(key) != digest:
                 cr = tracked[ref]
                 owner = Owner(cr.resource.kind, cr.resource.name, namespace, cr.uid, outcome.trunk)
                 writes.append(self._write_rendered(key, digest, owner, outcome))
         await asyncio.gather(*writes)
+
+        # Published at once, with no await in between: a status written meanwhile (by a
+        # delivery or the observer) must see a plan and pod assignments that agree, or it
+        # would report a new generation against the old assignment (Ready for files no pod
+        # has) or a CR that no pod is assigned yet (NoAsteriskPods).
+        self.plans[namespace] = plan
+        for ref, outcome in plan.outcomes.items():
+            if not outcome.blocked:
+                self.last_good[(namespace, ref)] = outcome
         for key in [k for k in self.last_good if k[0] == namespace and k[1] not in plan.outcomes]:
             del self.last_good[key]  # deleted CRs: their files leave the pods
             self.written.pop(key, None)
-
         self._assign_pods(namespace)
         await self.write_statuses(namespace)
         await self.sync_finalizers(namespace)
 
-    async def _read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+    async def _read_secret(self, namespace: str, name: str) -> SecretRead | None:
         key = (namespace, name)
         if key in self.secrets:
             return self.secrets[key]
@@ -404,7 +431,7 @@ class Controller:
         while True:
             await worker.wake.wait()
             worker.wake.clear()
-            if worker.state.desired_hash == worker.state.delivered_hash:
+            if worker.state.desired_hash in (worker.state.delivered_hash, worker.settled_hash):
                 continue
             try:
                 async with worker.busy:
@@ -424,6 +451,8 @@ class Controller:
 
     async def _deliver_once(self, namespace: str, worker: PodWorker) -> None:
         owners = dict(worker.owners)
+        desired_hash = worker.state.desired_hash  # of `owners`: both set by _assign_pods
+        worker.settled_hash = None
         if worker.adoptable:
             worker.adoptable = False
             if await self._adopt(namespace, worker, owners):
@@ -450,18 +479,27 @@ class Controller:
             worker.state.problems = problems  # the refused CRs still need fixing
             worker.state.last_reload_result = "PartiallyApplied"
             # Nothing more to do until something changes: a fixed CR changes the desired hash.
-            worker.state.delivered_hash = worker.state.desired_hash
+            # Not `delivered_hash`: that is what the pod has, and the desired set may have
+            # moved on while this round ran.
+            worker.settled_hash = desired_hash
 
     async def _adopt(self, namespace: str, worker: PodWorker, owners: dict[str, Outcome]) -> bool:
         """Take over a pod that already serves exactly this set (the operator restarted):
         verified by content and by what Asterisk shows, so no reload is needed."""
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
-        observation = await asyncio.to_thread(asterisk.observe, pod_exec)
         files = files_of(owners)
+        observation = await asyncio.to_thread(
+            asterisk.observe, pod_exec, self.settings.exec_timeout, changed_endpoints(owners, {})
+        )
         if (
             observation.delivered_hash != files_hash(files)
             or asterisk.drifted(files, observation)
-            or asterisk.verify(expected_for(owners), observation.endpoints, observation.contexts)
+            or asterisk.verify(
+                expected_for(owners),
+                observation.endpoints,
+                observation.contexts,
+                details=observation.details,
+            )
         ):
             return False
         worker.state.delivered_hash = observation.delivered_hash
@@ -486,6 +524,7 @@ class Controller:
             files_of(owners),
             expected_for(owners),
             self.settings.exec_timeout,
+            changed_endpoints(owners, worker.delivered_owners),
         )
         worker.state.last_reload_time = _now()
         worker.state.observation = result.observation
@@ -549,7 +588,7 @@ class Controller:
         ):
             log.info("drift in %s/%s: redelivering", namespace, worker.pod.name)
             worker.state.delivered_hash = None  # whatever is there, it is not our set
-            worker.state.delivered = {}
+            worker.set_delivered({})
             worker.wake.set()
         await self.write_statuses(namespace)
 
@@ -612,6 +651,9 @@ class Controller:
         self, ref: str, cr: Tracked, outcome: Outcome, plan: Plan
     ) -> tuple[CRView, int | None]:
         spec = cr.resource.spec
+        # The generation this plan rendered, and the files a pod must have for it: never the
+        # newest generation seen, which a later plan has yet to render.
+        served = (outcome.generation, None if outcome.blocked else outcome.digest)
         if cr.resource.kind == TRUNK:
             trunk = plan.trunk_specs.get(cr.resource.name)
             segments_dids = sum(
@@ -622,14 +664,15 @@ class Controller:
             contexts = frozenset({trunk.inbound.context}) if trunk else frozenset()
             endpoint = trunk.endpoint(cr.resource.name) if trunk else None
             qualify = bool(trunk and trunk.qualify_frequency_seconds > 0)
-            return CRView(ref, cr.generation, endpoint, contexts, qualify), segments_dids
+            return CRView(ref, *served, endpoint, contexts, qualify), segments_dids
         user_contexts = {
             c
             for c in [(spec.get("destination") or {}).get("context")]
             + [o.get("context") for o in spec.get("overrides") or []]
             if c
         }
-        return CRView(ref, cr.generation, None, frozenset(user_contexts), False), outcome.did_count
+        view = CRView(ref, *served, None, frozenset(user_contexts), False)
+        return view, outcome.did_count
 
     def _event_on_transition(
         self, namespace: str, cr: Tracked, old: Mapping[str, Any], new: Mapping[str, Any]

@@ -110,6 +110,14 @@ def config_map_payloads(files: Files) -> list[tuple[dict[str, str], dict[str, st
     return [(data if i == 0 else {}, binary) for i, binary in enumerate(parts)]
 
 
+@dataclass(frozen=True)
+class SecretRead:
+    """A credentials Secret's text values and the resourceVersion they were read at."""
+
+    data: dict[str, str]
+    resource_version: str
+
+
 class KubeError(RuntimeError):
     """An API call failed; the message never quotes a response body (it may hold a Secret)."""
 
@@ -260,7 +268,7 @@ class Kube:
 
     # -- credentials -------------------------------------------------------------------
 
-    def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+    def read_secret(self, namespace: str, name: str) -> SecretRead | None:
         try:
             secret = self.api.request("GET", _ns(namespace, "secrets", name))
         except KubeError as error:
@@ -273,7 +281,7 @@ class Kube:
                 decoded[key] = base64.b64decode(value).decode()
             except UnicodeDecodeError:
                 continue  # not text: treated as missing, reported as SecretKeyMissing
-        return decoded
+        return SecretRead(decoded, str(secret.get("metadata", {}).get("resourceVersion", "")))
 
     # -- rendered state ----------------------------------------------------------------
 

@@ -384,6 +384,11 @@ class ResourceStatus(Model):
 class TwilioTrunkStatus(ResourceStatus):
     endpoint: str | None = None
     endpoint_state: str | None = Field(default=None, description="Summary over the pods.")
+    secret_resource_version: str | None = Field(
+        default=None,
+        description="resourceVersion of the credentials Secret this status describes: with"
+        " Ready=True, every pod serves the credentials of that version (rotation done).",
+    )
     did_count: int | None = None
     pods: list[PodTrunkStatus] = Field(default_factory=list)
 

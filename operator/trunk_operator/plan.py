@@ -10,6 +10,7 @@ files, so what Asterisk serves for it (and for every other CR) stays as it was.
 from __future__ import annotations
 
 import base64
+import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -47,6 +48,7 @@ class Resource:
     name: str
     created: str
     spec: dict[str, Any]
+    generation: int | None = None  # metadata.generation the spec was read at
 
     @property
     def ref(self) -> str:
@@ -67,6 +69,10 @@ class Outcome:
     did_count: int = 0
     conflicts: list[str] = field(default_factory=list)
     conflict_count: int = 0
+    generation: int | None = None  # of the spec these files were rendered from
+    username: str | None = None  # the auth username, as Asterisk must show it
+    password_sha256: str | None = None  # to check what Asterisk loaded, never shown
+    secret_version: str | None = None  # resourceVersion of the credentials Secret used
 
     @cached_property
     def digest(self) -> str:
@@ -83,6 +89,7 @@ class Inputs:
     trunks: list[Resource] = field(default_factory=list)
     segments: list[Resource] = field(default_factory=list)
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
+    secret_versions: dict[str, str] = field(default_factory=dict)  # name -> resourceVersion
 
     @classmethod
     def from_documents(cls, docs: list[dict[str, Any]]) -> Inputs:
@@ -124,9 +131,9 @@ def _validation_message(error: ValidationError) -> str:
 
 
 def _plan_trunk(
-    resource: Resource, secrets: dict[str, dict[str, str]], claimed: dict[str, dict[str, str]]
+    resource: Resource, inputs: Inputs, claimed: dict[str, dict[str, str]]
 ) -> tuple[Outcome, TwilioTrunkSpec | None]:
-    outcome = Outcome(trunk=resource.name)
+    outcome = Outcome(trunk=resource.name, generation=resource.generation)
     try:
         spec = TwilioTrunkSpec.model_validate(resource.spec)
     except ValidationError as error:
@@ -159,7 +166,8 @@ def _plan_trunk(
             )
     outcome.public = render_trunk(resource.name, spec)
     creds = spec.credentials
-    secret = secrets.get(creds.secret_name)
+    secret = inputs.secrets.get(creds.secret_name)
+    outcome.secret_version = inputs.secret_versions.get(creds.secret_name)
     if secret is None:
         outcome.problems.append(
             Problem("SecretNotFound", f"Secret {creds.secret_name} does not exist")
@@ -178,6 +186,10 @@ def _plan_trunk(
         outcome.secret = render_trunk_auth(
             resource.name, spec, secret[creds.username_key], secret[creds.password_key]
         )
+        outcome.username = secret[creds.username_key]
+        outcome.password_sha256 = hashlib.sha256(
+            f"{secret[creds.password_key]}\n".encode()
+        ).hexdigest()
     except RenderError as error:
         # The message names the rule broken, never the value.
         outcome.problems.append(
@@ -195,7 +207,7 @@ def plan_namespace(inputs: Inputs) -> Plan:
         "IP-based inbound identification": {},
     }
     for resource in sorted(inputs.trunks, key=lambda r: r.order):
-        outcome, spec = _plan_trunk(resource, inputs.secrets, claimed)
+        outcome, spec = _plan_trunk(resource, inputs, claimed)
         outcomes[resource.ref] = outcome
         if spec is not None and not outcome.blocked:
             usable[resource.name] = spec
@@ -203,7 +215,7 @@ def plan_namespace(inputs: Inputs) -> Plan:
     did_owner: dict[str, str] = {}
     pool_owner: dict[str, str] = {}
     for resource in sorted(inputs.segments, key=lambda r: r.order):
-        outcome = Outcome()
+        outcome = Outcome(generation=resource.generation)
         outcomes[resource.ref] = outcome
         try:
             segment = DIDSegmentSpec.model_validate(resource.spec)

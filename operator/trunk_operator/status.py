@@ -30,7 +30,8 @@ class CRView:
     """What the reducer needs of one CR."""
 
     ref: str
-    generation: int | None
+    generation: int | None  # the generation the plan rendered (status.observedGeneration)
+    digest: str | None  # files rendered from it, which every pod must serve; None if blocked
     endpoint: str | None  # trunks: the PJSIP endpoint; segments: None
     contexts: frozenset[str]  # user contexts this CR sends calls to (must exist)
     qualify: bool
@@ -68,8 +69,13 @@ def reduce_status(
     pod_status = []
     failed = [p for p in pods if p.problems.get(cr.ref)]
     # Per resource: another resource's change to the same pod does not make this one pending.
+    # Compared with what this generation rendered (blocked: the last good version the pods
+    # keep), never with what a pod was last told to want.
     pending = [
-        p for p in pods if p not in failed and p.delivered.get(cr.ref) != p.desired.get(cr.ref)
+        p
+        for p in pods
+        if p not in failed
+        and p.delivered.get(cr.ref) != (cr.digest if cr.digest else p.desired.get(cr.ref))
     ]
     if not pods:
         delivered = _condition(
@@ -182,6 +188,8 @@ def reduce_status(
     if cr.endpoint:
         status["endpoint"] = cr.endpoint
         status["endpointState"] = _summary_state(states)
+        if outcome.secret_version:
+            status["secretResourceVersion"] = outcome.secret_version
     if did_count is not None:
         status["didCount"] = did_count
     return status

@@ -1,9 +1,13 @@
 """Parsers and the delivery script, against CLI output captured from Asterisk 22.10.1."""
 
+import hashlib
+
 from trunk_operator.asterisk import (
+    MARK,
     Endpoint,
     Expected,
     ExpectedEndpoint,
+    _observation,
     parse_contexts,
     parse_endpoints,
     parse_transports,
@@ -130,3 +134,69 @@ def test_contexts_and_transports() -> None:
 def test_marked_sections_split_script_output() -> None:
     out = "noise\n=====trunk-operator:a\n1\n2\n=====trunk-operator:b\n3\n"
     assert sections(out) == {"a": "1\n2\n", "b": "3\n"}
+
+
+# `pjsip show endpoint ACME` (cut) and the auth section hash, as the delivery script prints
+# them, from Asterisk 22.10.1.
+DETAIL = """
+ Endpoint:  ACME                                                 Not in use    0 of inf
+    OutAuth:  ACME-auth/acme-user
+  Transport:  transport-udp             udp      0      0  127.0.10.99:5060
+   Identify:  ACME-identify/ACME
+       Header: X-Twilio-AccountSid: ACaaaa
+
+
+ ParameterName                      : ParameterValue
+ ===================================================================================================
+ 100rel                             : yes
+ allow                              : (alaw|ulaw)
+ context                            : trunkop-in-ACME
+ from_user                          :
+ media_encryption                   : no
+ outbound_auth                      : ACME-auth
+ transport                          : transport-udp
+"""
+PASSWORD_SHA = hashlib.sha256(b"se;cret\n").hexdigest()
+
+
+def detailed(**overrides: object) -> ExpectedEndpoint:
+    fields: dict = dict(
+        owner="TwilioTrunk/acme",
+        name="ACME",
+        auth="ACME-auth",
+        aors={},
+        identify="ACME-identify",
+        matches=frozenset({"X-Twilio-AccountSid: ACaaaa"}),
+        username="acme-user",
+        transport="transport-udp",
+        codecs=("alaw", "ulaw"),
+        media_encryption="no",
+        context="trunkop-in-ACME",
+        password_sha256=PASSWORD_SHA,
+    )
+    return ExpectedEndpoint(**{**fields, **overrides})
+
+
+def test_endpoint_detail_is_checked_field_by_field() -> None:
+    stdout = f"{MARK}endpoint:ACME\n{DETAIL}{MARK}auth:ACME\n{PASSWORD_SHA}  -\n"
+    observation = _observation(sections(stdout))
+    assert observation.details["ACME"]["allow"] == "(alaw|ulaw)"
+    assert observation.details["ACME"]["from_user"] == ""
+    endpoints = parse_endpoints(DETAIL)
+    assert endpoints["ACME"].auth_users == {"ACME-auth": "acme-user"}
+
+    def problems(want: ExpectedEndpoint) -> list[str]:
+        found = verify(Expected((want,)), endpoints, set(), None, observation.details)
+        return [p.message for p in found]
+
+    assert problems(detailed()) == []
+    assert problems(detailed(codecs=("ulaw",))) == [
+        "endpoint ACME has codecs ('alaw', 'ulaw'), not ('ulaw',) (Asterisk kept another version)"
+    ]
+    assert "media_encryption" in problems(detailed(media_encryption="sdes"))[0]
+    assert "context" in problems(detailed(context="elsewhere"))[0]
+    assert "another username" in problems(detailed(username="someone"))[0]
+    assert "another password" in problems(detailed(password_sha256="0" * 64))[0]
+    assert "lacks matches" in problems(detailed(matches=frozenset({"X-Twilio-AccountSid: ACb"})))[0]
+    # Without a detail table only the listing is checked (the endpoint did not change).
+    assert verify(Expected((detailed(codecs=("ulaw",)),)), endpoints, set()) == []

@@ -1,6 +1,12 @@
-"""The controller's pure decisions: what each pod must get and what Asterisk must show."""
+"""The controller's decisions: what each pod must get, what Asterisk must show, and what the
+status may claim while plans and deliveries interleave (with a fake API; no cluster)."""
 
-from trunk_operator.controller import expected_for, files_of
+import asyncio
+import threading
+from typing import Any
+
+from trunk_operator.controller import Controller, PodWorker, expected_for, files_of
+from trunk_operator.kube import SecretRead
 from trunk_operator.plan import Inputs, Resource, plan_namespace
 
 
@@ -54,16 +60,17 @@ class FakeKube:
         self.secret = secret
         self.reads = 0
         self.during_read = lambda: None
+        self.during_write = lambda: None
         self.statuses: dict[str, dict] = {}
         self.finalizers: dict[str, list[str]] = {}
 
-    def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+    def read_secret(self, namespace: str, name: str) -> SecretRead | None:
         self.reads += 1
         self.during_read()
-        return dict(self.secret)
+        return SecretRead(dict(self.secret), str(self.reads))
 
     def write_rendered(self, owner, public, secret) -> None:  # type: ignore[no-untyped-def]
-        pass
+        self.during_write()
 
     def patch_status(self, plural: str, namespace: str, name: str, status: dict) -> None:
         self.statuses[name] = status
@@ -75,21 +82,79 @@ class FakeKube:
         self.finalizers[name] = finalizers
 
 
-def trunk_body(name: str) -> dict:
+def trunk_body(name: str, generation: int = 1, **spec: Any) -> dict:
     return {
-        "metadata": {"name": name, "namespace": "ns", "uid": name, "generation": 1},
+        "metadata": {"name": name, "namespace": "ns", "uid": name, "generation": generation},
         "spec": {
             "terminationHost": f"{name}.pstn.twilio.com",
             "credentials": {"secretName": "sip"},
+            **spec,
         },
     }
 
 
+class NoDelivery(Controller):
+    """Pod workers that never run: the test plays the deliveries itself."""
+
+    async def _deliver_loop(self, namespace: str, worker: PodWorker) -> None:
+        await asyncio.Event().wait()
+
+
+def pod_body(name: str) -> dict:
+    return {
+        "metadata": {"name": name, "namespace": "ns", "uid": name, "labels": {"app": "asterisk"}},
+        "spec": {"containers": [{"name": "asterisk"}]},
+        "status": {"phase": "Running", "containerStatuses": [{"name": "asterisk", "ready": True}]},
+    }
+
+
+def ready(status: dict) -> tuple[str, str, int]:
+    condition = status["conditions"][0]
+    return condition["status"], condition["reason"], status["observedGeneration"]
+
+
+def test_status_never_claims_a_generation_no_pod_serves() -> None:
+    """The bug of issue 7: a status written between a spec change and its delivery (by the
+    observer or another pod's delivery) reported Ready for the new generation."""
+
+    async def scenario() -> None:
+        kube = FakeKube({"username": "u", "password": "p"})
+        controller = NoDelivery(kube)  # type: ignore[arg-type]
+        controller.upsert_pod(pod_body("asterisk-0"))
+        controller.upsert("TwilioTrunk", trunk_body("acme", 1, codecs=["alaw"]))
+        await controller.reconcile_namespace("ns")
+        worker = controller.workers[("ns", "asterisk-0")]
+        worker.set_delivered(dict(worker.owners))  # generation 1 delivered and verified
+        worker.state.delivered_hash = worker.state.desired_hash
+        await controller.write_statuses("ns")
+        assert ready(kube.statuses["acme"]) == ("True", "Ready", 1)
+
+        # Generation 2 seen, not planned yet: the status still speaks of generation 1.
+        controller.upsert("TwilioTrunk", trunk_body("acme", 2, codecs=["ulaw"]))
+        await controller.write_statuses("ns")
+        assert ready(kube.statuses["acme"])[2] == 1
+
+        # Generation 2 planned, its rendered state being written: no status may be Ready 2.
+        writing, release = threading.Event(), threading.Event()
+        kube.during_write = lambda: (writing.set(), release.wait(5))
+        plan = asyncio.create_task(controller.reconcile_namespace("ns"))
+        await asyncio.to_thread(writing.wait, 5)
+        await controller.write_statuses("ns")
+        assert ready(kube.statuses["acme"]) != ("True", "Ready", 2)
+        release.set()
+        await plan
+        assert ready(kube.statuses["acme"]) == ("False", "Delivering", 2)
+
+        worker.set_delivered(dict(worker.owners))
+        worker.state.delivered_hash = worker.state.desired_hash
+        await controller.write_statuses("ns")
+        assert ready(kube.statuses["acme"]) == ("True", "Ready", 2)
+        await controller.stop()
+
+    asyncio.run(scenario())
+
+
 def test_a_secret_event_during_the_read_neither_loses_nor_caches_it() -> None:
-    import asyncio
-
-    from trunk_operator.controller import Controller
-
     async def scenario() -> None:
         kube = FakeKube({"username": "u", "password": "p"})
         controller = Controller(kube)  # type: ignore[arg-type]

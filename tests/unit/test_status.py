@@ -2,7 +2,7 @@ from trunk_operator.asterisk import Contact, Endpoint, Observation
 from trunk_operator.plan import Outcome, Problem
 from trunk_operator.status import CRView, PodDelivery, reduce_status, with_transition_times
 
-TRUNK = CRView("TwilioTrunk/acme", 3, "ACME", frozenset({"from-twilio"}), True)
+TRUNK = CRView("TwilioTrunk/acme", 3, "h", "ACME", frozenset({"from-twilio"}), True)
 
 
 def conditions(status: dict) -> dict[str, tuple[str, str]]:
