@@ -56,7 +56,6 @@ class Tracked:
 
     resource: Resource
     uid: str
-    status: dict[str, Any]
     deleting: bool = False
     finalizers: tuple[str, ...] = ()
     resource_version: str = ""
@@ -172,6 +171,11 @@ class Controller:
         self.plans: dict[str, Plan] = {}
         self.last_good: dict[tuple[str, str], Outcome] = {}  # (ns, ref) -> last unblocked
         self.written: dict[tuple[str, str], tuple[str, str]] = {}  # rendered-state hashes
+        # The status of each CR as we last wrote it (as first seen, before that), and what it
+        # was computed from. Kept here, not on Tracked: watch events replace Tracked objects
+        # while a write is in flight, and a transition compared with a stale status is
+        # announced twice.
+        self.statuses: dict[tuple[str, str], dict[str, Any]] = {}
         self.patched: dict[tuple[str, str], dict[str, Any]] = {}
         self.dirty: set[str] = set()
         self.dirty_event = asyncio.Event()
@@ -195,11 +199,14 @@ class Controller:
             meta.get("generation"),
         )
         known = self.resources[meta["namespace"]].get(resource.ref)
+        key = (meta["namespace"], resource.ref)
+        if known is None or known.uid != meta.get("uid", ""):
+            # Afterwards, watch events lag behind our own status writes: ours is the truth.
+            self.statuses[key] = dict(body.get("status") or {})
+            self.patched.pop(key, None)
         tracked = Tracked(
             resource,
             meta.get("uid", ""),
-            # Watch events can lag behind our own status writes: ours is the newer truth.
-            known.status if known else dict(body.get("status") or {}),
             deleting=bool(meta.get("deletionTimestamp")),
             finalizers=tuple(meta.get("finalizers") or ()),
             resource_version=meta.get("resourceVersion", ""),
@@ -216,6 +223,8 @@ class Controller:
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self.resources[namespace].pop(f"{kind}/{name}", None)
+        self.statuses.pop((namespace, f"{kind}/{name}"), None)
+        self.patched.pop((namespace, f"{kind}/{name}"), None)
         self.mark(namespace)
 
     def secret_changed(self, namespace: str, name: str) -> None:
@@ -629,23 +638,31 @@ class Controller:
             key = (namespace, ref)
             if self.patched.get(key) == status:
                 continue
+            old = self.statuses.get(key, {})
             final = with_transition_times(
-                {**status, "conditions": [dict(c) for c in status["conditions"]]}, cr.status, _now()
+                {**status, "conditions": [dict(c) for c in status["conditions"]]}, old, _now()
             )
-            writes.append(self._write_status(namespace, cr, status, final))
+            writes.append(self._write_status(namespace, cr, status, old, final))
         await asyncio.gather(*writes)
 
     async def _write_status(
-        self, namespace: str, cr: Tracked, status: dict[str, Any], final: dict[str, Any]
+        self,
+        namespace: str,
+        cr: Tracked,
+        status: dict[str, Any],
+        old: dict[str, Any],
+        final: dict[str, Any],
     ) -> None:
         def write() -> None:
             self.kube.patch_status(PLURALS[cr.resource.kind], namespace, cr.resource.name, final)
-            self._event_on_transition(namespace, cr, cr.status, final)
+            self._event_on_transition(namespace, cr, old, final)
 
         async with self.api_calls:
             await asyncio.to_thread(write)
-        self.patched[(namespace, cr.resource.ref)] = status
-        cr.status = final
+        key = (namespace, cr.resource.ref)
+        if self.resources.get(namespace, {}).get(cr.resource.ref, cr).uid == cr.uid:
+            self.patched[key] = status
+            self.statuses[key] = final
 
     def _view(
         self, ref: str, cr: Tracked, outcome: Outcome, plan: Plan

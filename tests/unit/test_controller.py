@@ -63,6 +63,8 @@ class FakeKube:
         self.during_write = lambda: None
         self.statuses: dict[str, dict] = {}
         self.finalizers: dict[str, list[str]] = {}
+        self.events: list[str] = []
+        self.during_status = lambda name: None
 
     def read_secret(self, namespace: str, name: str) -> SecretRead | None:
         self.reads += 1
@@ -74,9 +76,10 @@ class FakeKube:
 
     def patch_status(self, plural: str, namespace: str, name: str, status: dict) -> None:
         self.statuses[name] = status
+        self.during_status(name)
 
-    def event(self, *args: object) -> None:
-        pass
+    def event(self, owner: object, event_type: str, reason: str, message: str) -> None:
+        self.events.append(reason)
 
     def set_finalizers(self, plural: str, namespace: str, name: str, finalizers, rv) -> None:  # type: ignore[no-untyped-def]
         self.finalizers[name] = finalizers
@@ -170,5 +173,42 @@ def test_a_secret_event_during_the_read_neither_loses_nor_caches_it() -> None:
         ready = kube.statuses["acme"]["conditions"][0]
         assert (ready["type"], ready["reason"]) == ("Ready", "NoAsteriskPods")
         assert kube.finalizers["acme"] == ["trunks.asterisk-operator.dev/delivered"]
+
+    asyncio.run(scenario())
+
+
+def test_each_transition_posts_one_event_when_watch_echoes_race_the_write() -> None:
+    """Our own status write comes back as a watch event, which may be handled while the
+    write is still in flight; the next transition must still be compared with what we wrote
+    (it was compared with the status from before, and ContextMissing was announced again)."""
+    from trunk_operator.asterisk import Observation
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        kube = FakeKube({"username": "u", "password": "p"})
+        controller = NoDelivery(kube)  # type: ignore[arg-type]
+        controller.upsert_pod(pod_body("asterisk-0"))
+        controller.upsert("TwilioTrunk", trunk_body("acme"))
+        await controller.reconcile_namespace("ns")
+        assert ready(kube.statuses["acme"])[:2] == ("False", "Delivering")
+
+        def echo(name: str) -> None:  # the watch event of this very write, handled meanwhile
+            handled = threading.Event()
+            body = {**trunk_body(name), "status": {}}
+            loop.call_soon_threadsafe(
+                lambda: (controller.upsert("TwilioTrunk", body), handled.set())
+            )
+            handled.wait(5)
+
+        kube.during_status = echo
+        worker = controller.workers[("ns", "asterisk-0")]
+        worker.state.observation = Observation({}, set(), None)  # the inbound context is missing
+        await controller.write_statuses("ns")
+        worker.set_delivered(dict(worker.owners))
+        worker.state.delivered_hash = worker.state.desired_hash
+        await controller.write_statuses("ns")
+        assert ready(kube.statuses["acme"])[:2] == ("True", "Ready")
+        assert kube.events == ["ContextMissing", "Ready"]
+        await controller.stop()
 
     asyncio.run(scenario())
