@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trunk_operator import asterisk
+from trunk_operator.apiclient import KubeError, describe
 from trunk_operator.asterisk import Expected, ExpectedEndpoint
-from trunk_operator.kube import Kube, KubeError, Owner, SecretRead, describe, secret_files_hash
+from trunk_operator.kube import Kube, Owner, SecretRead, secret_files_hash
 from trunk_operator.models import TwilioTrunkSpec
 from trunk_operator.plan import SEGMENT, TRUNK, Inputs, Outcome, Plan, Resource, plan_namespace
 from trunk_operator.render import (

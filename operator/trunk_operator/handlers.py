@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any
 
 import kopf
 
+from trunk_operator.apiclient import Connection, load_config
 from trunk_operator.controller import Controller, Settings
-from trunk_operator.kube import LABEL_MANAGED_BY, MANAGER, Kube, load_config
+from trunk_operator.kube import LABEL_MANAGED_BY, MANAGER, Kube
 from trunk_operator.models import GROUP
 from trunk_operator.plan import SEGMENT, TRUNK
 
@@ -20,6 +22,18 @@ def _controller() -> Controller:
     if controller is None:
         raise kopf.TemporaryError("operator is starting", delay=1)
     return controller
+
+
+def watched_namespaces() -> tuple[str, ...]:
+    """TRUNKOP_WATCH_NAMESPACES (comma-separated); empty: every namespace."""
+    raw = os.environ.get("TRUNKOP_WATCH_NAMESPACES", "")
+    return tuple(n.strip() for n in raw.split(",") if n.strip())
+
+
+@functools.cache
+def connection() -> Connection:
+    """One set of credentials for our API client and Kopf's watches."""
+    return load_config()
 
 
 def settings_from_env() -> Settings:
@@ -55,9 +69,25 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # The operator's own rendered Secrets never need to wake it: filter them out server-side.
     settings.watching.label_selectors["", "v1", "secrets"] = f"{LABEL_MANAGED_BY}!={MANAGER}"
-    controller = Controller(Kube(load_config()), settings_from_env())
+    controller = Controller(Kube(connection(), watched_namespaces()), settings_from_env())
     await controller.prime()
     controller.start()
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """Kopf's watches use our credentials. Kopf calls this again after a 401: the token is
+    read again from its file then, so a rotated ServiceAccount token is picked up."""
+    conn = connection()
+    conn.token.refresh()
+    return kopf.ConnectionInfo(
+        server=conn.server,
+        ca_path=conn.ca_file,
+        insecure=conn.insecure,
+        certificate_path=conn.cert_file,
+        private_key_path=conn.key_file,
+        token=conn.token.get(),
+    )
 
 
 @kopf.on.cleanup()

@@ -6,34 +6,22 @@ content hash. Files over `INLINE_LIMIT` are stored gzip'd in `binaryData`, split
 ConfigMaps (`-part-N`) when one object would pass the API's 1 MiB limit. Secrets are written
 with this module's own client calls, never through a path that logs payloads.
 
-A small REST and exec client of our own (urllib3, websocket-client) instead of the
-`kubernetes` package: its import alone costs about 40 MiB of the operator's memory, and its
-`stream()` swaps the request method of a shared client while an exec runs.
+The HTTP and exec client is `apiclient` (ours, not the `kubernetes` package: see there).
 """
 
 from __future__ import annotations
 
-import atexit
 import base64
 import contextlib
 import gzip
 import hashlib
-import json
 import logging
-import os
-import ssl
-import tempfile
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlencode
 
-import urllib3
-import websocket
-
-from trunk_operator.asterisk import ExecError, ExecResult
+from trunk_operator.apiclient import Api, Connection, KubeError, PodExec
 from trunk_operator.models import GROUP, VERSION
 from trunk_operator.render import Files, files_hash
 
@@ -118,132 +106,6 @@ class SecretRead:
     resource_version: str
 
 
-class KubeError(RuntimeError):
-    """An API call failed; the message never quotes a response body (it may hold a Secret)."""
-
-    def __init__(self, message: str, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def describe(error: BaseException) -> str:
-    """An error in words that cannot carry a payload (bodies may hold Secret data)."""
-    if isinstance(error, KubeError):
-        return str(error)
-    return type(error).__name__
-
-
-@dataclass(frozen=True)
-class Connection:
-    """Where the API server is and how to prove who we are."""
-
-    server: str
-    ca_file: str | None = None
-    insecure: bool = False
-    cert_file: str | None = None
-    key_file: str | None = None
-    token: str | None = None
-
-
-def _materialize(path: Any, data: Any) -> str | None:
-    """Kubeconfigs give certificates as paths or base64 data; TLS wants files."""
-    if path:
-        return os.fsdecode(path)
-    if not data:
-        return None
-    raw = data if isinstance(data, bytes) else base64.b64decode(data)
-    handle = tempfile.NamedTemporaryFile(prefix="trunk-operator-", delete=False)  # noqa: SIM115
-    os.chmod(handle.name, 0o600)  # before the key material is in it
-    with handle:
-        handle.write(raw)
-    atexit.register(os.unlink, handle.name)
-    return handle.name
-
-
-def load_config(kubeconfig: str | None = None) -> Connection:
-    """In a pod: the service account; elsewhere: `kubeconfig`, KUBECONFIG or ~/.kube/config.
-
-    Parsing is Kopf's own (the same credentials its watches use)."""
-    import kopf
-
-    settings = kopf.OperatorSettings()
-    info = None if kubeconfig else kopf.login_with_service_account(settings=settings)
-    if info is None:
-        previous = os.environ.get("KUBECONFIG")
-        if kubeconfig:
-            os.environ["KUBECONFIG"] = kubeconfig
-        try:
-            info = kopf.login_with_kubeconfig(settings=settings)
-        finally:
-            if kubeconfig:
-                if previous is None:
-                    os.environ.pop("KUBECONFIG", None)
-                else:
-                    os.environ["KUBECONFIG"] = previous
-    if info is None:
-        raise KubeError("no Kubernetes credentials: neither a service account nor a kubeconfig")
-    return Connection(
-        server=info.server.rstrip("/"),
-        ca_file=_materialize(info.ca_path, info.ca_data),
-        insecure=bool(info.insecure),
-        cert_file=_materialize(info.certificate_path, info.certificate_data),
-        key_file=_materialize(info.private_key_path, info.private_key_data),
-        token=info.token,
-    )
-
-
-class Api:
-    """JSON over HTTPS to the API server; connections pooled, errors without bodies."""
-
-    def __init__(self, connection: Connection, pool_size: int = 8) -> None:
-        self.connection = connection
-        self.pool = urllib3.PoolManager(
-            maxsize=pool_size,
-            cert_reqs="CERT_NONE" if connection.insecure else "CERT_REQUIRED",
-            ca_certs=connection.ca_file,
-            cert_file=connection.cert_file,
-            key_file=connection.key_file,
-            timeout=urllib3.Timeout(connect=10, read=60),
-            retries=False,
-        )
-        self.headers = {"Accept": "application/json"}
-        if connection.token:
-            self.headers["Authorization"] = f"Bearer {connection.token}"
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        params: Mapping[str, str] | None = None,
-        content_type: str = "application/json",
-    ) -> dict[str, Any]:
-        url = self.connection.server + path + (f"?{urlencode(params)}" if params else "")
-        headers = dict(self.headers)
-        payload = None
-        if body is not None:
-            headers["Content-Type"] = content_type
-            payload = json.dumps(body).encode()
-        for attempt in range(RETRIES + 1):
-            try:
-                response = self.pool.request(method, url, body=payload, headers=headers)
-            except urllib3.exceptions.HTTPError as error:
-                if attempt < RETRIES:
-                    time.sleep(0.2 * 2**attempt)
-                    continue
-                raise KubeError(f"{method} {path}: {type(error).__name__}") from None
-            # 429 (e.g. "storage is (re)initializing" for a new CRD) and 5xx are passing states.
-            if (response.status == 429 or response.status >= 500) and attempt < RETRIES:
-                delay = response.headers.get("Retry-After", "")
-                time.sleep(min(float(delay), 5.0) if delay.isdigit() else 0.2 * 2**attempt)
-                continue
-            break
-        if response.status >= 400:
-            raise KubeError(f"{method} {path}: API error {response.status}", response.status)
-        return json.loads(response.data) if response.data else {}
-
-
 def _ns(namespace: str, resource: str, name: str = "") -> str:
     return f"/api/v1/namespaces/{namespace}/{resource}" + (f"/{name}" if name else "")
 
@@ -255,16 +117,30 @@ def _custom(plural: str, namespace: str = "", name: str = "") -> str:
 
 
 MERGE = "application/merge-patch+json"
-RETRIES = 5
 STRATEGIC = "application/strategic-merge-patch+json"
 
 
 class Kube:
     """The operator's API calls, synchronous; the controller runs them in worker threads."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, namespaces: tuple[str, ...] = ()) -> None:
         self.connection = connection
         self.api = Api(connection)
+        self.namespaces = namespaces  # empty: the whole cluster
+
+    def _list(self, path: str, params: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        """`path` (e.g. `/api/v1/pods`) cluster-wide, or in each watched namespace: with
+        namespaced RBAC, a cluster-wide list is forbidden."""
+        if not self.namespaces:
+            return list(self.api.request("GET", path, params=params).get("items") or [])
+        prefix, _, resource = path.rpartition("/")
+        items: list[dict[str, Any]] = []
+        for namespace in self.namespaces:
+            listed = self.api.request(
+                "GET", f"{prefix}/namespaces/{namespace}/{resource}", params=params
+            )
+            items += listed.get("items") or []
+        return items
 
     # -- credentials -------------------------------------------------------------------
 
@@ -340,10 +216,10 @@ class Kube:
 
     def list_custom(self, plural: str) -> list[dict[str, Any]]:
         """Every object of one of our kinds, cluster-wide."""
-        return list(self.api.request("GET", _custom(plural)).get("items") or [])
+        return self._list(_custom(plural))
 
     def list_pods(self) -> list[dict[str, Any]]:
-        return list(self.api.request("GET", "/api/v1/pods").get("items") or [])
+        return self._list("/api/v1/pods")
 
     def rendered_hashes(self) -> dict[tuple[str, str, str], tuple[str, str]]:
         """(namespace, kind, name) -> (ConfigMap hash, Secret hash) of what is in the API now,
@@ -351,8 +227,7 @@ class Kube:
         params = {"labelSelector": f"{LABEL_MANAGED_BY}={MANAGER}"}
         found: dict[tuple[str, str, str], tuple[str, str]] = {}
         for resource in ("configmaps", "secrets"):
-            listed = self.api.request("GET", f"/api/v1/{resource}", params=params)
-            for item in listed.get("items") or []:
+            for item in self._list(f"/api/v1/{resource}", params):
                 meta = item.get("metadata", {})
                 if "-part-" in meta.get("name", ""):
                     continue
@@ -436,105 +311,3 @@ def secret_files_hash(files: Mapping[str, str]) -> str:
 def _keyed_hash(files: Mapping[str, str]) -> str:
     """A hash that changes with the secret files without being a plain hash of them."""
     return hashlib.sha256(b"trunk-operator-secret\0" + files_hash(files).encode()).hexdigest()
-
-
-# Channels of the exec WebSocket protocol: a leading byte per message.
-STDIN, STDOUT, STDERR, ERROR, CLOSE = 0, 1, 2, 3, 255
-
-
-class PodExec:
-    """`Exec` over the API server's exec subresource (WebSocket; needs get+create pods/exec).
-
-    `v5.channel.k8s.io` first: it can close stdin. With v4 the delivery still works, because
-    the script reads exactly the framed number of bytes."""
-
-    def __init__(self, connection: Connection, namespace: str, pod: str, container: str) -> None:
-        self.connection, self.namespace, self.pod, self.container = (
-            connection,
-            namespace,
-            pod,
-            container,
-        )
-
-    def _url(self, command: list[str], stdin: bool) -> str:
-        params = [("container", self.container), ("stdout", "true"), ("stderr", "true")]
-        params += [("stdin", "true")] if stdin else []
-        params += [("command", part) for part in command]
-        base = self.connection.server.replace("https://", "wss://", 1).replace(
-            "http://", "ws://", 1
-        )
-        path = f"/api/v1/namespaces/{quote(self.namespace)}/pods/{quote(self.pod)}/exec"
-        return f"{base}{path}?{urlencode(params)}"
-
-    def __call__(self, command: list[str], stdin: bytes | None, timeout: float) -> ExecResult:
-        conn = self.connection
-        sslopt: dict[str, Any] = {
-            "cert_reqs": ssl.CERT_NONE if conn.insecure else ssl.CERT_REQUIRED
-        }
-        if conn.ca_file:
-            sslopt["ca_certs"] = conn.ca_file
-        if conn.cert_file:
-            sslopt["certfile"] = conn.cert_file
-        if conn.key_file:
-            sslopt["keyfile"] = conn.key_file
-        headers = [f"Authorization: Bearer {conn.token}"] if conn.token else []
-        try:
-            socket = websocket.create_connection(
-                self._url(command, stdin is not None),
-                header=headers,
-                subprotocols=["v5.channel.k8s.io", "v4.channel.k8s.io"],
-                sslopt=sslopt,
-                timeout=timeout,
-            )
-        except Exception as error:
-            raise ExecError(f"exec into {self.pod} failed: {describe(error)}") from None
-        out, err, status = bytearray(), bytearray(), b""
-        deadline = time.monotonic() + timeout
-        try:
-            if stdin is not None:
-                for chunk in _chunks(stdin, 256 * 1024):
-                    socket.send_binary(bytes([STDIN]) + chunk)
-                if socket.subprotocol == "v5.channel.k8s.io":
-                    socket.send_binary(bytes([CLOSE, STDIN]))
-            while time.monotonic() < deadline:
-                try:
-                    frame = socket.recv()
-                except websocket.WebSocketConnectionClosedException:
-                    break
-                if not frame:
-                    break
-                data = frame if isinstance(frame, bytes) else frame.encode()
-                channel, payload = data[0], data[1:]
-                if channel == STDOUT:
-                    out += payload
-                elif channel == STDERR:
-                    err += payload
-                elif channel == ERROR:
-                    status += payload
-            else:
-                raise ExecError(f"exec into {self.pod} timed out after {timeout:.0f} s")
-        except websocket.WebSocketTimeoutException:
-            raise ExecError(f"exec into {self.pod} timed out after {timeout:.0f} s") from None
-        finally:
-            socket.close()
-        return ExecResult(
-            _exit_code(bytes(status)), out.decode(errors="replace"), err.decode(errors="replace")
-        )
-
-
-def _chunks(data: bytes, size: int) -> Iterator[bytes]:
-    for start in range(0, len(data), size):
-        yield data[start : start + size]
-
-
-def _exit_code(status: bytes) -> int:
-    """The exec's final Status: Success, or NonZeroExitCode with the code in its causes."""
-    if not status:
-        return 0
-    parsed = json.loads(status)
-    if parsed.get("status") == "Success":
-        return 0
-    for cause in parsed.get("details", {}).get("causes", []):
-        if cause.get("reason") == "ExitCode":
-            return int(cause["message"])
-    return 1

@@ -9,7 +9,8 @@ import pytest
 from kubernetes import client
 
 from testbed.asterisk import AsteriskContainer
-from trunk_operator.kube import Kube, load_config
+from trunk_operator.apiclient import load_config
+from trunk_operator.kube import Kube
 
 pytestmark = pytest.mark.e2e
 
