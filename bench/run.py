@@ -36,6 +36,7 @@ from rig import (
 from testbed.asterisk import AsteriskContainer
 from tests.cases import large_case
 from tests.e2e.conftest import podman_exec
+from tests.e2e.ready_invariant import ReadyInvariant
 from trunk_operator import asterisk
 
 
@@ -479,12 +480,61 @@ def m5_dids(args: argparse.Namespace, workdir: Path) -> Section:
     return sec
 
 
-MEASUREMENTS = {1: m1_latency, 2: m2_burst, 3: m3_restart, 4: m4_memory, 5: m5_dids}
+# ---- 6. the Ready invariant at scale ----------------------------------------------------------
+
+
+def m6_invariant(args: argparse.Namespace, workdir: Path) -> Section:
+    """tests/e2e/ready_invariant.py with hundreds and a thousand trunks in one pod."""
+    sec = Section(
+        "6. Ready invariant (Ready only for what Asterisk serves; one Event per transition)",
+        setup=f"1 pod, {args.invariant_sizes} trunks, 5 hot trunks, {args.invariant_actions}"
+        f" random spec/Secret changes, seed {args.seed}",
+    )
+    for size in [int(x) for x in args.invariant_sizes.split(",")]:
+        with Rig(f"inv{size}", workdir, args.observe_interval) as rig:
+            [pod] = rig.add_pods(1, hosts())
+            rig.start_operator()
+            scenario = ReadyInvariant(
+                rig.core,
+                rig.custom,
+                rig.namespace,
+                pod.container,
+                seed=args.seed,
+                trunks=size,
+                hot=5,
+                actions=args.invariant_actions,
+                log=log,
+            )
+            report = scenario.run(ready_timeout=args.timeout)
+            events = sum(sum(c.values()) for c in report.events.values())
+            transitions = sum(report.transitions.values())
+            sec.add(f"{size} trunks: checks in Asterisk when Ready", report.checks, "")
+            sec.add(f"{size} trunks: Ready for a generation not served", len(report.violations), "")
+            sec.add(
+                f"{size} trunks: Events / condition transitions",
+                events,
+                "",
+                note=f"{transitions} transitions",
+            )
+            sec.add(f"{size} trunks: trunks whose Events differ", len(report.event_problems), "")
+            sec.add(f"{size} trunks: scenario time", report.seconds, "s")
+            sec.notes += report.violations[:5] + report.event_problems[:5]
+    return sec
+
+
+MEASUREMENTS = {
+    1: m1_latency,
+    2: m2_burst,
+    3: m3_restart,
+    4: m4_memory,
+    5: m5_dids,
+    6: m6_invariant,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--only", default="1,2,3,4,5", help="measurements to run, e.g. 1,3")
+    p.add_argument("--only", default="1,2,3,4,5,6", help="measurements to run, e.g. 1,3")
     p.add_argument("--applies", type=int, default=20, help="(1) creates and updates, each")
     p.add_argument("--pods", type=int, default=2, help="(1, 2) Asterisk pods")
     p.add_argument("--burst", type=int, default=50, help="(2) trunks in the burst")
@@ -494,6 +544,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-pods", type=int, default=1, help="(4) Asterisk pods (0: none)")
     p.add_argument("--dids", type=int, default=100_000, help="(5) DIDs in the segment")
     p.add_argument("--did-ranges", type=int, default=4, help="(5) ranges of the segment")
+    p.add_argument("--invariant-sizes", default="300,1000", help="(6) trunks in the pod, per run")
+    p.add_argument("--invariant-actions", type=int, default=30, help="(6) random changes")
+    p.add_argument("--seed", type=int, default=7, help="(6) seed of the random changes")
     p.add_argument(
         "--shared-secret",
         action="store_true",

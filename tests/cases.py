@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from trunk_operator.asterisk import Expected
@@ -25,10 +26,14 @@ class Case:
     trunks: dict[str, TwilioTrunkSpec]
     segments: dict[str, DIDSegmentSpec] = field(default_factory=dict)
 
-    def expected(self, files: Files) -> Expected:
+    def expected(self, files: Files, password: str = PASSWORD) -> Expected:
         """What Asterisk must show once these files are loaded (as the operator verifies)."""
+        password_sha256 = hashlib.sha256(f"{password}\n".encode()).hexdigest()
         return Expected(
-            tuple(expected_endpoint(f"TwilioTrunk/{n}", n, s) for n, s in self.trunks.items()),
+            tuple(
+                expected_endpoint(f"TwilioTrunk/{n}", n, s, f"{n}-user", password_sha256)
+                for n, s in self.trunks.items()
+            ),
             {context: "case" for context in contexts_in(files)},
             {s.transport: (f"TwilioTrunk/{n}",) for n, s in self.trunks.items()},
         )

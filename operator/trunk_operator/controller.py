@@ -105,7 +105,7 @@ def _with_mask(source: str) -> str:
 
 
 def expected_endpoint(
-    owner: str, name: str, spec: TwilioTrunkSpec, outcome: Outcome
+    owner: str, name: str, spec: TwilioTrunkSpec, username: str = "", password_sha256: str = ""
 ) -> ExpectedEndpoint:
     names = trunk_names(name, spec)
     matches = (
@@ -120,8 +120,8 @@ def expected_endpoint(
         aors={a.id: a.contact for a in aors(name, spec)},
         identify=names.identify,
         matches=matches,
-        username=outcome.username or "",
-        password_sha256=outcome.password_sha256 or "",
+        username=username,
+        password_sha256=password_sha256,
         transport=spec.transport,
         codecs=tuple(str(c) for c in spec.codecs),
         media_encryption="sdes" if spec.secure else "no",
@@ -155,7 +155,15 @@ def expected_for(outcomes: Mapping[str, Outcome]) -> Expected:
     for ref, outcome in sorted(outcomes.items()):
         spec = outcome.trunk_spec
         if ref == f"{TRUNK}/{outcome.trunk}" and spec is not None:
-            endpoints.append(expected_endpoint(ref, outcome.trunk or "", spec, outcome))
+            endpoints.append(
+                expected_endpoint(
+                    ref,
+                    outcome.trunk or "",
+                    spec,
+                    outcome.username or "",
+                    outcome.password_sha256 or "",
+                )
+            )
             transports[spec.transport].append(ref)
         for context in sorted(contexts_in(outcome.public)):
             contexts.setdefault(context, ref)

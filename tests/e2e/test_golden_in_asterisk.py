@@ -27,8 +27,11 @@ def hosts_of(case: Case) -> dict[str, str]:
 
 
 def deliver(pbx: AsteriskContainer, case: Case) -> asterisk.DeliveryResult:
+    """Verified in depth (codecs, encryption, context, username, password) for every trunk."""
     files = case.files()
-    return asterisk.deliver(podman_exec(pbx.name), files, case.expected(files))
+    expected = case.expected(files)
+    detailed = [e.name for e in expected.endpoints]
+    return asterisk.deliver(podman_exec(pbx.name), files, expected, detailed=detailed)
 
 
 @pytest.mark.parametrize("name", ["single-trunk", "two-trunks", "secure-trunk"])
@@ -122,3 +125,28 @@ def test_large_segment_loads_in_smallcontexts_in(
     print(f"100,000-DID segment: render+deliver+reload+verify {took:.1f} s")
     shown = pbx.rx("dialplan show +15550012345@trunkop-in-BULK-345")
     assert "+15550012345" in shown
+
+
+def test_an_endpoint_asterisk_keeps_at_its_old_version_is_caught_and_rolled_back(
+    start_asterisk: Callable[..., AsteriskContainer],
+) -> None:
+    """Asterisk retains the previous version of an object it cannot create ("Retaining
+    existing configuration"), and the listing looks the same: only the endpoint's own
+    options (`pjsip show endpoint`) tell that the new codecs were not taken."""
+    good = cases()["single-trunk"]
+    pbx = start_asterisk("golden-retained", "127.0.10.26", hosts_of(good))
+    assert deliver(pbx, good).ok
+    changed = Case(
+        trunks={"acme": good.trunks["acme"].model_copy(update={"codecs": ["alaw"]})},
+        segments=good.segments,
+    )
+    files = changed.files()
+    path = "pjsip.d/twiliotrunk-acme.conf"
+    assert "dtmf_mode = rfc4733" in files[path]
+    files[path] = files[path].replace("dtmf_mode = rfc4733", "dtmf_mode = rfc2833")  # refused
+    expected = changed.expected(files)
+    result = asterisk.deliver(podman_exec(pbx.name), files, expected, detailed=["ACME"])
+    assert not result.ok and result.rolled_back
+    assert any("codecs ('ulaw', 'alaw'), not ('alaw',)" in p.message for p in result.problems)
+    # Without the in-depth check the same delivery passes: the listing alone cannot tell.
+    assert not asterisk.verify(expected, result.observation.endpoints, result.observation.contexts)
