@@ -8,16 +8,19 @@ export TRUNKOP_CACHE := $(CACHE)
 export PIP_CACHE_DIR := $(CACHE)/pip
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := podman runc sip-tester debootstrap uidmap
+# containerd + CNI plugins: the real kubelet node (testbed/node.py); not started by systemd.
+APT_PACKAGES := podman runc sip-tester debootstrap uidmap containerd containernetworking-plugins
 
-.PHONY: help deps venv binaries image platform crds lint test test-unit test-integration \
-        test-e2e demo demo-down bench clean
+.PHONY: help deps venv binaries image operator-image platform crds chart-crds manifests lint \
+        test test-unit test-packaging test-integration test-e2e demo demo-down bench clean
 
 help:
 	@echo "make demo       bring up cluster + Asterisk + Twilio stand-in + operator, apply a trunk"
 	@echo "make demo-down  stop everything make demo started"
 	@echo "make test       install what is needed, then lint + unit + integration + e2e tests"
-	@echo "make crds       regenerate crds/ from the pydantic models"
+	@echo "make crds       regenerate crds/ from the pydantic models (and the chart's copy)"
+	@echo "make manifests  regenerate manifests/ from the Helm chart (helm template)"
+	@echo "make operator-image  build localhost/asterisk-trunk-operator:<version> with podman"
 	@echo "make bench      run the benchmarks (prints figures)"
 
 deps:  ## Debian packages the platform needs (idempotent; quiet when present)
@@ -35,26 +38,39 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-binaries:  ## etcd, kube-*, kubectl, kwok, kwokctl, helm from pinned Go modules
+binaries:  ## etcd, kube-*, kubectl, kubelet, kwok, kwokctl, helm from pinned Go modules
 	@bash testbed/build-binaries.sh >/dev/null
 
 image: deps  ## localhost/asterisk:22 from Debian sid's asterisk package
 	@bash testbed/asterisk/build-image.sh
 
+operator-image: deps  ## localhost/asterisk-trunk-operator:<version>, on a debootstrap'd base
+	@bash testbed/build-operator-image.sh
+
 platform: deps venv binaries image
 
 crds: venv
 	$(PY) -m trunk_operator.crdgen crds
+	$(PY) -m tools.chartgen crds
 
-LINT_PATHS := operator tests testbed $(wildcard bench)
+chart-crds: venv  ## the chart's templates/crds.yaml from crds/
+	$(PY) -m tools.chartgen crds
+
+manifests: venv binaries chart-crds  ## manifests/ = helm template of the chart (needs helm)
+	$(PY) -m tools.chartgen manifests
+
+LINT_PATHS := operator tests testbed tools $(wildcard bench)
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
-	$(VENV)/bin/ruff format --check operator tests $(wildcard bench)
+	$(VENV)/bin/ruff format --check operator tests tools $(wildcard bench)
 	$(VENV)/bin/mypy operator/trunk_operator
 
 test-unit: venv
 	$(VENV)/bin/pytest tests/unit
+
+test-packaging: venv binaries  ## the chart and manifests/ (helm only, no cluster)
+	$(VENV)/bin/pytest tests/packaging
 
 test-integration: platform
 	$(VENV)/bin/pytest tests/integration tests/platform -m "integration"

@@ -7,22 +7,64 @@ trunk-operator run [kopf run options]
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from trunk_operator.plan import Inputs, plan_namespace
+from trunk_operator.plan import SEGMENT, TRUNK, Inputs, plan_namespace
 from trunk_operator.render import Files
+
+# A Kubernetes object name (DNS-1123 subdomain). Names become file names, so nothing else
+# (`/`, `..`) may reach a path.
+OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+OBJECT_NAME_MAX = 253
+RENDERED_KINDS = ("Secret", TRUNK, SEGMENT)
+
+
+class InputError(ValueError):
+    """A document or output path `render` refuses; the message names the culprit."""
+
+
+def _check_name(doc: dict[str, Any], where: str) -> None:
+    if doc.get("kind") not in RENDERED_KINDS:
+        return  # ignored by `render`, so its name never reaches a path
+    name = (doc.get("metadata") or {}).get("name")
+    if not isinstance(name, str) or len(name) > OBJECT_NAME_MAX or not OBJECT_NAME.fullmatch(name):
+        raise InputError(
+            f"{where} ({doc['kind']}): metadata.name {name!r} is not a valid Kubernetes object"
+            f" name (lowercase letters, digits, '-' and '.', starting and ending with a letter"
+            f" or digit, at most {OBJECT_NAME_MAX} characters)"
+        )
 
 
 def _documents(paths: list[str]) -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
     for path in paths:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
-        docs += [d for d in yaml.safe_load_all(text) if d]
+        for index, doc in enumerate(yaml.safe_load_all(text), start=1):
+            if not doc:
+                continue
+            where = f"{'stdin' if path == '-' else path}, document {index}"
+            if not isinstance(doc, dict):
+                raise InputError(f"{where}: not a Kubernetes object (a YAML mapping)")
+            _check_name(doc, where)
+            docs.append(doc)
     return docs
+
+
+def _targets(output: str, files: Files) -> dict[Path, str]:
+    """Where each file goes under `output`; refuses any path that would land outside it."""
+    root = Path(output).resolve()
+    targets: dict[Path, str] = {}
+    for path, text in files.items():
+        # Resolved for the check only (`..`, symlinks); written and printed as given.
+        if not (root / path).resolve().is_relative_to(root):
+            raise InputError(f"refusing to write {path!r}: it is outside {output}")
+        targets[Path(output) / path] = text
+    return targets
 
 
 PLACEHOLDER = "PLACEHOLDER"
@@ -54,12 +96,16 @@ def render_documents(
 
 
 def _render(args: argparse.Namespace) -> int:
-    files, problems = render_documents(_documents(args.filename), args.placeholder_secrets)
+    try:
+        files, problems = render_documents(_documents(args.filename), args.placeholder_secrets)
+        targets = _targets(args.output, files) if args.output else {}
+    except InputError as error:
+        print(f"trunk-operator render: error: {error}", file=sys.stderr)
+        return 2
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     if args.output:
-        for path, text in files.items():
-            target = Path(args.output) / path
+        for target, text in targets.items():
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
             print(target)
@@ -80,7 +126,9 @@ def _run(args: argparse.Namespace) -> int:
 
     from trunk_operator import handlers
 
-    sys.argv = ["kopf", "run", "--all-namespaces", "-m", handlers.__name__, *args.kopf_args]
+    namespaces = handlers.watched_namespaces()
+    scope = [f"--namespace={n}" for n in namespaces] if namespaces else ["--all-namespaces"]
+    sys.argv = ["kopf", "run", *scope, "-m", handlers.__name__, *args.kopf_args]
     return int(kopf_main() or 0)
 
 
