@@ -58,7 +58,8 @@ kube_ld=""
 for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     kube_ld+=" -X $p.gitVersion=${KUBERNETES_VERSION} -X $p.gitMajor=1 -X $p.gitMinor=${kminor} -X $p.gitTreeState=clean"
 done
-for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+# kubelet: the real node of testbed/node.py (containerd comes from Debian).
+for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet; do
     build "$c" "$KUBERNETES_VERSION" "$HERE/go/kubernetes" "k8s.io/kubernetes/cmd/$c" "$kube_ld"
 done
 
@@ -127,6 +128,7 @@ mkdir -p "$bindir"
 declare -A versions=(
     [kube-apiserver]="$KUBERNETES_VERSION" [kube-controller-manager]="$KUBERNETES_VERSION"
     [kube-scheduler]="$KUBERNETES_VERSION" [kubectl]="$KUBERNETES_VERSION"
+    [kubelet]="$KUBERNETES_VERSION"
     [etcd]="$ETCD_VERSION" [kwok]="$kwok_key" [kwokctl]="$kwok_key" [helm]="$HELM_VERSION"
 )
 for name in "${!versions[@]}"; do

@@ -259,6 +259,7 @@ class Cluster(KubectlHelpers):
         # kwokctl starts every component with its own environment plus the
         # component's extraEnvs (exec.Cmd.Env = os.Environ() + extraEnvs, last one
         # wins). Only kwok-controller gets the exec router first on PATH.
+        pki = self.cluster_dir / "pki"  # kwokctl's CA and admin cert (system:masters)
         return {
             "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
             "kind": "KwokctlConfiguration",
@@ -268,7 +269,32 @@ class Cluster(KubectlHelpers):
                     "extraEnvs": [
                         {"name": "PATH", "value": f"{EXEC_ROUTER_DIR}:{SYSTEM_PATH}"},
                     ],
-                }
+                    # The binary runtime passes --manage-all-nodes=true: kwok would
+                    # fake the status of a real kubelet node (testbed/node.py) and its
+                    # pods. Only nodes annotated like ours are kwok's.
+                    "extraArgs": [
+                        {"key": "manage-all-nodes", "value": "false", "override": True},
+                        {
+                            "key": "manage-nodes-with-annotation-selector",
+                            "value": "kwok.x-k8s.io/node=fake",
+                        },
+                    ],
+                },
+                {
+                    # What a real kubelet node needs (testbed/node.py). Harmless without
+                    # one: kwok's node has only a Hostname address, which exec still
+                    # uses. So every cluster, the session's too, can take a real node.
+                    "name": "kube-apiserver",
+                    "extraArgs": [
+                        {"key": "kubelet-client-certificate", "value": str(pki / "admin.crt")},
+                        {"key": "kubelet-client-key", "value": str(pki / "admin.key")},
+                        # exec/logs dial the node's InternalIP, not its (unresolvable) name
+                        {
+                            "key": "kubelet-preferred-address-types",
+                            "value": "InternalIP,Hostname,InternalDNS,ExternalDNS,ExternalIP",
+                        },
+                    ],
+                },
             ],
         }
 

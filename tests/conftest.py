@@ -3,7 +3,8 @@
 `cluster`: a real control plane (testbed/cluster.py: etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler, kwok) or, with E2E_KUBECONFIG set, that cluster.
 `operator`: the operator as its own process (`trunk-operator run`) against it.
-Both are started once per session, only when a test asks for them, and stopped by the
+`real_node`: a real kubelet + containerd node in that cluster (testbed/node.py).
+All are started once per session, only when a test asks for them, and stopped by the
 handles held here, whether the tests pass or fail.
 """
 
@@ -25,6 +26,7 @@ from kubernetes import client, config
 from testbed import asterisk as asterisk_mod
 from testbed.asterisk import AsteriskContainer
 from testbed.cluster import Cluster, ExistingCluster
+from testbed.node import KubeletNode
 from testbed.operator_process import OperatorProcess
 from testbed.sipp import TwilioStandIn
 
@@ -46,6 +48,28 @@ def cluster() -> Iterator[Any]:
     finally:
         cl.stop()
         _cluster_pids.extend(cl.processes())  # reported by pytest_sessionfinish
+
+
+@pytest.fixture(scope="session")
+def real_node(cluster: Any) -> Iterator[KubeletNode]:
+    """A real kubelet node (label and taint trunkop.dev/real-node=true; pods opt in with
+    ``real_node.placement()``). One per machine; everything it changed on the host is
+    undone at the end, and what could not be is reported by pytest_sessionfinish."""
+    if not isinstance(cluster, Cluster):
+        pytest.skip("a real node joins the local kwokctl cluster only (E2E_KUBECONFIG is set)")
+    if os.geteuid() != 0:
+        pytest.skip("a real node needs root")
+    if shutil.which("containerd") is None:
+        pytest.fail("containerd is missing: run `make deps` (make test does)")
+    node = KubeletNode(cluster)
+    try:
+        node.start()
+        yield node
+    finally:
+        try:
+            node.stop()
+        finally:
+            _node_leftovers.extend(node.leftovers())
 
 
 @pytest.fixture(scope="session")
@@ -166,10 +190,12 @@ def leftovers() -> list[str]:
         if f"container {name}" not in found
     ]
     found += [f"cluster process {pid}" for pid in _cluster_pids]
+    found += [f"real node: {what}" for what in _node_leftovers]
     return found
 
 
 _cluster_pids: list[int] = []
+_node_leftovers: list[str] = []
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
