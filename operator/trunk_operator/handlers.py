@@ -64,6 +64,11 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Long watches die silently behind some proxies; reconnect well before they do.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # No scanning: the CRDs come with the chart (prime() below lists the CRs before Kopf
+    # resolves its resources, through API discovery, once) and the namespaces are given as
+    # exact names. So Kopf never lists or watches CRDs or namespaces: the operator needs no
+    # cluster-scoped permission at all.
+    settings.scanning.disabled = True
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # One line per watch event ("Handler ... succeeded") drowns what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)

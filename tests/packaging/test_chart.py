@@ -18,8 +18,9 @@ Helm = Callable[..., subprocess.CompletedProcess[str]]
 Permission = tuple[str, str, str]  # (API group, resource, verb)
 
 # What the operator may do, in every watched namespace (or cluster-wide when it watches all).
-# Documented in charts/asterisk-trunk-operator/README.md; change both together.
-NAMESPACED_PERMISSIONS: set[Permission] = {
+# Documented in charts/asterisk-trunk-operator/README.md; change both together. Nothing
+# cluster-scoped: Kopf's scanning is off (handlers.py), so it never reads CRDs or namespaces.
+PERMISSIONS: set[Permission] = {
     *(
         ("trunks.asterisk-operator.dev", resource, verb)
         for resource in ("twiliotrunks", "didsegments")
@@ -35,16 +36,6 @@ NAMESPACED_PERMISSIONS: set[Permission] = {
     ("", "pods/exec", "create"),
     ("", "pods/exec", "get"),
     ("", "events", "create"),
-}
-# Cluster-scoped, in both modes: Kopf follows CRD changes.
-CLUSTER_PERMISSIONS: set[Permission] = {
-    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
-    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
-}
-# Cluster-scoped, with watchNamespaces only: Kopf matches its namespace list against these.
-NAMESPACE_LIST_PERMISSIONS: set[Permission] = {
-    ("", "namespaces", "list"),
-    ("", "namespaces", "watch"),
 }
 
 
@@ -157,7 +148,7 @@ def test_cluster_mode_grants_exactly_the_documented_permissions(render: Render) 
     objects = render()
     assert not of_kind(objects, "Role") and not of_kind(objects, "RoleBinding")
     (role,) = of_kind(objects, "ClusterRole")
-    assert permissions(role) == NAMESPACED_PERMISSIONS | CLUSTER_PERMISSIONS
+    assert permissions(role) == PERMISSIONS
     (binding,) = of_kind(objects, "ClusterRoleBinding")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -176,7 +167,7 @@ def test_cluster_mode_grants_exactly_the_documented_permissions(render: Render) 
     assert pod["serviceAccountName"] == account["metadata"]["name"]
 
 
-def test_namespaced_mode_has_a_role_per_namespace_and_no_cluster_wide_secrets(
+def test_namespaced_mode_has_a_role_per_namespace_and_nothing_cluster_scoped(
     render: Render,
 ) -> None:
     objects = render("watchNamespaces={team-a,team-b}")
@@ -184,12 +175,30 @@ def test_namespaced_mode_has_a_role_per_namespace_and_no_cluster_wide_secrets(
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for role in roles:
-        assert permissions(role) == NAMESPACED_PERMISSIONS
+        assert permissions(role) == PERMISSIONS
+    (account,) = of_kind(objects, "ServiceAccount")
     for binding in bindings:
-        assert binding["roleRef"]["kind"] == "Role"
-        assert binding["subjects"][0]["namespace"] == "trunkop-system"
-    (cluster_role,) = of_kind(objects, "ClusterRole")  # reads of CRDs and namespaces only
-    assert permissions(cluster_role) == CLUSTER_PERMISSIONS | NAMESPACE_LIST_PERMISSIONS
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": roles[0]["metadata"]["name"],
+        }
+        assert binding["subjects"] == [
+            {
+                "kind": "ServiceAccount",
+                "name": account["metadata"]["name"],
+                "namespace": "trunkop-system",
+            }
+        ]
+    # No cluster-wide access at all: neither to Secrets or pods nor to CRDs or namespaces.
+    assert not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding")
+    # Without the CRDs (cluster-scoped, but not the operator's), every object is namespaced.
+    without_crds = render("watchNamespaces={team-a,team-b}", "crds.enabled=false")
+    assert all(o["metadata"].get("namespace") for o in without_crds), [
+        f"{o['kind']}/{o['metadata']['name']}"
+        for o in without_crds
+        if not o["metadata"].get("namespace")
+    ]
 
 
 def test_rbac_can_be_left_to_someone_else(render: Render) -> None:

@@ -55,8 +55,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/*
 The operator's permissions, one list for both RBAC modes: what kube.py calls and what Kopf's
 watches need, nothing more (charts/asterisk-trunk-operator/README.md explains each rule).
-Cluster-scoped reads are in "asterisk-trunk-operator.clusterRules" and
-"asterisk-trunk-operator.namespaceListRules".
+No cluster-scoped resource: the operator sets Kopf's `settings.scanning.disabled`, so Kopf never
+lists or watches CRDs (they come with the chart) or namespaces (they are given exactly).
 */}}
 {{- define "asterisk-trunk-operator.namespacedRules" -}}
 # TwilioTrunks and DIDSegments: Kopf's watches; the operator's finalizer (merge patch).
@@ -91,25 +91,4 @@ Cluster-scoped reads are in "asterisk-trunk-operator.clusterRules" and
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-{{- end }}
-
-{{- define "asterisk-trunk-operator.clusterRules" -}}
-# Kopf follows CRDs being added or changed. Without this it retries for about a minute,
-# logging errors, then goes on with the CRDs it found at start.
-- apiGroups: [apiextensions.k8s.io]
-  resources: [customresourcedefinitions]
-  verbs: [list, watch]
-{{- end }}
-
-{{/*
-Only when watchNamespaces is set: Kopf then lists and watches namespaces to match its namespace
-list. Without this it retries for about a minute, logging errors, before it serves the listed
-names as they are, so its watches start a minute late. Not needed once the operator sets
-`settings.scanning.disabled` in that mode (then neither this rule nor the CRD rule is used).
-*/}}
-{{- define "asterisk-trunk-operator.namespaceListRules" -}}
-# Kopf matches its namespace list against the namespaces that exist.
-- apiGroups: [""]
-  resources: [namespaces]
-  verbs: [list, watch]
 {{- end }}
