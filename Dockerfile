@@ -33,9 +33,13 @@ LABEL org.opencontainers.image.title="asterisk-trunk-operator" \
       org.opencontainers.image.source="${SOURCE_URL}"
 COPY --from=builder /opt/venv /opt/venv
 # Read-only root filesystem: pip compiled the bytecode at build time, nothing is written later.
+# USER and HOME: the uid has no passwd entry, and Kopf names itself after the user
+# (getpass.getuser() fails on an unknown uid unless USER is set).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    USER=trunk-operator \
+    HOME=/tmp
 # The conventional "nonroot" ids (distroless): no passwd entry needed, matches the chart's
 # runAsUser/runAsGroup so `runAsNonRoot: true` can verify it.
 USER 65532:65532

@@ -109,10 +109,17 @@ def operator(
         env={"TRUNKOP_OBSERVE_INTERVAL": "2"},
     )
     op.start()
+    host_operators.append(op)
     try:
         yield op
     finally:
+        host_operators.remove(op)
         op.stop()
+
+
+host_operators: list[OperatorProcess] = []
+"""The session's operator process, while it exists: a tier that installs its own operator
+pauses it, or two operators would deliver into the same pods."""
 
 
 @pytest.fixture

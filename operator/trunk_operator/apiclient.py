@@ -130,6 +130,19 @@ def _kubeconfig_token_file(kubeconfig: str | None) -> str | None:
     return token_file
 
 
+def _in_cluster_server() -> str | None:
+    """The API server as client-go's in-cluster config finds it: from the Service env vars
+    kubelet sets, not by the name `kubernetes.default.svc` (Kopf's choice), which needs
+    cluster DNS."""
+    host, port = (
+        os.environ.get("KUBERNETES_SERVICE_HOST"),
+        os.environ.get("KUBERNETES_SERVICE_PORT"),
+    )
+    if not host or not port:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
 def load_config(kubeconfig: str | None = None) -> Connection:
     """In a pod: the service account; elsewhere: `kubeconfig`, KUBECONFIG or ~/.kube/config.
 
@@ -157,8 +170,11 @@ def load_config(kubeconfig: str | None = None) -> Connection:
     token = TokenSource(info.token, token_file)
     if token_file and not info.token:
         token.refresh()
+    server = info.server
+    if token_file == SERVICE_ACCOUNT_TOKEN:
+        server = _in_cluster_server() or server
     return Connection(
-        server=info.server.rstrip("/"),
+        server=server.rstrip("/"),
         ca_file=_materialize(info.ca_path, info.ca_data),
         insecure=bool(info.insecure),
         cert_file=_materialize(info.certificate_path, info.certificate_data),

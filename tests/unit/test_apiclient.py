@@ -99,3 +99,13 @@ def test_kubeconfig_token_file_relative_to_the_kubeconfig(tmp_path: Path) -> Non
     )
     found = apiclient._kubeconfig_token_file(str(tmp_path / "kubeconfig"))
     assert found == str(tmp_path / "token")
+
+
+def test_in_cluster_server_comes_from_the_service_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    assert apiclient._in_cluster_server() == "https://10.0.0.1:443"
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
+    assert apiclient._in_cluster_server() == "https://[fd00::1]:443"
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
+    assert apiclient._in_cluster_server() is None

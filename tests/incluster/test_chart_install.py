@@ -1,0 +1,197 @@
+"""Install, use, restart, upgrade and uninstall the operator the way users do, on a real node.
+
+One scenario, in order (each step needs the previous one): helm install -> a Secret, trunk and
+DID segment applied with kubectl go Ready in an Asterisk pod of examples/asterisk and a call
+authenticates at the Twilio stand-in -> the operator pod is deleted and its successor takes the
+pods over without a reload -> helm upgrade with a changed value -> helm uninstall keeps the
+CRDs, the CRs and what Asterisk serves. Throughout: no 403 in the operator's log, and the
+ServiceAccount can do exactly what the chart documents.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from testbed.node import KubeletNode
+from testbed.sipp import TwilioStandIn
+from tests.conftest import ROOT, wait_for
+from tests.incluster.conftest import Release, asterisk_objects
+from tests.packaging.test_chart import PERMISSIONS
+from trunk_operator.asterisk import parse_endpoints
+
+pytestmark = pytest.mark.incluster
+
+STANDIN_IP = "127.0.0.16"
+ASTERISK_IP = "127.0.10.40"
+HOST = "acme.pstn.twilio.com"
+
+
+@pytest.fixture(scope="module")
+def telephony(cluster: Any) -> Iterator[str]:
+    name = f"telephony-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        # The CRs first, while the operator may still be there to release its finalizers;
+        # after `helm uninstall` nobody is, so the finalizers are removed by hand.
+        for kind in ("didsegments", "twiliotrunks"):
+            cluster.kubectl("delete", kind, "--all", "-n", name, "--wait=false", check=False)
+            listed = cluster.kubectl("get", kind, "-n", name, "-o", "name", check=False)
+            for obj in listed.stdout.split():
+                cluster.kubectl(
+                    "patch", obj, "-n", name, "--type=merge",
+                    "-p", '{"metadata":{"finalizers":null}}', check=False,
+                )  # fmt: skip
+        cluster.kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)
+
+
+def kubectl_json(cluster: Any, *args: str) -> Any:
+    return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
+
+
+def asterisk_rx(cluster: Any, namespace: str, command: str, check: bool = True) -> str:
+    out = cluster.kubectl("exec", "-n", namespace, "asterisk-0", "-c", "asterisk", "--",
+                          "asterisk", "-rx", command, check=check)  # fmt: skip
+    return str(out.stdout)
+
+
+def pjsip_reloads(cluster: Any, namespace: str) -> int:
+    logs = cluster.kubectl("logs", "-n", namespace, "asterisk-0", "-c", "asterisk").stdout
+    return str(logs).count("Reloading module 'res_pjsip.so'")
+
+
+def trunk_status(cluster: Any, namespace: str) -> dict[str, Any]:
+    obj = kubectl_json(cluster, "get", "twiliotrunk", "acme", "-n", namespace)
+    return {"generation": obj["metadata"]["generation"], **(obj.get("status") or {})}
+
+
+def ready(status: dict[str, Any]) -> bool:
+    conditions = {c["type"]: c for c in status.get("conditions", [])}
+    return (
+        conditions.get("Ready", {}).get("status") == "True"
+        and status.get("observedGeneration") == status["generation"]
+    )
+
+
+def can_i_list(cluster: Any, who: str, namespace: str) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) the subject may use in `namespace`, minus what every
+    authenticated user may (self reviews, discovery)."""
+    out = cluster.kubectl("auth", "can-i", "--list", f"--as={who}", "-n", namespace).stdout
+    everyone = cluster.kubectl(
+        "auth", "can-i", "--list", "--as=system:serviceaccount:default:nobody", "-n", namespace
+    ).stdout
+    return _parse_can_i(out) - _parse_can_i(everyone)
+
+
+def _parse_can_i(text: str) -> set[tuple[str, str, str]]:
+    rules = set()
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if not parts or parts[0].startswith("/") or "[" not in line:
+            continue  # non-resource URLs
+        verbs = line[line.rindex("[") + 1 : line.rindex("]")].split()
+        name, _, subresource = parts[0].partition("/")  # twiliotrunks.<group>/status
+        plural, _, group = name.partition(".")
+        resource = f"{plural}/{subresource}" if subresource else plural
+        rules |= {(group, resource, verb) for verb in verbs}
+    return rules
+
+
+def test_install_use_restart_upgrade_uninstall(
+    cluster: Any,
+    release: Release,
+    telephony: str,
+    start_standin: Any,
+) -> None:
+    node: KubeletNode = release.node
+    # ---- the operator runs as the chart made it: restricted, non-root, its own identity ----
+    [pod] = release.operator_pods()
+    spec = pod["spec"]
+    assert spec["nodeName"] == node.name
+    assert spec["serviceAccountName"] == "asterisk-trunk-operator"
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    container = spec["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert "KUBECONFIG" not in env
+
+    # ---- Asterisk from examples/asterisk, a Twilio stand-in, then the user's three objects ----
+    standin: TwilioStandIn = start_standin("acme-trunk", "s3cret;with#chars", ip=STANDIN_IP)
+    objects = asterisk_objects(cluster, node, ASTERISK_IP, {HOST: STANDIN_IP})
+    cluster.kubectl("apply", "-n", telephony, "-f", "-",
+                    input="\n---\n".join(yaml.safe_dump(o) for o in objects))  # fmt: skip
+    wait_for(
+        lambda: "Asterisk" in asterisk_rx(cluster, telephony, "core show version", check=False),
+        timeout=120,
+        what="Asterisk answering in asterisk-0",
+    )
+    started = time.monotonic()
+    for example in ("acme-secret.yaml", "acme-trunk.yaml", "acme-dids.yaml"):
+        cluster.kubectl("apply", "-n", telephony, "-f", str(ROOT / "examples" / example))
+    status = wait_for(
+        lambda: (s := trunk_status(cluster, telephony)) and ready(s) and s,
+        timeout=90,
+        what="TwilioTrunk acme Ready",
+    )
+    print(f"\napply -> Ready through the in-cluster operator: {time.monotonic() - started:.1f} s")
+    assert [p["pod"] for p in status["pods"]] == ["asterisk-0"]
+    assert "ACME" in parse_endpoints(asterisk_rx(cluster, telephony, "pjsip show endpoints"))
+    # The pod's readiness gate opened: the operator delivered and verified its set.
+    cluster.kubectl("wait", "-n", telephony, "--for=condition=Ready", "pod/asterisk-0",
+                    "--timeout=60s")  # fmt: skip
+
+    # A call through the trunk authenticates with the Secret's password.
+    asterisk_rx(
+        cluster, telephony,
+        "channel originate Local/5551234567@TwilioDynamicIVR application Wait 1",
+    )  # fmt: skip
+    standin.wait_for(lambda msgs: len([m for m in msgs if m.method == "INVITE"]) >= 2)
+    assert standin.verify_digest("s3cret;with#chars")
+
+    # ---- a new operator pod takes the Asterisk pod over without reloading it ----
+    reloads = pjsip_reloads(cluster, telephony)
+    cluster.kubectl("delete", "pod", "-n", release.namespace, pod["metadata"]["name"])
+    wait_for(
+        lambda: [
+            p for p in release.operator_pods()
+            if p["metadata"]["name"] != pod["metadata"]["name"]
+            and all(c.get("ready") for c in p["status"].get("containerStatuses", [{}]))
+        ],
+        timeout=120,
+        what="a new operator pod Ready",
+    )  # fmt: skip
+    cluster.kubectl("patch", "twiliotrunk", "acme", "-n", telephony, "--type=merge",
+                    "-p", '{"spec":{"codecs":["alaw"]}}')  # fmt: skip
+    wait_for(lambda: ready(trunk_status(cluster, telephony)), timeout=60, what="Ready again")
+    assert "adopted" in release.operator_log()
+    # The codec change is the only reload: the takeover itself reloaded nothing.
+    assert pjsip_reloads(cluster, telephony) == reloads + 1
+
+    # ---- helm upgrade with a changed value: a new pod with it, the trunk stays served ----
+    release.upgrade(observeIntervalSeconds=3)
+    [upgraded] = release.operator_pods()
+    env = {e["name"]: e.get("value") for e in upgraded["spec"]["containers"][0]["env"]}
+    assert env["TRUNKOP_OBSERVE_INTERVAL"] == "3"
+    wait_for(lambda: ready(trunk_status(cluster, telephony)), timeout=60, what="Ready after")
+
+    # ---- RBAC: enough (no 403 anywhere) and no more than documented ----
+    log = release.operator_log()
+    assert " 403" not in log and "Forbidden" not in log, log[-3000:]
+    granted = can_i_list(cluster, release.service_account, telephony)
+    assert granted == PERMISSIONS, sorted(granted ^ PERMISSIONS)
+
+    # ---- helm uninstall: the operator goes, CRDs, CRs and Asterisk's configuration stay ----
+    release.uninstall()
+    wait_for(lambda: not release.operator_pods(), timeout=60, what="the operator pod gone")
+    crds = cluster.kubectl("get", "crd", "-o", "name").stdout
+    assert "twiliotrunks.trunks.asterisk-operator.dev" in crds
+    assert ready(trunk_status(cluster, telephony))
+    assert "ACME" in parse_endpoints(asterisk_rx(cluster, telephony, "pjsip show endpoints"))
