@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from testbed.node import KubeletNode
+from testbed.release import Release, asterisk_objects
 from testbed.sipp import TwilioStandIn
 from tests.conftest import ROOT, wait_for
-from tests.incluster.conftest import Release, asterisk_objects
 from tests.packaging.test_chart import PERMISSIONS
 from trunk_operator.asterisk import parse_endpoints
 
