@@ -430,3 +430,57 @@ class TwilioStandIn:
     def __repr__(self) -> str:
         return f"TwilioStandIn({self.ip}:{self.port}, mode={self.mode}, pid={self.pid})"
 
+
+
+@dataclass
+class InboundCall:
+    """What one inbound call got: the final status Asterisk answered the INVITE with."""
+
+    did: str
+    caller: str
+    status: int | None
+    messages: list[SipMessage] = field(default_factory=list)
+
+
+class TwilioCaller:
+    """sipp UAC placing inbound calls the way Twilio does (``twilio-uac-inbound.xml``), from
+    ``ip`` (a loopback address of the test's choosing: inside or outside a trunk's source
+    ranges). Each ``call()`` runs sipp once in the foreground under this object's control."""
+
+    def __init__(self, ip: str, account_sid: str, *, port: int = 5062,
+                 media_port: int | None = None) -> None:
+        self.ip, self.port, self.account_sid = ip, port, account_sid
+        self.media_port = media_port or 17000 + (int(ipaddress.ip_address(ip)) % 1000) * 8
+        self.scenario = SCENARIO_DIR / "twilio-uac-inbound.xml"
+
+    def call(self, target: str, did: str, caller: str, *, hold_ms: int = 500,
+             timeout: float = 30) -> InboundCall:
+        """INVITE sip:<did>@<target> ("ip:port"); returns the final response status."""
+        workdir = Path(tempfile.mkdtemp(prefix=f"trunkop-sipp-uac-{self.ip}-"))
+        messages = workdir / "messages.log"
+        command = [SIPP, target, "-sf", str(self.scenario), "-i", self.ip, "-p", str(self.port),
+                   "-t", "u1", "-nostdin", "-m", "1", "-timeout", f"{int(timeout)}s",
+                   "-mi", self.ip, "-mp", str(self.media_port),
+                   "-key", "did", did, "-key", "caller", caller,
+                   "-key", "account_sid", self.account_sid, "-d", str(hold_ms),
+                   "-trace_msg", "-message_file", str(messages)]
+        proc = subprocess.Popen(command, cwd=workdir, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with _lock:
+            _running[proc.pid] = proc
+        try:
+            proc.wait(timeout + 10)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            _terminate(proc)
+        try:
+            log = parse_message_log(messages.read_text(errors="replace"))
+        except OSError:
+            log = []
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        finals = [m.status for m in log if m.direction == "received" and not m.is_request
+                  and m.status is not None and m.status >= 200 and m.cseq
+                  and m.cseq[1] == "INVITE"]
+        return InboundCall(did, caller, finals[-1] if finals else None, log)

@@ -268,6 +268,10 @@ def _detail_mismatches(want: ExpectedEndpoint, detail: Mapping[str, str]) -> lis
         shown["context"] = (detail.get("context"), want.context)
     if want.transport:
         shown["transport"] = (detail.get("transport"), want.transport)
+    # The source ACL keeps requests from outside the trunk's ranges out (a header anyone can
+    # send may identify them); its addresses are not shown, its presence is.
+    if "deny" not in detail.get("acl", ""):
+        shown["acl"] = (detail.get("acl"), "deny/permit")
     if want.password_sha256 and detail.get("password_sha256") != want.password_sha256:
         return [
             *_shown_mismatches(want, shown),

@@ -149,6 +149,7 @@ DETAIL = """
  ParameterName                      : ParameterValue
  ===================================================================================================
  100rel                             : yes
+ acl                                : deny/permit
  allow                              : (alaw|ulaw)
  context                            : trunkop-in-ACME
  from_user                          :
@@ -198,5 +199,10 @@ def test_endpoint_detail_is_checked_field_by_field() -> None:
     assert "another username" in problems(detailed(username="someone"))[0]
     assert "another password" in problems(detailed(password_sha256="0" * 64))[0]
     assert "lacks matches" in problems(detailed(matches=frozenset({"X-Twilio-AccountSid: ACb"})))[0]
+    no_acl = {**observation.details["ACME"], "acl": ""}
+    found = verify(Expected((detailed(),)), endpoints, set(), None, {"ACME": no_acl})
+    assert [p.message for p in found] == [
+        "endpoint ACME has acl '', not 'deny/permit' (Asterisk kept another version)"
+    ]
     # Without a detail table only the listing is checked (the endpoint did not change).
     assert verify(Expected((detailed(codecs=("ulaw",)),)), endpoints, set()) == []
