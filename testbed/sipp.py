@@ -257,15 +257,15 @@ class DigestCheck:
 
 
 class TwilioStandIn:
-    """sipp UAS standing in for <name>.pstn.twilio.com. mode "401" or "407"; qop=True adds
-    qop="auth" to the challenge."""
+    """sipp UAS standing in for <name>.pstn.twilio.com. mode "401" or "407" (the challenge
+    Twilio sends; qop=True adds qop="auth" to it), or "503" (an edge out of service)."""
 
     def __init__(self, ip: str = "127.0.0.2", port: int = 5060, username: str = "trunkuser",
                  password: str = "trunkpass", mode: str = "401", *, qop: bool = False,
                  media_port: int | None = None, workdir: str | os.PathLike | None = None,
                  start_timeout: float = 30) -> None:
-        if mode not in ("401", "407"):
-            raise ValueError("mode must be '401' or '407'")
+        if mode not in ("401", "407", "503"):
+            raise ValueError("mode must be '401', '407' or '503' (an edge out of service)")
         self.ip, self.port = ip, port
         self.username, self.password = username, password
         self.mode, self.qop = mode, qop

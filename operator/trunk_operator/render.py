@@ -184,10 +184,17 @@ def render_trunk(name: str, spec: TwilioTrunkSpec) -> Files:
             caller_id_context=names.caller_id_context,
             normalization=normalization_rules(spec.outbound.default_country_code),
             dial_targets=[
-                f"PJSIP/{names.endpoint}/{_contact_uri(h, spec.secure, '${TRUNKOP_NUMBER}')}"
-                for h in spec.edge_hosts()
+                (
+                    f"PJSIP/{names.endpoint}/{_contact_uri(h, spec.secure, '${TRUNKOP_NUMBER}')}",
+                    aor.id,
+                )
+                for h, aor in zip(spec.edge_hosts(), aors(name, spec), strict=True)
             ],
             failover_test=failover,
+            # An edge that drops every packet fails only after SIP's 32 s transaction timeout,
+            # after most dial timeouts (NOANSWER, no failover): with qualify on, edges
+            # Asterisk already found unreachable are skipped.
+            skip_unreachable=spec.qualify_frequency_seconds > 0 and len(spec.edges) > 1,
         ),
     }
 
