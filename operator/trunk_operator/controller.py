@@ -252,7 +252,13 @@ class Controller:
         ours = [c for c in containers if c.get("name") == self.settings.container]
         if not any(c.get("name") == self.settings.container for c in body["spec"]["containers"]):
             return
-        ready = status.get("phase") == "Running" and bool(ours and ours[0].get("ready"))
+        # A pod being deleted is done: no new deliveries, and it holds no trunk's Ready (its
+        # containers stay ready while a preStop lets calls finish).
+        ready = (
+            status.get("phase") == "Running"
+            and bool(ours and ours[0].get("ready"))
+            and not meta.get("deletionTimestamp")
+        )
         incarnation = (
             f"{ours[0].get('containerID', '')}/{ours[0].get('restartCount', 0)}" if ours else ""
         )

@@ -212,3 +212,31 @@ def test_each_transition_posts_one_event_when_watch_echoes_race_the_write() -> N
         await controller.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_pod_being_deleted_gets_nothing_new_and_holds_no_ready() -> None:
+    async def scenario() -> None:
+        kube = FakeKube({"username": "u", "password": "p"})
+        controller = NoDelivery(kube)  # type: ignore[arg-type]
+        for name in ("asterisk-0", "asterisk-1"):
+            controller.upsert_pod(pod_body(name))
+        controller.upsert("TwilioTrunk", trunk_body("acme"))
+        await controller.reconcile_namespace("ns")
+        staying = controller.workers[("ns", "asterisk-1")]
+        staying.set_delivered(dict(staying.owners))
+        staying.state.delivered_hash = staying.state.desired_hash
+        await controller.write_statuses("ns")
+        assert ready(kube.statuses["acme"])[:2] == ("False", "Delivering")  # asterisk-0 pending
+
+        leaving = pod_body("asterisk-0")
+        leaving["metadata"]["deletionTimestamp"] = "2026-11-27T00:00:00Z"
+        controller.upsert_pod(leaving)
+        await controller.reconcile_namespace("ns")
+        assert ("ns", "asterisk-0") not in controller.workers
+        status = kube.statuses["acme"]
+        assert ready(status)[:2] == ("True", "Ready")
+        assert [p["pod"] for p in status["pods"]] == ["asterisk-1"]
+        assert kube.events.count("NoAsteriskPods") == 0
+        await controller.stop()
+
+    asyncio.run(scenario())
