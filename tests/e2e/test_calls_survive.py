@@ -1,0 +1,114 @@
+"""A call that is up survives what the operator does: other trunks created, changed and
+deleted in the same pod, its own trunk's password rotating, the operator restarting. And
+what happens to a call whose own trunk is deleted, measured and stated."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from testbed.asterisk import AsteriskContainer
+from testbed.sipp import TwilioStandIn
+from tests.conftest import wait_for
+from tests.e2e.test_operator import (
+    ACME_IP,
+    HOSTS,
+    PASSWORD,
+    SID_A,
+    SID_B,
+    credentials,
+    status,
+    trunk,
+    wait_ready,
+)
+from trunk_operator.models import GROUP, VERSION
+
+pytestmark = pytest.mark.e2e
+
+
+def sent_packets(pbx: AsteriskContainer) -> int:
+    """RTP packets Asterisk has sent on the trunk's channel (`pjsip show channelstats`)."""
+    for line in pbx.rx("pjsip show channelstats").splitlines():
+        # BridgeId ChannelId UpTime Codec | Receive: Count Lost Pct Jitter | Transmit: Count ...
+        fields = line.split()
+        if len(fields) >= 13 and fields[1].startswith("ACME-"):
+            return int(fields[8])
+    return -1
+
+
+def trunk_channel_up(pbx: AsteriskContainer) -> bool:
+    return "PJSIP/ACME-" in pbx.rx("core show channels concise")
+
+
+def test_a_call_stays_up_through_changes_rotation_and_operator_restart(
+    operator: Any,
+    namespace: str,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    apply: Callable[[dict[str, Any]], None],
+    start_asterisk_pod: Callable[..., AsteriskContainer],
+    start_standin: Callable[..., TwilioStandIn],
+) -> None:
+    twilio = start_standin("acme-user", PASSWORD, ip=ACME_IP)
+    pbx = start_asterisk_pod("asterisk-0", "127.0.10.41", HOSTS)
+    for name in ("acme", "globex"):
+        core.create_namespaced_secret(namespace, credentials(namespace, name))
+    apply(trunk("acme", inbound={"accountSid": SID_A}))
+    wait_ready(custom, namespace, "acme")
+
+    # The call: Asterisk plays a tone (Milliwatt) to Twilio, so media flows all along.
+    pbx.rx("channel originate Local/+15551234567@to-acme application Milliwatt")
+    twilio.wait_for(lambda msgs: len([m for m in msgs if m.method == "INVITE"]) >= 2)
+    call_id = twilio.invites()[-1].call_id
+    wait_for(lambda: 200 in [r.status for r in twilio.responses(call_id)], what="answered")
+    wait_for(lambda: trunk_channel_up(pbx), what="the trunk channel up")
+
+    def still_up(step: str) -> None:
+        before = sent_packets(pbx)
+        time.sleep(1)
+        after = sent_packets(pbx)
+        byes = [m for m in twilio.messages() if m.method == "BYE" and m.call_id == call_id]
+        assert trunk_channel_up(pbx) and not byes, f"the call ended during: {step}"
+        assert after > before, f"no media flowing after: {step} ({before} -> {after})"
+        print(f"{step}: {before} -> {after} RTP packets sent")
+
+    still_up("the call starting")
+    apply(trunk("globex", inbound={"accountSid": SID_B}))
+    wait_ready(custom, namespace, "globex")
+    still_up("trunk globex created")
+    apply(trunk("globex", inbound={"accountSid": SID_B}, codecs=["alaw"]))
+    wait_for(lambda: status(custom, namespace, "globex").get("observedGeneration") == 2)
+    wait_ready(custom, namespace, "globex")
+    still_up("trunk globex changed")
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "twiliotrunks", "globex")
+    wait_for(lambda: "GLOBEX" not in pbx.rx("pjsip show endpoints"), what="globex removed")
+    still_up("trunk globex deleted")
+    core.replace_namespaced_secret(
+        "acme-sip", namespace, credentials(namespace, "acme", "rotated;pw")
+    )
+    wait_for(
+        lambda: "rotated\\;pw" in pbx.read_file("/etc/asterisk/pjsip.d/twiliotrunk-acme-auth.conf"),
+        what="the rotated password delivered",
+    )
+    wait_ready(custom, namespace, "acme")
+    still_up("its own password rotated")
+    operator.stop()
+    operator.start()
+    time.sleep(4)  # start-up, adoption, two observation rounds
+    wait_ready(custom, namespace, "acme")
+    still_up("the operator restarted")
+
+    # Its own trunk deleted: the endpoint leaves Asterisk's configuration; the call is a
+    # channel, not configuration, and stays until either side hangs up.
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "twiliotrunks", "acme")
+    wait_for(lambda: "ACME" not in pbx.rx("pjsip show endpoints"), what="acme removed")
+    still_up("its own trunk deleted")
+    pbx.rx("channel request hangup all")
+    wait_for(
+        lambda: [m for m in twilio.messages() if m.method == "BYE" and m.call_id == call_id],
+        what="the BYE once the call is hung up",
+    )
