@@ -95,17 +95,18 @@ def test_inbound_dids_route_where_their_segment_says_and_strangers_are_refused(
         ),
         what="DIDSegment acme-main Ready",
     )  # fmt: skip
-    # A later segment claims a number acme-main routes: it loses that number.
-    apply(segment("acme-late", "acme", numbers=["+15551230001"],
+    # A later segment claims a number acme-main routes: it loses that number (created later,
+    # or in the same second and later by name).
+    apply(segment("acme-overlap", "acme", numbers=["+15551230001"],
                   destination={"context": "lost-conflict"}))  # fmt: skip
     wait_for(
         lambda: (
             custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, "didsegments", "acme-late"
+                GROUP, VERSION, namespace, "didsegments", "acme-overlap"
             ).get("status", {}).get("conflictCount") == 1
         ),
         timeout=60,
-        what="DIDSegment acme-late to report its conflict",
+        what="DIDSegment acme-overlap to report its conflict",
     )  # fmt: skip
 
     twilio_a = TwilioCaller(TWILIO_EDGE_IP, SID_A)
@@ -121,6 +122,9 @@ def test_inbound_dids_route_where_their_segment_says_and_strangers_are_refused(
     for caller_index, (twilio, did, expected) in enumerate(cases):
         caller = f"+1555000{caller_index:04d}"
         result = twilio.call(target, did, caller)
+        if caller_index == 0:  # the trace README.md shows
+            print("\n".join(f"{m.direction}: {m.start_line}" for m in result.messages))
+            print(result.messages[0].raw)
         assert result.status == 200, (did, result.status)
         assert landed(pbx, caller) == expected, did
     assert "lost-conflict" not in str(pbx.rx("database show calls"))
