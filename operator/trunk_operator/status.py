@@ -37,6 +37,21 @@ class CRView:
     qualify: bool
 
 
+# Ready reasons that need a change by someone (the spec, another resource, the Secret's
+# content, the Asterisk deployment) and will not resolve by waiting.
+STALLED_REASONS = frozenset(
+    {
+        "InvalidSpec",
+        "InvalidCredentials",
+        "EndpointNameConflict",
+        "OutboundContextConflict",
+        "AmbiguousInboundIdentification",
+        "TransportNotFound",
+        "AsteriskRejected",
+    }
+)
+
+
 def _condition(
     type_: str, ok: bool | None, reason: str, message: str, generation: int | None
 ) -> dict[str, Any]:
@@ -178,6 +193,30 @@ def reduce_status(
     ready_reason = blocking[0].reason if blocking else delivered["reason"] if not ready else "Ready"
     ready_message = conditions[0]["message"] if blocking else delivered["message"]
     conditions.insert(0, _condition("Ready", ready, ready_reason, ready_message, cr.generation))
+
+    # kstatus (Flux, kpt, cli-utils): Reconciling=True while work is in flight, Stalled=True
+    # for what only a change by someone can fix; everything else that is not Ready may still
+    # resolve itself (a Secret or a pod appearing) and is only "in progress".
+    reconciling = delivered["reason"] == "Delivering" and not blocking
+    conditions.append(
+        _condition(
+            "Reconciling",
+            reconciling,
+            "Delivering" if reconciling else "Settled",
+            delivered["message"] if reconciling else "",
+            cr.generation,
+        )
+    )
+    stalled_reason = ready_reason if not ready and ready_reason in STALLED_REASONS else None
+    conditions.append(
+        _condition(
+            "Stalled",
+            stalled_reason is not None,
+            stalled_reason or "NotStalled",
+            ready_message if stalled_reason else "",
+            cr.generation,
+        )
+    )
 
     status: dict[str, Any] = {
         "observedGeneration": cr.generation,

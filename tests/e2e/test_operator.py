@@ -12,6 +12,7 @@ from kubernetes import client
 from testbed.asterisk import AsteriskContainer
 from testbed.sipp import TwilioStandIn
 from tests.conftest import wait_for
+from tests.kstatus import kstatus
 from trunk_operator.asterisk import parse_contexts, parse_endpoints
 from trunk_operator.models import GROUP, VERSION
 
@@ -154,6 +155,13 @@ def test_trunk_asterisk_rejects_is_degraded_and_others_keep_working(
     assert condition(st, "Ready")["status"] == "False"
     assert "transport-missing" in condition(st, "Delivered")["message"]
     assert condition(status(custom, namespace, "acme"), "Ready")["status"] == "True"
+    # What Flux and kpt make of it: failed (needs a change), the other one current.
+    objects = {
+        name: custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "twiliotrunks", name)
+        for name in ("acme", "globex")
+    }
+    assert kstatus(objects["globex"]) == "Failed", objects["globex"]["status"]
+    assert kstatus(objects["acme"]) == "Current"
     assert set(parse_endpoints(pbx.rx("pjsip show endpoints"))) == {"ACME"}
     invites = call(pbx, standin, "to-acme", "+15551234567")
     assert 200 in [r.status for r in standin.responses(invites[-1].call_id)]

@@ -11,6 +11,7 @@ import pytest
 from kubernetes import client
 
 from tests.conftest import wait_for
+from tests.kstatus import kstatus
 from trunk_operator.models import GROUP, VERSION
 
 pytestmark = pytest.mark.integration
@@ -101,6 +102,9 @@ def test_missing_secret_is_reported_then_recovers_without_restart(
     )
     assert conditions["Ready"]["status"] == "False"
     assert conditions["Ready"]["reason"] == "SecretNotFound"
+    # The Secret may still come (External Secrets Operator): in progress, not failed.
+    obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "twiliotrunks", "acme")
+    assert kstatus(obj) == "InProgress"
     events = wait_for(
         lambda: [
             e

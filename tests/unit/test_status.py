@@ -31,6 +31,8 @@ def test_delivered_everywhere_and_reachable_is_ready() -> None:
         "Delivered": ("True", "Delivered"),
         "Reachable": ("True", "ContactAvailable"),
         "Degraded": ("False", "AsExpected"),
+        "Reconciling": ("False", "Settled"),
+        "Stalled": ("False", "NotStalled"),
     }
     assert status["observedGeneration"] == 3
     assert status["endpointState"] == "Not in use"
@@ -42,7 +44,11 @@ def test_blocking_problem_wins_the_ready_reason_and_keeps_last_good_config() -> 
     status = reduce_status(TRUNK, outcome, [pod()])
     assert conditions(status)["Ready"] == ("False", "SecretNotFound")
     assert conditions(status)["Degraded"] == ("True", "SecretNotFound")
-    assert "last good configuration" in status["conditions"][-1]["message"]
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert "last good configuration" in degraded["message"]
+    # A Secret may still appear (External Secrets Operator creates it later): not stalled.
+    assert conditions(status)["Stalled"] == ("False", "NotStalled")
+    assert conditions(status)["Reconciling"] == ("False", "Settled")
 
 
 def test_another_resources_change_does_not_make_this_one_pending() -> None:
@@ -82,3 +88,19 @@ def test_transition_time_only_moves_when_status_changes() -> None:
     )
     assert same["conditions"][0]["lastTransitionTime"] == "t0"
     assert flipped["conditions"][0]["lastTransitionTime"] == "t1"
+
+
+def test_kstatus_reconciling_while_delivering_and_stalled_on_what_needs_a_change() -> None:
+    delivering = reduce_status(TRUNK, Outcome(), [pod(delivered="old")])
+    assert conditions(delivering)["Reconciling"] == ("True", "Delivering")
+    assert conditions(delivering)["Stalled"] == ("False", "NotStalled")
+
+    conflict = Outcome(problems=[Problem("EndpointNameConflict", "endpoint name 'ACME' is used")])
+    stalled = reduce_status(TRUNK, conflict, [pod()])
+    assert conditions(stalled)["Stalled"] == ("True", "EndpointNameConflict")
+    assert conditions(stalled)["Reconciling"] == ("False", "Settled")
+
+    rejected = pod()
+    rejected.problems = {TRUNK.ref: ["transport transport-x does not exist in Asterisk"]}
+    refused = reduce_status(TRUNK, Outcome(), [rejected])
+    assert conditions(refused)["Stalled"] == ("True", "TransportNotFound")
