@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -106,7 +107,7 @@ def operator(
     op = OperatorProcess(
         cluster.kubeconfig,
         tmp_path_factory.mktemp("operator") / "operator.log",
-        env={"TRUNKOP_OBSERVE_INTERVAL": "2"},
+        env={"TRUNKOP_OBSERVE_INTERVAL": "2", "TRUNKOP_METRICS_PORT": str(free_port())},
     )
     op.start()
     host_operators.append(op)
@@ -141,6 +142,12 @@ def apply(cluster: Any, namespace: str) -> Callable[..., Any]:
         return cluster.apply(doc, check=check)
 
     return apply_doc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_for(

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trunk_operator import asterisk
+from trunk_operator import asterisk, metrics
 from trunk_operator.apiclient import KubeError, describe
 from trunk_operator.asterisk import Expected, ExpectedEndpoint
 from trunk_operator.kube import Kube, Owner, SecretRead, secret_files_hash
@@ -185,6 +185,7 @@ class Controller:
         # while a write is in flight, and a transition compared with a stale status is
         # announced twice.
         self.statuses: dict[tuple[str, str], dict[str, Any]] = {}
+        self.served_secret: dict[tuple[str, str], str] = {}  # Secret version last Ready with
         self.patched: dict[tuple[str, str], dict[str, Any]] = {}
         self.dirty: set[str] = set()
         self.dirty_event = asyncio.Event()
@@ -233,6 +234,7 @@ class Controller:
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self.resources[namespace].pop(f"{kind}/{name}", None)
         self.statuses.pop((namespace, f"{kind}/{name}"), None)
+        self.served_secret.pop((namespace, f"{kind}/{name}"), None)
         self.patched.pop((namespace, f"{kind}/{name}"), None)
         self.mark(namespace)
 
@@ -335,9 +337,12 @@ class Controller:
             self.dirty_event.clear()
             while self.dirty:
                 namespace = self.dirty.pop()
+                started = time.monotonic()
                 try:
                     await self.reconcile_namespace(namespace)
+                    metrics.RECONCILES.labels(result="success").inc()
                 except Exception as error:
+                    metrics.RECONCILES.labels(result="error").inc()
                     # No traceback: exception texts from API calls can quote response bodies.
                     log.error(
                         "reconcile of namespace %s failed (%s); retrying",
@@ -346,6 +351,8 @@ class Controller:
                     )
                     await asyncio.sleep(2)
                     self.mark(namespace)
+                finally:
+                    metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
     # ---- the reconcile ---------------------------------------------------------------
 
@@ -466,6 +473,7 @@ class Controller:
             except Exception as error:
                 text = str(error) if isinstance(error, asterisk.ExecError) else describe(error)
                 log.warning("delivery to %s/%s failed: %s", namespace, worker.pod.name, text)
+                metrics.DELIVERIES.labels(result="Error").inc()
                 worker.state.last_reload_result = f"error: {text[:200]}"
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30)
@@ -560,6 +568,8 @@ class Controller:
             await asyncio.to_thread(self._set_readiness, namespace, worker.pod.name, True)
         else:
             worker.state.last_reload_result = "RolledBack" if result.rolled_back else "Failed"
+        metrics.DELIVERIES.labels(result=worker.state.last_reload_result).inc()
+        metrics.DELIVERY_SECONDS.observe(time.monotonic() - started)
         log.info(
             "%s/%s: %d resources, hash %s: %s in %.2f s",
             namespace,
@@ -678,6 +688,7 @@ class Controller:
         if self.resources.get(namespace, {}).get(cr.resource.ref, cr).uid == cr.uid:
             self.patched[key] = status
             self.statuses[key] = final
+        self._count_rotation(key, final)
 
     def _view(
         self, ref: str, cr: Tracked, outcome: Outcome, plan: Plan
@@ -728,6 +739,41 @@ class Controller:
                 continue  # transient, or the all-clear Ready already announces
             event_type = "Normal" if now["status"] == good else "Warning"
             self.kube.event(owner, event_type, now["reason"], now["message"] or kind)
+
+    def _count_rotation(self, key: tuple[str, str], status: Mapping[str, Any]) -> None:
+        """A trunk Ready again with credentials of another Secret version than when it was
+        last Ready: a rotation served in every selected pod."""
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in status.get("conditions", [])
+        )
+        version = status.get("secretResourceVersion")
+        if not ready or not version:
+            return
+        if self.served_secret.get(key, version) != version:
+            metrics.ROTATIONS.inc()
+        self.served_secret[key] = version
+
+    # ---- what /metrics reads at scrape time --------------------------------------------
+
+    def condition_states(self) -> list[metrics.ConditionState]:
+        states = []
+        for (namespace, ref), status in list(self.statuses.items()):
+            kind, _, name = ref.partition("/")
+            for type_, value in metrics.conditions_of(status):
+                states.append(metrics.ConditionState(namespace, kind, name, type_, value))
+        return states
+
+    def contact_states(self) -> list[metrics.ContactState]:
+        states = []
+        for (namespace, pod), worker in list(self.workers.items()):
+            observation = worker.state.observation
+            for endpoint in (observation.endpoints if observation else {}).values():
+                states += [
+                    metrics.ContactState(namespace, pod, endpoint.name, c.uri, c.status, c.rtt_ms)
+                    for c in endpoint.contacts
+                ]
+        return states
 
     # ---- deletion --------------------------------------------------------------------
 

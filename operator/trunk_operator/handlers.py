@@ -9,6 +9,7 @@ from typing import Any
 
 import kopf
 
+from trunk_operator import metrics
 from trunk_operator.apiclient import Connection, load_config
 from trunk_operator.controller import Controller, Settings
 from trunk_operator.kube import LABEL_MANAGED_BY, MANAGER, Kube
@@ -77,6 +78,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     controller = Controller(Kube(connection(), watched_namespaces()), settings_from_env())
     await controller.prime()
     controller.start()
+    port = int(os.environ.get("TRUNKOP_METRICS_PORT", "0") or 0)
+    if port:
+        metrics.serve(port, controller)
 
 
 @kopf.on.login()
