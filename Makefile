@@ -9,13 +9,16 @@ export PIP_CACHE_DIR := $(CACHE)/pip
 VENV := .venv
 PY := $(VENV)/bin/python
 # containerd + CNI plugins: the real kubelet node (testbed/node.py); not started by systemd.
-APT_PACKAGES := podman runc sip-tester debootstrap uidmap containerd containernetworking-plugins
+# lua5.1 + lua-cjson: Argo CD's health scripts run in a real Lua 5.1 (tests/packaging).
+APT_PACKAGES := podman runc sip-tester debootstrap uidmap containerd containernetworking-plugins \
+                lua5.1 lua-cjson
 
 .PHONY: help deps venv binaries image operator-image platform crds chart-crds manifests lint \
         test test-unit test-packaging test-integration test-e2e demo demo-down bench clean
 
 help:
-	@echo "make demo       bring up cluster + Asterisk + Twilio stand-in + operator, apply a trunk"
+	@echo "make demo       cluster + real node, helm install of the chart, Asterisk pod, Twilio"
+	@echo "                stand-in, then a trunk applied with kubectl (needs root)"
 	@echo "make demo-down  stop everything make demo started"
 	@echo "make test       install what is needed, then lint + unit + integration + e2e tests"
 	@echo "make crds       regenerate crds/ from the pydantic models (and the chart's copy)"
@@ -81,7 +84,8 @@ test-e2e: platform
 test: platform lint
 	$(VENV)/bin/pytest tests
 
-demo: platform
+# The real node (containerd + kubelet) runs the operator image and localhost/asterisk:22.
+demo: platform operator-image
 	$(PY) -m testbed.demo up
 
 demo-down: venv

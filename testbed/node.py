@@ -885,6 +885,69 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             self._release_lock()
             self.workdir = None
 
+    # ------------------------------------------------- detached (make demo)
+    def detach(self) -> int:
+        """Leave the started node running after this process exits (``make demo``).
+
+        A ``sleep`` child inherits the lock, so another start() (a test run) refuses instead
+        of undoing this node as a dead run. Returns its pid, for stop_detached()."""
+        if not self._running or self._lock_fd is None:
+            raise NodeError(f"node {self.name} is not started")
+        holder = subprocess.Popen(
+            ["sleep", "infinity"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(self._lock_fd,),
+            start_new_session=True,
+        )
+        # What another start() reports as the lock's holder.
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{holder.pid}, make demo; make demo-down stops it\n".encode(), 0)
+        os.close(self._lock_fd)  # the holder's copy of the descriptor keeps the lock
+        self._lock_fd = None
+        self._procs.clear()
+        self._running = False  # stop() is a no-op from here; stop_detached() is the way
+        return holder.pid
+
+    def stop_detached(self, holder_pid: int) -> None:
+        """Stop, from another process, a node that detach() left running: the kubelet tears
+        its pods down, the lock holder ends, kubelet and containerd stop by their recorded
+        pids, and the saved record undoes the host changes (as start() does for a dead run)."""
+        record = self._saved_record()
+        if record is not None and self.cluster.kubeconfig is not None:
+            kubelet = record.pids.get("kubelet")
+            if kubelet and _alive_ours(kubelet, record):
+                self._drain()
+        if pid_alive(holder_pid) and _cmdline(holder_pid).startswith("sleep infinity"):
+            _stop_process(holder_pid, None, timeout=5)
+        self._acquire_lock()
+        self._running = True
+        try:
+            if record is not None:
+                self.workdir = Path(record.workdir)
+                for name in ("kubelet", "containerd"):
+                    pid = record.pids.get(name)
+                    if pid and _alive_ours(pid, record):
+                        if name == "containerd":
+                            self._remove_containers()
+                        _stop_process(pid, None, timeout=20)
+            self._undo_stale_run()
+            if self.cluster.kubeconfig is not None:
+                self.cluster.kubectl(
+                    "delete", "node", self.name, "--ignore-not-found", "--wait=false",
+                    check=False,
+                )  # fmt: skip
+        finally:
+            self._running = False
+            self._release_lock()
+            self.workdir = None
+
+    def _saved_record(self) -> HostRecord | None:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            return HostRecord(**json.loads(self._record_file.read_text()))
+        return None
+
     def _drain(self) -> None:
         """Let the kubelet tear its pods down (CNI DEL, unmounts, cgroups) before it stops."""
         self.cluster.kubectl("cordon", self.name, check=False)

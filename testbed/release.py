@@ -167,6 +167,15 @@ def adopt_crds(cluster: Any) -> None:
         cluster.kubectl("label", "--overwrite", name, "app.kubernetes.io/managed-by=Helm")
 
 
+def host_nameservers() -> list[str]:
+    """The name servers of this machine's /etc/resolv.conf."""
+    try:
+        lines = Path("/etc/resolv.conf").read_text().splitlines()
+    except OSError:
+        return []
+    return [f[1] for f in (line.split() for line in lines) if len(f) > 1 and f[0] == "nameserver"]
+
+
 def asterisk_objects(
     cluster: Any, node: KubeletNode, bind_ip: str, hosts: dict[str, str]
 ) -> list[dict[str, Any]]:
@@ -185,7 +194,15 @@ def asterisk_objects(
         if obj["kind"] == "StatefulSet":
             spec = obj["spec"]["template"]["spec"]
             spec.update(copy.deepcopy(node.placement()))
-            spec["dnsPolicy"] = "Default"  # no cluster DNS on the test node
+            # No cluster DNS on the test node, and the kubelet hands out no resolv.conf
+            # (node.py). hostNetwork reaches the host's name servers, as podman's Asterisk
+            # containers do: pjsip's NAPTR/SRV lookups of the termination host then fail fast
+            # and the hostAliases entry answers within the 3 s qualify timeout (otherwise the
+            # contact stays Unavail).
+            nameservers = host_nameservers()
+            spec["dnsPolicy"] = "None" if nameservers else "Default"
+            if nameservers:
+                spec["dnsConfig"] = {"nameservers": nameservers[:3]}  # the API's maximum
             spec["terminationGracePeriodSeconds"] = 30
             spec["hostAliases"] = [
                 {"ip": ip, "hostnames": [host]} for host, ip in sorted(hosts.items())
