@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -143,6 +144,13 @@ def test_install_use_restart_upgrade_uninstall(
     )
     print(f"\napply -> Ready through the in-cluster operator: {time.monotonic() - started:.1f} s")
     assert [p["pod"] for p in status["pods"]] == ["asterisk-0"]
+    # The pod's /metrics (the chart's metrics port) reports the trunk it just made Ready.
+    pod_ip = release.operator_pods()[0]["status"]["podIP"]
+    scraped = urllib.request.urlopen(f"http://{pod_ip}:8081/metrics", timeout=10).read().decode()
+    assert (
+        'asterisk_trunk_operator_resource_condition{kind="TwilioTrunk",name="acme",'
+        f'namespace="{telephony}",status="True",type="Ready"}} 1.0'
+    ) in scraped
     assert "ACME" in parse_endpoints(asterisk_rx(cluster, telephony, "pjsip show endpoints"))
     # The pod's readiness gate opened: the operator delivered and verified its set.
     cluster.kubectl("wait", "-n", telephony, "--for=condition=Ready", "pod/asterisk-0",

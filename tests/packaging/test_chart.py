@@ -114,7 +114,10 @@ def test_one_operator_replaced_by_recreate_in_standalone_mode(render: Render) ->
     assert container["image"] == f"localhost/asterisk-trunk-operator:{project_version()}"
     assert container["args"] == ["run", "--standalone", "--liveness=http://0.0.0.0:8080/healthz"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness"}
-    assert container["ports"] == [{"name": "liveness", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "liveness", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 8081, "protocol": "TCP"},
+    ]
 
 
 def environment(objects: list[dict[str, Any]]) -> dict[str, str]:
@@ -128,6 +131,7 @@ def test_settings_reach_the_operator_as_environment(render: Render) -> None:
         "TRUNKOP_DEFAULT_SELECTOR": "app=asterisk",
         "TRUNKOP_CONTAINER": "asterisk",
         "TRUNKOP_OBSERVE_INTERVAL": "5",
+        "TRUNKOP_METRICS_PORT": "8081",
     }
     custom = environment(
         render(
@@ -239,7 +243,9 @@ def test_disruption_budget_and_network_policy_are_opt_in(render: Render) -> None
     assert budget["spec"]["maxUnavailable"] == 1 and "minAvailable" not in budget["spec"]
     (policy,) = of_kind(objects, "NetworkPolicy")
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    assert policy["spec"]["ingress"] == [{"ports": [{"port": "liveness", "protocol": "TCP"}]}]
+    assert policy["spec"]["ingress"] == [
+        {"ports": [{"port": "liveness", "protocol": "TCP"}, {"port": "metrics", "protocol": "TCP"}]}
+    ]
     api_server, dns = policy["spec"]["egress"]
     assert [p["port"] for p in api_server["ports"]] == [443, 6443] and "to" not in api_server
     assert sorted(p["protocol"] for p in dns["ports"]) == ["TCP", "UDP"]
@@ -302,3 +308,18 @@ def test_every_value_is_in_the_schema() -> None:
     schema = yaml.safe_load((CHART / "values.schema.json").read_text())
     assert set(values) == set(schema["properties"])
     assert schema["additionalProperties"] is False
+
+
+def test_metrics_port_and_service_monitor(render: Render) -> None:
+    assert not of_kind(render(), "ServiceMonitor")
+    objects = render("metrics.serviceMonitor.enabled=true")
+    (monitor,) = of_kind(objects, "ServiceMonitor")
+    (service,) = of_kind(objects, "Service")
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "30s"}
+    ]
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+    (off,) = of_kind(render("metrics.port=0"), "Deployment")
+    container = off["spec"]["template"]["spec"]["containers"][0]
+    assert [p["name"] for p in container["ports"]] == ["liveness"]
