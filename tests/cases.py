@@ -104,7 +104,10 @@ def cases() -> dict[str, Case]:
 
 def large_case(count: int = 100_000) -> Case:
     return Case(
-        trunks={"bulk": trunk("bulk.pstn.twilio.com")},
+        # 127.0.0.32: the inbound-call test's Twilio stand-in (a source the trunk accepts).
+        trunks={
+            "bulk": trunk("bulk.pstn.twilio.com", inbound={"extraSourceRanges": ["127.0.0.32/32"]})
+        },
         segments={
             "bulk-all": segment(
                 "bulk",

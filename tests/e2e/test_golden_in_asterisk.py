@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from testbed.asterisk import AsteriskContainer
-from testbed.sipp import TwilioStandIn
+from testbed.sipp import SipMessage, TwilioCaller, TwilioStandIn
 from tests.cases import ACCOUNT_SID_B, PASSWORD, Case, cases, large_case, trunk
 from tests.conftest import STANDIN_IP
 from tests.e2e.conftest import podman_exec
@@ -125,6 +125,31 @@ def test_large_segment_loads_in_smallcontexts_in(
     print(f"100,000-DID segment: render+deliver+reload+verify {took:.1f} s")
     shown = pbx.rx("dialplan show +15550012345@trunkop-in-BULK-345")
     assert "+15550012345" in shown
+
+    # A call to its last DID, as Twilio places it, is answered by the trunk's inbound context.
+    pbx.write_file(
+        "/etc/asterisk/extensions.d/local.conf",
+        "[from-twilio]\nexten => _+X.,1,Set(DB(calls/last)=${EXTEN})\n same => n,Answer()\n"
+        " same => n,Wait(5)\n",
+    )
+    pbx.rx("dialplan reload")
+    call = TwilioCaller("127.0.0.32", "AC" + "0" * 32).call(
+        pbx.bind, "+15550099999", "+15551110000"
+    )
+    assert call.status == 200
+    assert "+15550099999" in pbx.rx("database get calls last")
+    invite, answer = (
+        next(m for m in call.messages if m.direction == "sent" and m.method == "INVITE"),
+        next(m for m in call.messages if m.direction == "received" and m.status == 200),
+    )
+    print(f"100,000 DIDs loaded: INVITE -> 200 OK {_seconds(answer) - _seconds(invite):.3f} s")
+
+
+def _seconds(message: SipMessage) -> float:
+    """sipp's trace timestamp, `YYYY-MM-DD HH:MM:SS.ffffff`, as seconds of the day."""
+    clock = message.timestamp.split()[-1]
+    hours, minutes, seconds = clock.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
 def test_an_endpoint_asterisk_keeps_at_its_old_version_is_caught_and_rolled_back(
