@@ -757,6 +757,9 @@ class Controller:
     # ---- what /metrics reads at scrape time --------------------------------------------
 
     def condition_states(self) -> list[metrics.ConditionState]:
+        """Only where the loops run (the leader): a follower's view would be stale."""
+        if not self.tasks:
+            return []
         states = []
         for (namespace, ref), status in list(self.statuses.items()):
             kind, _, name = ref.partition("/")
@@ -765,6 +768,8 @@ class Controller:
         return states
 
     def contact_states(self) -> list[metrics.ContactState]:
+        if not self.tasks:
+            return []
         states = []
         for (namespace, pod), worker in list(self.workers.items()):
             observation = worker.state.observation

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
+import signal
+import socket
+import uuid
 from typing import Any
 
 import kopf
 
 from trunk_operator import metrics
-from trunk_operator.apiclient import Connection, load_config
+from trunk_operator.apiclient import Api, Connection, load_config
 from trunk_operator.controller import Controller, Settings
 from trunk_operator.kube import LABEL_MANAGED_BY, MANAGER, Kube
+from trunk_operator.leader import LeaderElector
 from trunk_operator.models import GROUP
 from trunk_operator.plan import SEGMENT, TRUNK
 
@@ -46,6 +51,34 @@ def settings_from_env() -> Settings:
     )
 
 
+LEASE_NAME = "asterisk-trunk-operator"
+_background: set[asyncio.Task[None]] = set()
+_leading: list[LeaderElector] = []  # the elector while this replica holds the Lease
+
+
+def leader_elector() -> LeaderElector | None:
+    """TRUNKOP_LEADER_ELECTION=true (the chart's default): a Lease in POD_NAMESPACE."""
+    if os.environ.get("TRUNKOP_LEADER_ELECTION", "").lower() != "true":
+        return None
+    identity = f"{os.environ.get('HOSTNAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    namespace = os.environ.get("POD_NAMESPACE", "default")
+    return LeaderElector(Api(connection()), namespace, LEASE_NAME, identity)
+
+
+async def _lead(ctrl: Controller, elector: LeaderElector) -> None:
+    await elector.acquire()
+    metrics.LEADER.set(1)
+    ctrl.start()
+    _leading.append(elector)
+    await elector.hold()  # cancelled at shutdown: _leading keeps it for the release
+    _leading.remove(elector)
+    # Lost (or cut off from the API server): stop acting now, before another replica may
+    # take over, then exit; the pod restarts as a follower.
+    metrics.LEADER.set(0)
+    await ctrl.stop()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     global controller
@@ -77,7 +110,14 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.label_selectors["", "v1", "secrets"] = f"{LABEL_MANAGED_BY}!={MANAGER}"
     controller = Controller(Kube(connection(), watched_namespaces()), settings_from_env())
     await controller.prime()
-    controller.start()
+    elector = leader_elector()
+    if elector is None:
+        controller.start()
+        metrics.LEADER.set(1)
+    else:
+        # Kopf's watches keep feeding the controller in every replica; its loops (plans,
+        # deliveries, observation, status, finalizers) run only in the one holding the Lease.
+        _background.add(asyncio.create_task(_lead(controller, elector), name="leader"))
     port = int(os.environ.get("TRUNKOP_METRICS_PORT", "0") or 0)
     if port:
         metrics.serve(port, controller)
@@ -101,8 +141,15 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
+    # Renewals stop first (a renewal after the release would take the Lease back), then the
+    # loops, then the Lease is given up: the other replica takes over at its next retry.
+    for task in _background:
+        task.cancel()
+    await asyncio.gather(*_background, return_exceptions=True)
     if controller is not None:
         await controller.stop()
+    for elector in _leading:
+        await asyncio.to_thread(elector.release)
 
 
 @kopf.on.event(GROUP, "twiliotrunks")

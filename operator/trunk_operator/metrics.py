@@ -37,7 +37,7 @@ ROTATIONS = Counter(
     f"{PREFIX}_secret_rotations_total",
     "Credentials changes of a trunk delivered and verified in every selected pod.",
 )
-LEADER = Gauge(f"{PREFIX}_leader", "1 when this replica does the work (one replica: always).")
+LEADER = Gauge(f"{PREFIX}_leader", "1 when this replica holds the Lease and does the work.")
 BUILD = Info(f"{PREFIX}_build", "The operator's version.")
 
 
@@ -113,7 +113,6 @@ def serve(port: int, source: StateSource, registry: Any = REGISTRY) -> None:
         BUILD.info({"version": version("asterisk-trunk-operator")})
     except PackageNotFoundError:
         BUILD.info({"version": "unknown"})
-    LEADER.set(1)
     registry.register(StateCollector(source))
     start_http_server(port, registry=registry)
 

@@ -64,6 +64,17 @@ def asterisk_rx(cluster: Any, namespace: str, command: str, check: bool = True) 
     return str(out.stdout)
 
 
+def lease_holder(cluster: Any, namespace: str) -> str:
+    """The pod holding the operator's Lease (its identity is `<pod name>_<random>`)."""
+    lease = cluster.kubectl(
+        "get", "lease", "asterisk-trunk-operator", "-n", namespace, "-o", "json", check=False
+    )
+    if lease.returncode != 0:
+        return ""
+    holder = json.loads(lease.stdout).get("spec", {}).get("holderIdentity") or ""
+    return str(holder).rsplit("_", 1)[0]
+
+
 def pjsip_reloads(cluster: Any, namespace: str) -> int:
     logs = cluster.kubectl("logs", "-n", namespace, "asterisk-0", "-c", "asterisk").stdout
     return str(logs).count("Reloading module 'res_pjsip.so'")
@@ -114,7 +125,9 @@ def test_install_use_restart_upgrade_uninstall(
 ) -> None:
     node: KubeletNode = release.node
     # ---- the operator runs as the chart made it: restricted, non-root, its own identity ----
-    [pod] = release.operator_pods()
+    pods = release.operator_pods()
+    assert len(pods) == 2  # two replicas, one holding the Lease
+    pod = pods[0]
     spec = pod["spec"]
     assert spec["nodeName"] == node.name
     assert spec["serviceAccountName"] == "asterisk-trunk-operator"
@@ -145,7 +158,10 @@ def test_install_use_restart_upgrade_uninstall(
     print(f"\napply -> Ready through the in-cluster operator: {time.monotonic() - started:.1f} s")
     assert [p["pod"] for p in status["pods"]] == ["asterisk-0"]
     # The pod's /metrics (the chart's metrics port) reports the trunk it just made Ready.
-    pod_ip = release.operator_pods()[0]["status"]["podIP"]
+    leading = lease_holder(cluster, release.namespace)
+    pod_ip = next(
+        p["status"]["podIP"] for p in release.operator_pods() if p["metadata"]["name"] == leading
+    )
     scraped = urllib.request.urlopen(f"http://{pod_ip}:8081/metrics", timeout=10).read().decode()
     assert (
         'asterisk_trunk_operator_resource_condition{kind="TwilioTrunk",name="acme",'
@@ -164,18 +180,19 @@ def test_install_use_restart_upgrade_uninstall(
     standin.wait_for(lambda msgs: len([m for m in msgs if m.method == "INVITE"]) >= 2)
     assert standin.verify_digest("s3cret;with#chars")
 
-    # ---- a new operator pod takes the Asterisk pod over without reloading it ----
+    # ---- the leader goes: the other replica takes over, adopting the pod without a reload ----
+    leader = lease_holder(cluster, release.namespace)
+    assert leader in {p["metadata"]["name"] for p in pods}
     reloads = pjsip_reloads(cluster, telephony)
-    cluster.kubectl("delete", "pod", "-n", release.namespace, pod["metadata"]["name"])
-    wait_for(
-        lambda: [
-            p for p in release.operator_pods()
-            if p["metadata"]["name"] != pod["metadata"]["name"]
-            and all(c.get("ready") for c in p["status"].get("containerStatuses", [{}]))
-        ],
-        timeout=120,
-        what="a new operator pod Ready",
-    )  # fmt: skip
+    deleted = time.monotonic()
+    cluster.kubectl("delete", "pod", "-n", release.namespace, leader, "--wait=false")
+    successor = wait_for(
+        lambda: (holder := lease_holder(cluster, release.namespace)) not in ("", leader) and holder,
+        timeout=30,
+        interval=0.2,
+        what="the other replica holding the Lease",
+    )
+    print(f"leader pod deleted -> {successor} leads after {time.monotonic() - deleted:.1f} s")
     cluster.kubectl("patch", "twiliotrunk", "acme", "-n", telephony, "--type=merge",
                     "-p", '{"spec":{"codecs":["alaw"]}}')  # fmt: skip
     wait_for(lambda: ready(trunk_status(cluster, telephony)), timeout=60, what="Ready again")
@@ -185,9 +202,9 @@ def test_install_use_restart_upgrade_uninstall(
 
     # ---- helm upgrade with a changed value: a new pod with it, the trunk stays served ----
     release.upgrade(observeIntervalSeconds=3)
-    [upgraded] = release.operator_pods()
-    env = {e["name"]: e.get("value") for e in upgraded["spec"]["containers"][0]["env"]}
-    assert env["TRUNKOP_OBSERVE_INTERVAL"] == "3"
+    for upgraded in release.operator_pods():
+        env = {e["name"]: e.get("value") for e in upgraded["spec"]["containers"][0]["env"]}
+        assert env["TRUNKOP_OBSERVE_INTERVAL"] == "3"
     wait_for(lambda: ready(trunk_status(cluster, telephony)), timeout=60, what="Ready after")
 
     # ---- RBAC: enough (no 403 anywhere) and no more than documented ----

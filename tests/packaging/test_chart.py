@@ -106,10 +106,18 @@ def test_image_runs_as_the_user_the_chart_declares() -> None:
     assert 'ENTRYPOINT ["trunk-operator"]' in dockerfile
 
 
-def test_one_operator_replaced_by_recreate_in_standalone_mode(render: Render) -> None:
-    operator = deployment(render())
-    assert operator["spec"]["replicas"] == 1
-    assert operator["spec"]["strategy"] == {"type": "Recreate"}
+def test_two_replicas_with_leader_election_in_standalone_mode(render: Render) -> None:
+    objects = render()
+    operator = deployment(objects)
+    assert operator["spec"]["replicas"] == 2
+    assert operator["spec"]["strategy"] == {"type": "RollingUpdate"}
+    (role,) = [r for r in of_kind(objects, "Role") if r["metadata"]["name"].endswith("leader")]
+    assert role["metadata"]["namespace"] == "trunkop-system"
+    assert permissions(role) == {
+        ("coordination.k8s.io", "leases", verb) for verb in ("get", "create", "update")
+    }
+    single = deployment(render("leaderElection.enabled=false", "replicaCount=1"))
+    assert single["spec"]["strategy"] == {"type": "Recreate"}
     (container,) = operator["spec"]["template"]["spec"]["containers"]
     assert container["image"] == f"localhost/asterisk-trunk-operator:{project_version()}"
     assert container["args"] == ["run", "--standalone", "--liveness=http://0.0.0.0:8080/healthz"]
@@ -122,7 +130,7 @@ def test_one_operator_replaced_by_recreate_in_standalone_mode(render: Render) ->
 
 def environment(objects: list[dict[str, Any]]) -> dict[str, str]:
     (container,) = deployment(objects)["spec"]["template"]["spec"]["containers"]
-    return {e["name"]: e["value"] for e in container["env"]}
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
 
 def test_settings_reach_the_operator_as_environment(render: Render) -> None:
@@ -132,6 +140,7 @@ def test_settings_reach_the_operator_as_environment(render: Render) -> None:
         "TRUNKOP_CONTAINER": "asterisk",
         "TRUNKOP_OBSERVE_INTERVAL": "5",
         "TRUNKOP_METRICS_PORT": "8081",
+        "TRUNKOP_LEADER_ELECTION": "true",
     }
     custom = environment(
         render(
@@ -148,9 +157,14 @@ def test_settings_reach_the_operator_as_environment(render: Render) -> None:
 # -- RBAC ---------------------------------------------------------------------------------
 
 
+def served(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """RBAC objects of the namespaces served (not the leader election's Lease role)."""
+    return [o for o in objects if not o["metadata"]["name"].endswith("-leader")]
+
+
 def test_cluster_mode_grants_exactly_the_documented_permissions(render: Render) -> None:
     objects = render()
-    assert not of_kind(objects, "Role") and not of_kind(objects, "RoleBinding")
+    assert not served(of_kind(objects, "Role")) and not served(of_kind(objects, "RoleBinding"))
     (role,) = of_kind(objects, "ClusterRole")
     assert permissions(role) == PERMISSIONS
     (binding,) = of_kind(objects, "ClusterRoleBinding")
@@ -175,7 +189,7 @@ def test_namespaced_mode_has_a_role_per_namespace_and_nothing_cluster_scoped(
     render: Render,
 ) -> None:
     objects = render("watchNamespaces={team-a,team-b}")
-    roles, bindings = of_kind(objects, "Role"), of_kind(objects, "RoleBinding")
+    roles, bindings = served(of_kind(objects, "Role")), served(of_kind(objects, "RoleBinding"))
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for role in roles:
@@ -220,7 +234,7 @@ def test_rbac_can_be_left_to_someone_else(render: Render) -> None:
         "unknownKey=1",
         "image.registry=example.org",
         "crds.install=true",
-        "replicaCount=2",
+        "replicaCount=11",
         "watchNamespaces={Bad_Name}",
         "image.pullPolicy=Sometimes",
     ],
@@ -323,3 +337,12 @@ def test_metrics_port_and_service_monitor(render: Render) -> None:
     (off,) = of_kind(render("metrics.port=0"), "Deployment")
     container = off["spec"]["template"]["spec"]["containers"][0]
     assert [p["name"] for p in container["ports"]] == ["liveness"]
+
+
+def test_more_than_one_replica_needs_leader_election(helm: Helm) -> None:
+    result = helm(
+        "template", "trunkop", str(CHART),
+        "--set", "leaderElection.enabled=false", "--set", "replicaCount=2", check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "replicaCount > 1 needs leaderElection.enabled" in result.stderr

@@ -40,5 +40,7 @@ def test_manifests_install_into_a_restricted_namespace() -> None:
         "CustomResourceDefinition",
         "Deployment",
         "Namespace",
+        "Role",
+        "RoleBinding",
         "ServiceAccount",
     ]
