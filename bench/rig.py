@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
@@ -29,8 +30,19 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from testbed.asterisk import IMAGE as ASTERISK_IMAGE  # noqa: E402
 from testbed.asterisk import AsteriskContainer  # noqa: E402
+from testbed.asterisk import ensure_image as ensure_asterisk_image  # noqa: E402
 from testbed.cluster import Cluster  # noqa: E402
+from testbed.node import KubeletNode, NodeError  # noqa: E402
+from testbed.release import (  # noqa: E402
+    RELEASE,
+    SYSTEM_NAMESPACE,
+    Release,
+    asterisk_objects,
+    release_for,
+    restricted_namespace,
+)
 from trunk_operator.asterisk import parse_endpoints  # noqa: E402
 from trunk_operator.models import GROUP, VERSION  # noqa: E402
 
@@ -58,11 +70,16 @@ def free_port() -> int:
 
 
 def proc_status(pid: int) -> dict[str, int]:
-    """VmHWM / VmRSS of a process in KiB."""
+    """VmHWM / VmRSS (and the rest of parse_proc_status) of a process in KiB."""
+    return parse_proc_status(Path(f"/proc/{pid}/status").read_text())
+
+
+def parse_proc_status(text: str) -> dict[str, int]:
+    """VmHWM / VmRSS / VmPeak / RssAnon / RssFile (KiB) from the text of /proc/<pid>/status."""
     out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmHWM", "VmRSS", "VmPeak"):
+        if key in ("VmHWM", "VmRSS", "VmPeak", "RssAnon", "RssFile"):
             out[key] = int(value.split()[0])
     return out
 
@@ -378,6 +395,11 @@ class Rig:
                 f"crd/{name}.{GROUP}",
                 "--timeout=60s",
             )
+        self._connect(cluster)
+        log(f"[{self.label}] cluster {cluster.name} up in {time.monotonic() - started:.1f} s")
+
+    def _connect(self, cluster: Cluster) -> None:
+        """API clients as admin, and the rig's namespace."""
         api = config.new_client_from_config(config_file=cluster.kubeconfig)
         api.configuration.connection_pool_maxsize = 32
         self.api = api
@@ -386,7 +408,6 @@ class Rig:
         self.core.create_namespace(
             client.V1Namespace(metadata=client.V1ObjectMeta(name=self.namespace))
         )
-        log(f"[{self.label}] cluster {cluster.name} up in {time.monotonic() - started:.1f} s")
 
     def start_operator(self) -> Operator:
         assert self.cluster and self.cluster.kubeconfig
@@ -469,3 +490,273 @@ class Rig:
     def parallel(self, fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 8) -> list:
         with ThreadPoolExecutor(workers) as pool:
             return list(pool.map(fn, items))
+
+
+# ---- the operator as users run it (measurement 7) ------------------------------------------
+
+OPERATOR_SELECTOR = "app.kubernetes.io/name=asterisk-trunk-operator"
+LIVENESS_PORT = 8080  # the chart's liveness port
+BASE_IMAGE = os.environ.get("TRUNKOP_PYTHON_BASE_IMAGE", "localhost/python-base:3.11-bookworm")
+
+
+def image_size(ref: str) -> int:
+    """`podman image inspect --format {{.Size}}`, in bytes."""
+    done = subprocess.run(
+        ["podman", "image", "inspect", "--format", "{{.Size}}", ref],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return int(done.stdout.strip())
+
+
+def cgroup_memory(pod_uid: str, container_id: str) -> dict[str, int]:
+    """A container's memory cgroup, read on the host (kubelet's cgroupfs layout), in bytes:
+    usage, working set (usage - inactive file: what kubelet and `kubectl top` report), anon
+    (rss) and the peak usage. Empty if the cgroup is not found."""
+    cid = container_id.split("://")[-1]
+    for root in (Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup")):
+        for qos in ("burstable", "besteffort", ""):
+            d = root / "kubepods" / qos / f"pod{pod_uid}" / cid
+            if not d.is_dir():
+                continue
+            stat = {}
+            for line in (d / "memory.stat").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                stat[key] = int(value)
+            if (d / "memory.usage_in_bytes").exists():  # cgroup v1
+                usage = int((d / "memory.usage_in_bytes").read_text())
+                inactive = stat.get("total_inactive_file", 0)
+                anon = stat.get("rss", 0)
+                peak = int((d / "memory.max_usage_in_bytes").read_text())
+            else:  # v2
+                usage = int((d / "memory.current").read_text())
+                inactive, anon = stat.get("inactive_file", 0), stat.get("anon", 0)
+                peak_file = d / "memory.peak"
+                peak = int(peak_file.read_text()) if peak_file.exists() else 0
+            return {
+                "usage": usage,
+                "working_set": max(0, usage - inactive),
+                "anon": anon,
+                "peak": peak,
+            }
+    return {}
+
+
+class ClusterAsteriskPod:
+    """A pod of examples/asterisk on the real node: its CLI and log through kubectl."""
+
+    def __init__(self, cluster: Cluster, namespace: str, name: str) -> None:
+        self.cluster, self.namespace, self.name = cluster, namespace, name
+
+    def logs(self) -> str:
+        out = self.cluster.kubectl(
+            "logs", "-n", self.namespace, self.name, "-c", "asterisk", check=False, timeout=60
+        )
+        return str(out.stdout)
+
+    def reloads(self) -> int:
+        return self.logs().count(RELOAD_LINE)
+
+    def rx(self, command: str, check: bool = False) -> str:
+        out = self.cluster.kubectl(
+            "exec", "-n", self.namespace, self.name, "-c", "asterisk", "--",
+            "asterisk", "-rx", command, check=check, timeout=60,
+        )  # fmt: skip
+        return str(out.stdout)
+
+    def endpoint_count(self) -> int:
+        return len(parse_endpoints(self.rx("pjsip show endpoints")))
+
+
+class InClusterRig(Rig):
+    """The operator as users run it (testbed/release.py): a Helm release of charts/ with the
+    locally built image on the real kubelet node, Asterisk pods of examples/asterisk there.
+
+    Stopped by their handles when the rig closes, in this order: the Asterisk StatefulSet,
+    the release (`helm uninstall`), the real node (`KubeletNode.stop()` drains it and undoes
+    its host changes), the cluster. The real node is one per machine: if another run holds
+    it, the rig fails at once and says so."""
+
+    def __init__(self, label: str, workdir: Path, observe_interval: float, image: str) -> None:
+        super().__init__(label, workdir, observe_interval)
+        self.image = image
+        self.node: KubeletNode | None = None
+        self.release: Release | None = None
+        self.imports: dict[str, float] = {}
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None and self.release is not None:
+            with contextlib.suppress(Exception):
+                log(f"release diagnostics:\n{self.release.diagnostics()}")
+        self.stack.close()
+
+    def _start(self) -> None:
+        started = time.monotonic()
+        ensure_asterisk_image()
+        cluster = Cluster()
+        self.stack.callback(cluster.stop)
+        cluster.start()
+        self.cluster = cluster
+        node = KubeletNode(cluster)
+        self.stack.callback(node.stop)
+        try:
+            node.start()
+        except NodeError as error:
+            raise RuntimeError(
+                f"the real kubelet node is not available: {error}. Another run (tests/incluster,"
+                " the demo or a bench) holds it: run this again when that has ended"
+            ) from error
+        self.node = node
+        for image in (self.image, ASTERISK_IMAGE):
+            self.imports[image] = node.import_image(image)
+        self._connect(cluster)
+        log(
+            f"[{self.label}] cluster {cluster.name} and real node up in"
+            f" {time.monotonic() - started:.1f} s (image imports: {self.imports})"
+        )
+
+    # ---- the operator ------------------------------------------------------------------
+
+    def install_operator(self, **values: Any) -> dict[str, float]:
+        """`helm install --wait` of the chart, timed from the call: seconds until the new pod's
+        /healthz answers (polled from the host at the pod's IP), until the pod is Ready, until
+        helm returns."""
+        assert self.cluster and self.node
+        restricted_namespace(self.cluster)
+        release = release_for(self.cluster, self.node, self.image, **values)
+        self.stack.callback(
+            release.helm, "uninstall", RELEASE, "--namespace", SYSTEM_NAMESPACE, "--wait",
+            "--timeout", "120s", check=False,
+        )  # fmt: skip
+        self.release = release
+        outcome: list[Any] = []
+
+        def install() -> None:
+            try:
+                release.install()
+                outcome.append(time.monotonic())
+            except BaseException as error:
+                outcome.append(error)
+
+        started = time.monotonic()
+        thread = threading.Thread(target=install, daemon=True)
+        thread.start()
+
+        def failed() -> None:
+            if outcome and isinstance(outcome[0], BaseException):
+                raise outcome[0]
+
+        _, times = self.wait_operator(started, set(), 300, failed)
+        thread.join(300)
+        failed()
+        if not outcome:
+            raise TimeoutError("helm install did not return")
+        times["helm --wait returned"] = outcome[0] - started
+        return times
+
+    def operator_pods(self) -> list[Any]:
+        pods = self.core.list_namespaced_pod(SYSTEM_NAMESPACE, label_selector=OPERATOR_SELECTOR)
+        return list(pods.items)
+
+    def operator_pod(self) -> Any:
+        [pod] = [p for p in self.operator_pods() if not p.metadata.deletion_timestamp]
+        return pod
+
+    def wait_operator(
+        self,
+        started: float,
+        old: set[str],
+        timeout: float,
+        check: Callable[[], None] | None = None,
+    ) -> tuple[str, dict[str, float]]:
+        """Until an operator pod not in `old` answers /healthz and is Ready (and the `old`
+        pods are gone); returns its name and those times, in seconds after `started`."""
+        times: dict[str, float] = {}
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            if check:
+                check()
+            pods = self.operator_pods()
+            now = time.monotonic()
+            names = {p.metadata.name for p in pods}
+            if old and "old pod gone" not in times and not names & old:
+                times["old pod gone"] = now - started
+            for pod in pods:
+                if pod.metadata.name in old or pod.metadata.deletion_timestamp:
+                    continue
+                if "healthz answers" not in times and pod.status.pod_ip:
+                    with contextlib.suppress(OSError, ValueError):
+                        healthz(pod.status.pod_ip, timeout=0.5)
+                        times["healthz answers"] = time.monotonic() - started
+                ready = any(
+                    c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []
+                )
+                if ready and "pod Ready" not in times:
+                    times["pod Ready"] = now - started
+                if {"healthz answers", "pod Ready"} <= times.keys() and (
+                    not old or "old pod gone" in times
+                ):
+                    return pod.metadata.name, times
+            time.sleep(0.1)
+        raise TimeoutError(f"no new operator pod Ready after {timeout:.0f} s: {times}")
+
+    def restart_operator(self) -> dict[str, float]:
+        """Delete the operator pod (as `kubectl delete pod` does: graceful); seconds until its
+        successor answers /healthz, is Ready, and the old pod is gone."""
+        name = self.operator_pod().metadata.name
+        started = time.monotonic()
+        self.core.delete_namespaced_pod(name, SYSTEM_NAMESPACE)
+        _, times = self.wait_operator(started, {name}, 300)
+        return times
+
+    def operator_memory(self) -> dict[str, int]:
+        """VmRSS / VmHWM / VmPeak (KiB) of PID 1 in the operator container, by kubectl exec
+        (the image has python but no shell tools)."""
+        assert self.cluster
+        out = self.cluster.kubectl(
+            "exec", "-n", SYSTEM_NAMESPACE, self.operator_pod().metadata.name, "-c", "operator",
+            "--", "python", "-c", "print(open('/proc/1/status').read())", timeout=60,
+        )  # fmt: skip
+        return parse_proc_status(str(out.stdout))
+
+    def operator_cgroup(self) -> dict[str, int]:
+        """The operator container's memory cgroup, read on the host (bytes; see cgroup_memory)."""
+        pod = self.operator_pod()
+        [status] = pod.status.container_statuses
+        return cgroup_memory(pod.metadata.uid, status.container_id)
+
+    def operator_stats(self) -> dict[str, int]:
+        """Controller.stats from the pod's /healthz (Kopf caches it for up to 10 s)."""
+        return healthz(self.operator_pod().status.pod_ip)
+
+    # ---- Asterisk ----------------------------------------------------------------------
+
+    def add_asterisk(self, bind_ip: str, hosts: dict[str, str]) -> ClusterAsteriskPod:
+        """examples/asterisk (one replica) in the rig's namespace; returns once Asterisk answers
+        in asterisk-0."""
+        assert self.cluster and self.node
+        cluster, namespace = self.cluster, self.namespace
+        objects = asterisk_objects(cluster, self.node, bind_ip, hosts)
+        self.stack.callback(
+            cluster.kubectl, "delete", "statefulset", "asterisk", "-n", namespace,
+            "--wait=false", check=False,
+        )  # fmt: skip
+        cluster.kubectl(
+            "apply", "-n", namespace, "-f", "-",
+            input="\n---\n".join(yaml.safe_dump(o) for o in objects),
+        )  # fmt: skip
+        pod = ClusterAsteriskPod(cluster, namespace, "asterisk-0")
+        deadline = time.monotonic() + 180
+        while "Asterisk" not in pod.rx("core show version"):
+            if time.monotonic() > deadline:
+                raise TimeoutError("asterisk-0 of examples/asterisk not answering after 180 s")
+            time.sleep(1)
+        return pod
+
+
+def healthz(ip: str, timeout: float = 5) -> dict[str, int]:
+    """The operator's liveness endpoint at a pod IP (reachable from the host over the node's
+    bridge); returns the controller's stats."""
+    url = f"http://{ip}:{LIVENESS_PORT}/healthz"
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        data = json.loads(response.read())
+    return dict(data.get("watching") or {})

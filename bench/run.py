@@ -1,6 +1,6 @@
 """Benchmarks of the trunk operator on the local platform; prints measured figures.
 
-    .venv/bin/python bench/run.py                 # all five measurements
+    .venv/bin/python bench/run.py                 # all measurements
     .venv/bin/python bench/run.py --only 1,3      # some of them
     .venv/bin/python bench/run.py --only 3 --trunks 200 --burst 50
 
@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,17 +24,22 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rig import (
+    BASE_IMAGE,
     HOST,
     SEGMENTS,
     STANDIN_IP,
     TRUNKS,
+    InClusterRig,
     Rig,
+    StatusWatch,
+    image_size,
     log,
     percentile,
     trunk_spec,
 )
 
 from testbed.asterisk import AsteriskContainer
+from testbed.release import build_operator_image
 from tests.cases import large_case
 from tests.e2e.conftest import podman_exec
 from tests.e2e.ready_invariant import ReadyInvariant
@@ -98,6 +104,27 @@ def hosts() -> dict[str, str]:
 # ---- 1. apply -> Ready latency ---------------------------------------------------------------
 
 
+def apply_latencies(
+    rig: Rig, watch: StatusWatch, args: argparse.Namespace, names: list[str]
+) -> tuple[list[float], list[float]]:
+    """`names` created one after another (their Secrets exist), then `args.applies` spec
+    changes (codecs) of the first; seconds from just before each API call to Ready at its
+    generation."""
+    creates, changes = [], []
+    for i, name in enumerate(names):
+        started = time.monotonic()
+        gen = rig.create(TRUNKS, "TwilioTrunk", name, trunk_spec(i, name, secret_for(args, name)))
+        done = watch.wait_ready([(name, gen)], 60, f"create {name}")
+        creates.append(done[(name, gen)] - started)
+    for i in range(args.applies):
+        codecs = ["alaw"] if i % 2 == 0 else ["ulaw", "alaw"]
+        started = time.monotonic()
+        gen = rig.patch_spec(TRUNKS, names[0], {"codecs": codecs})
+        done = watch.wait_ready([(names[0], gen)], 60, f"update {i}")
+        changes.append(done[(names[0], gen)] - started)
+    return creates, changes
+
+
 def m1_latency(args: argparse.Namespace, workdir: Path) -> Section:
     sec = Section(
         "1. CR apply -> Ready latency",
@@ -111,20 +138,7 @@ def m1_latency(args: argparse.Namespace, workdir: Path) -> Section:
         watch = rig.watch()
         names = [f"lat-{i:03d}" for i in range(args.applies)]
         make_secrets(rig, args, names)
-        creates, updates = [], []
-        for i, name in enumerate(names):
-            started = time.monotonic()
-            gen = rig.create(
-                TRUNKS, "TwilioTrunk", name, trunk_spec(i, name, secret_for(args, name))
-            )
-            done = watch.wait_ready([(name, gen)], 60, f"create {name}")
-            creates.append(done[(name, gen)] - started)
-        for i in range(args.applies):
-            codecs = ["alaw"] if i % 2 == 0 else ["ulaw", "alaw"]
-            started = time.monotonic()
-            gen = rig.patch_spec(TRUNKS, names[0], {"codecs": codecs})
-            done = watch.wait_ready([(names[0], gen)], 60, f"update {i}")
-            updates.append(done[(names[0], gen)] - started)
+        creates, updates = apply_latencies(rig, watch, args, names)
         both = creates + updates
         for label, values in (("create", creates), ("update", updates), ("all", both)):
             n = len(values)
@@ -522,6 +536,183 @@ def m6_invariant(args: argparse.Namespace, workdir: Path) -> Section:
     return sec
 
 
+# ---- 7. the operator in-cluster, as users run it --------------------------------------------
+
+INCLUSTER_IP = "127.0.20.70"  # asterisk-0 of examples/asterisk (hostNetwork) binds here
+MIB = 1024 * 1024
+UPDATES_AT_SCALE = 5  # updates timed with all trunks in the pod, before and after a restart
+
+
+def add_memory(
+    sec: Section,
+    who: str,
+    when: str,
+    memory: Callable[[], dict[str, int]],
+    cgroup: Callable[[], dict[str, int]] | None = None,
+) -> None:
+    group = cgroup() if cgroup else {}  # before the exec, whose process the cgroup counts
+    status = memory()
+    sec.add(
+        f"{who}: {when}: VmRSS", status["VmRSS"] / 1024, "MiB",
+        note=f"RssAnon {status.get('RssAnon', 0) / 1024:.0f} MiB,"
+        f" RssFile {status.get('RssFile', 0) / 1024:.0f} MiB",
+    )  # fmt: skip
+    sec.add(f"{who}: {when}: VmHWM", status["VmHWM"] / 1024, "MiB")
+    if group:
+        sec.add(
+            f"{who}: {when}: cgroup working set", group["working_set"] / MIB, "MiB",
+            note=f"anon {group['anon'] / MIB:.0f} MiB, usage {group['usage'] / MIB:.0f} MiB,"
+            f" peak usage {group['peak'] / MIB:.0f} MiB",
+        )  # fmt: skip
+
+
+def trunk_scenario(
+    sec: Section,
+    rig: Rig,
+    args: argparse.Namespace,
+    who: str,
+    pod: Any,
+    memory: Callable[[], dict[str, int]],
+    cgroup: Callable[[], dict[str, int]] | None = None,
+) -> tuple[StatusWatch, list[str]]:
+    """The trunk steps of measurement 7, the same for the in-cluster operator and the host
+    process: memory idle (one Asterisk pod, no trunks), apply -> Ready one at a time as in
+    measurement 1, the rest of the trunks at once, memory with all of them Ready."""
+    n = max(args.incluster_trunks, args.applies)
+    watch = rig.watch()
+    time.sleep(5)
+    add_memory(sec, who, "idle (1 pod, no trunks)", memory, cgroup)
+    names = [f"inc-{i:04d}" for i in range(n)]
+    make_secrets(rig, args, names)
+    creates, updates = apply_latencies(rig, watch, args, names[: args.applies])
+    for label, values in (("create", creates), ("update", updates)):
+        k = len(values)
+        sec.add(f"{who}: {label} -> Ready p50 (n={k})", percentile(values, 50), "s", 1.0)
+        sec.add(f"{who}: {label} -> Ready p95 (n={k})", percentile(values, 95), "s", 2.0)
+    started = time.monotonic()
+    gens = rig.parallel(
+        lambda i: rig.create(
+            TRUNKS, "TwilioTrunk", names[i], trunk_spec(i, names[i], secret_for(args, names[i]))
+        ),
+        range(args.applies, n),
+    )
+    if gens:
+        keys = list(zip(names[args.applies :], gens, strict=True))
+        done = watch.wait_ready(keys, args.timeout, f"{who}: {len(keys)} trunks at once")
+        sec.add(
+            f"{who}: {len(keys)} more at once -> all {n} Ready", max(done.values()) - started, "s"
+        )
+    time.sleep(5)
+    add_memory(sec, who, f"{n} trunks Ready", memory, cgroup)
+    updates = update_latencies(rig, watch, names[0], UPDATES_AT_SCALE)
+    sec.add(
+        f"{who}: update -> Ready, {n} trunks in the pod, p50 (n={len(updates)})",
+        percentile(updates, 50), "s", note=f"max {max(updates):.2f} s",
+    )  # fmt: skip
+    sec.add(f"{who}: PJSIP reloads in the pod so far", pod.reloads(), "")
+    return watch, names
+
+
+def update_latencies(rig: Rig, watch: StatusWatch, name: str, count: int) -> list[float]:
+    """`count` spec changes (codecs) of one trunk, each waited for: seconds to Ready."""
+    took = []
+    for _ in range(count):
+        with watch.lock:
+            current = (watch.objects.get(name) or {}).get("spec", {}).get("codecs")
+        codecs = ["alaw"] if current == ["ulaw"] else ["ulaw"]  # a change: a new generation
+        started = time.monotonic()
+        gen = rig.patch_spec(TRUNKS, name, {"codecs": codecs})
+        done = watch.wait_ready([(name, gen)], 60, f"update {name}")
+        took.append(done[(name, gen)] - started)
+    return took
+
+
+def after_restart(sec: Section, rig: Rig, watch: StatusWatch, who: str, name: str, n: int) -> None:
+    updates = update_latencies(rig, watch, name, UPDATES_AT_SCALE)
+    sec.add(f"{who}: after the restart, first update -> Ready", updates[0], "s")
+    sec.add(
+        f"{who}: after the restart, update -> Ready p50 (n={len(updates)})",
+        percentile(updates, 50), "s", note=f"{n} trunks in the pod",
+    )  # fmt: skip
+
+
+def m7_incluster(args: argparse.Namespace, workdir: Path) -> Section:
+    n = max(args.incluster_trunks, args.applies)
+    secrets = "one shared Secret" if args.shared_secret else "one Secret per trunk"
+    sec = Section(
+        "7. In-cluster operator (Helm release on the real kubelet node)",
+        "helm install of charts/asterisk-trunk-operator, image built from the Dockerfile,"
+        f" restricted namespace, chart defaults (observeIntervalSeconds"
+        f" {args.observe_interval:g}); one Asterisk pod of examples/asterisk on the same node;"
+        f" {args.applies} creates one after another, {args.applies} updates, then"
+        f" {n - args.applies} more trunks at once: {n} trunks as bench/rig.py trunk_spec (own"
+        f" accountSid, qualify 0), {secrets}. Memory: /proc/1/status of PID 1 in the operator"
+        " container (kubectl exec), its memory cgroup read on the host. Baseline (host"
+        " process): the same steps with the operator process of measurement 1 and a podman"
+        " Asterisk container behind a kwok exec pod"
+        + ("" if args.incluster_baseline else " (skipped: --no-incluster-baseline)"),
+    )
+    image = build_operator_image()
+    size, base = image_size(image), image_size(BASE_IMAGE)
+    sec.add(f"image size: {image}", size / 1e6, "MB")
+    sec.add(f"image size: base {BASE_IMAGE}", base / 1e6, "MB")
+    sec.add("image size: venv (dependencies + package) on top", (size - base) / 1e6, "MB")
+
+    with InClusterRig("incluster", workdir, args.observe_interval, image) as rig:
+        sec.notes.append(f"image import into the node, s (0: already there): {rig.imports}")
+        times = rig.install_operator(observeIntervalSeconds=args.observe_interval)
+        for what, took in times.items():
+            sec.add(f"in-cluster: helm install -> {what}", took, "s")
+        started = time.monotonic()
+        pod = rig.add_asterisk(INCLUSTER_IP, hosts())
+        sec.notes.append(
+            "examples/asterisk applied -> Asterisk answering in asterisk-0:"
+            f" {time.monotonic() - started:.1f} s"
+        )
+        watch, names = trunk_scenario(
+            sec, rig, args, "in-cluster", pod, rig.operator_memory, rig.operator_cgroup
+        )
+        before = pod.reloads()
+        for what, took in rig.restart_operator().items():
+            sec.add(f"in-cluster: operator pod deleted -> {what}", took, "s")
+        time.sleep(10)
+        sec.add(
+            "in-cluster: PJSIP reloads from the takeover", pod.reloads() - before, "",
+            note="0 expected: the new pod adopts what asterisk-0 serves",
+        )  # fmt: skip
+        add_memory(
+            sec, "in-cluster", f"new pod, {n} trunks", rig.operator_memory, rig.operator_cgroup
+        )
+        after_restart(sec, rig, watch, "in-cluster", names[0], n)
+        sec.notes.append(f"in-cluster: endpoints in asterisk-0 at the end: {pod.endpoint_count()}")
+        sec.notes.append(
+            f"in-cluster: operator stats (Kopf caches <= 10 s): {rig.operator_stats()}"
+        )
+
+    if not args.incluster_baseline:
+        return sec
+    with Rig("incluster-host", workdir, args.observe_interval) as host:
+        [host_pod] = host.add_pods(1, hosts())
+        op = host.start_operator()
+        watch, names = trunk_scenario(sec, host, args, "host process", host_pod, op.memory)
+        before = host_pod.reloads()
+        started = time.monotonic()
+        op.stop()
+        answered = op.start()
+        sec.add(
+            "host process: SIGTERM -> new process answers /healthz",
+            time.monotonic() - started,
+            "s",
+            note=f"start -> /healthz {answered:.2f} s",
+        )
+        time.sleep(10)
+        sec.add("host process: PJSIP reloads from the restart", host_pod.reloads() - before, "")
+        add_memory(sec, "host process", f"new process, {n} trunks", op.memory)
+        after_restart(sec, host, watch, "host process", names[0], n)
+        sec.notes.append(f"host process: operator stats {op.stats()}")
+    return sec
+
+
 MEASUREMENTS = {
     1: m1_latency,
     2: m2_burst,
@@ -529,13 +720,14 @@ MEASUREMENTS = {
     4: m4_memory,
     5: m5_dids,
     6: m6_invariant,
+    7: m7_incluster,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--only", default="1,2,3,4,5,6", help="measurements to run, e.g. 1,3")
-    p.add_argument("--applies", type=int, default=20, help="(1) creates and updates, each")
+    p.add_argument("--only", default="1,2,3,4,5,6,7", help="measurements to run, e.g. 1,3")
+    p.add_argument("--applies", type=int, default=20, help="(1, 7) creates and updates, each")
     p.add_argument("--pods", type=int, default=2, help="(1, 2) Asterisk pods")
     p.add_argument("--burst", type=int, default=50, help="(2) trunks in the burst")
     p.add_argument("--trunks", type=int, default=200, help="(3) trunks")
@@ -547,6 +739,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--invariant-sizes", default="300,1000", help="(6) trunks in the pod, per run")
     p.add_argument("--invariant-actions", type=int, default=30, help="(6) random changes")
     p.add_argument("--seed", type=int, default=7, help="(6) seed of the random changes")
+    p.add_argument(
+        "--incluster-trunks", type=int, default=200, help="(7) trunks in the Asterisk pod"
+    )
+    p.add_argument(
+        "--incluster-baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="(7) the same steps with the host-process operator, as the baseline",
+    )
     p.add_argument(
         "--shared-secret",
         action="store_true",
