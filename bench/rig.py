@@ -622,6 +622,9 @@ class InClusterRig(Rig):
         helm returns."""
         assert self.cluster and self.node
         restricted_namespace(self.cluster)
+        # One replica: the figures are one operator's (memory, latency, a restart); the leader
+        # takeover of the default two replicas is measured by tests/incluster.
+        values = {"replicaCount": 1, "leaderElection": {"enabled": False}, **values}
         release = release_for(self.cluster, self.node, self.image, **values)
         self.stack.callback(
             release.helm, "uninstall", RELEASE, "--namespace", SYSTEM_NAMESPACE, "--wait",
