@@ -8,7 +8,7 @@ export TRUNKOP_CACHE := $(CACHE)
 export PIP_CACHE_DIR := $(CACHE)/pip
 VENV := .venv
 PY := $(VENV)/bin/python
-# containerd + CNI plugins: the real kubelet node (testbed/node.py); not started by systemd.
+# containerd + CNI plugins: the real kubelet node (testbed/node/); not started by systemd.
 # lua5.1 + lua-cjson: Argo CD's health scripts run in a real Lua 5.1 (tests/packaging).
 APT_PACKAGES := podman runc sip-tester debootstrap uidmap containerd containernetworking-plugins \
                 lua5.1 lua-cjson

@@ -58,7 +58,7 @@ kube_ld=""
 for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     kube_ld+=" -X $p.gitVersion=${KUBERNETES_VERSION} -X $p.gitMajor=1 -X $p.gitMinor=${kminor} -X $p.gitTreeState=clean"
 done
-# kubelet: the real node of testbed/node.py (containerd comes from Debian).
+# kubelet: the real node of testbed/node/ (containerd comes from Debian).
 for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet; do
     build "$c" "$KUBERNETES_VERSION" "$HERE/go/kubernetes" "k8s.io/kubernetes/cmd/$c" "$kube_ld"
 done

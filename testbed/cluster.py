@@ -270,7 +270,7 @@ class Cluster(KubectlHelpers):
                         {"name": "PATH", "value": f"{EXEC_ROUTER_DIR}:{SYSTEM_PATH}"},
                     ],
                     # The binary runtime passes --manage-all-nodes=true: kwok would
-                    # fake the status of a real kubelet node (testbed/node.py) and its
+                    # fake the status of a real kubelet node (testbed/node/) and its
                     # pods. Only nodes annotated like ours are kwok's.
                     "extraArgs": [
                         {"key": "manage-all-nodes", "value": "false", "override": True},
@@ -281,7 +281,7 @@ class Cluster(KubectlHelpers):
                     ],
                 },
                 {
-                    # What a real kubelet node needs (testbed/node.py). Harmless without
+                    # What a real kubelet node needs (testbed/node/). Harmless without
                     # one: kwok's node has only a Hostname address, which exec still
                     # uses. So every cluster, the session's too, can take a real node.
                     "name": "kube-apiserver",

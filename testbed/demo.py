@@ -3,7 +3,7 @@
     python -m testbed.demo up     # cluster + real node, helm install, Asterisk pod, a trunk
     python -m testbed.demo down   # stop exactly what `up` started (handles in state.json)
 
-`up`: a kwokctl control plane, the real kubelet node (testbed/node.py), `helm install` of
+`up`: a kwokctl control plane, the real kubelet node (testbed/node/), `helm install` of
 charts/ with the locally built operator image, Asterisk from examples/asterisk as a real pod,
 the sipp Twilio stand-in, then the three objects of examples/ applied with kubectl and a call
 through the trunk. Everything lives under $TRUNKOP_CACHE/demo/; state.json holds what `down`

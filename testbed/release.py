@@ -1,6 +1,6 @@
 """The operator as users install it, on the local platform: a Helm release of charts/ with
 the image built from the Dockerfile, and Asterisk pods from examples/asterisk, both on the
-real kubelet node (testbed/node.py). Used by tests/incluster, the demo and the bench."""
+real kubelet node (testbed/node/). Used by tests/incluster, the demo and the bench."""
 
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ def asterisk_objects(
             spec = obj["spec"]["template"]["spec"]
             spec.update(copy.deepcopy(node.placement()))
             # No cluster DNS on the test node, and the kubelet hands out no resolv.conf
-            # (node.py). hostNetwork reaches the host's name servers, as podman's Asterisk
+            # (node/config.py). hostNetwork reaches the host's name servers, as podman's Asterisk
             # containers do: pjsip's NAPTR/SRV lookups of the termination host then fail fast
             # and the hostAliases entry answers within the 3 s qualify timeout (otherwise the
             # contact stays Unavail).

@@ -3,7 +3,7 @@
 `cluster`: a real control plane (testbed/cluster.py: etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler, kwok) or, with E2E_KUBECONFIG set, that cluster.
 `operator`: the operator as its own process (`trunk-operator run`) against it.
-`real_node`: a real kubelet + containerd node in that cluster (testbed/node.py).
+`real_node`: a real kubelet + containerd node in that cluster (testbed/node/).
 All are started once per session, only when a test asks for them, and stopped by the
 handles held here, whether the tests pass or fail.
 """

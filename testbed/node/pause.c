@@ -1,6 +1,6 @@
 /* The sandbox ("pause") container of the test platform's real kubelet node.
  *
- * No registry serves registry.k8s.io/pause here, so testbed/node.py builds this with
+ * No registry serves registry.k8s.io/pause here, so testbed/node/images.py builds this with
  * `gcc -static` into a FROM-scratch image. It holds the pod's namespaces open: it
  * sleeps in pause(), exits on SIGINT/SIGTERM (the runtime stops sandboxes that way),
  * and, being PID 1 of the pod when the PID namespace is shared, reaps children.

@@ -1,4 +1,4 @@
-"""A real kubelet node (testbed/node.py) next to the kwokctl control plane: real containers
+"""A real kubelet node (testbed/node/) next to the kwokctl control plane: real containers
 from an imported podman image, real exec, projected ServiceAccount tokens, restarts, host and
 bridge networking, and a teardown that leaves nothing on the host.
 

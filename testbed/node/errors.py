@@ -1,0 +1,5 @@
+"""The real node's one error type."""
+
+
+class NodeError(RuntimeError):
+    pass
