@@ -39,6 +39,7 @@ from trunk_operator.status import CRView, PodDelivery, reduce_status, with_trans
 log = logging.getLogger(__name__)
 
 PLURALS = {TRUNK: "twiliotrunks", SEGMENT: "didsegments"}
+STUCK_PLAN_SECONDS = 600.0  # API calls time out after 60 s each: a plan this old is stuck
 FINALIZER = "trunks.asterisk-operator.dev/delivered"
 
 
@@ -196,6 +197,7 @@ class Controller:
         self.secrets: dict[tuple[str, str], SecretRead | None] = {}
         self.secret_events: dict[tuple[str, str], int] = defaultdict(int)
         self.api_calls = asyncio.Semaphore(8)
+        self.planning_since: float | None = None  # a plan in progress started then
 
     # ---- inputs from Kopf ------------------------------------------------------------
 
@@ -325,6 +327,18 @@ class Controller:
             asyncio.create_task(self._observe_loop(), name="observe"),
         ]
 
+    def health(self) -> dict[str, int]:
+        """For the liveness probe: raises when a loop died or a plan is stuck, so kubelet
+        restarts the pod instead of leaving a live process that does nothing."""
+        loops = self.tasks + [w.task for w in self.workers.values() if w.task]
+        for task in loops:
+            if task.done() and not task.cancelled():
+                raise RuntimeError(f"the {task.get_name()} loop ended: {task.exception()!r}")
+        since = self.planning_since
+        if since is not None and time.monotonic() - since > STUCK_PLAN_SECONDS:
+            raise RuntimeError(f"a plan has been running for {time.monotonic() - since:.0f} s")
+        return dict(self.stats)
+
     async def stop(self) -> None:
         tasks = self.tasks + [w.task for w in self.workers.values() if w.task]
         for task in tasks:
@@ -337,7 +351,7 @@ class Controller:
             self.dirty_event.clear()
             while self.dirty:
                 namespace = self.dirty.pop()
-                started = time.monotonic()
+                started = self.planning_since = time.monotonic()
                 try:
                     await self.reconcile_namespace(namespace)
                     metrics.RECONCILES.labels(result="success").inc()
@@ -352,6 +366,7 @@ class Controller:
                     await asyncio.sleep(2)
                     self.mark(namespace)
                 finally:
+                    self.planning_since = None
                     metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
     # ---- the reconcile ---------------------------------------------------------------

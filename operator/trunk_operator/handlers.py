@@ -185,4 +185,9 @@ async def pod_event(body: kopf.Body, type: str | None, **_: Any) -> None:
 
 @kopf.on.probe(id="watching")
 def watching(**_: Any) -> dict[str, int]:
-    return dict(_controller().stats)
+    """The liveness endpoint answers 500 when the controller is not healthy (a loop died, a
+    plan is stuck): PermanentError, or Kopf would retry the probe instead of failing it."""
+    try:
+        return _controller().health()
+    except RuntimeError as error:
+        raise kopf.PermanentError(str(error)) from None

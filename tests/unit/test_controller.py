@@ -5,6 +5,8 @@ import asyncio
 import threading
 from typing import Any
 
+import pytest
+
 from trunk_operator.controller import Controller, PodWorker, expected_for, files_of
 from trunk_operator.kube import SecretRead
 from trunk_operator.plan import Inputs, Resource, plan_namespace
@@ -238,5 +240,30 @@ def test_a_pod_being_deleted_gets_nothing_new_and_holds_no_ready() -> None:
         assert [p["pod"] for p in status["pods"]] == ["asterisk-1"]
         assert kube.events.count("NoAsteriskPods") == 0
         await controller.stop()
+
+    asyncio.run(scenario())
+
+
+def test_health_fails_when_a_loop_died_or_a_plan_is_stuck() -> None:
+    import time
+
+    from trunk_operator import controller as controller_mod
+
+    async def scenario() -> None:
+        controller = NoDelivery(FakeKube({"username": "u", "password": "p"}))  # type: ignore[arg-type]
+        assert controller.health() == {}
+
+        async def crash() -> None:
+            raise ValueError("boom")
+
+        dead = asyncio.create_task(crash(), name="plan")
+        await asyncio.gather(dead, return_exceptions=True)
+        controller.tasks = [dead]
+        with pytest.raises(RuntimeError, match="plan loop ended"):
+            controller.health()
+        controller.tasks = []
+        controller.planning_since = time.monotonic() - controller_mod.STUCK_PLAN_SECONDS - 1
+        with pytest.raises(RuntimeError, match="plan has been running"):
+            controller.health()
 
     asyncio.run(scenario())
