@@ -99,10 +99,12 @@ class Operator:
     def start(self) -> float:
         """Start; return seconds until the operator answers its liveness probe."""
         self.port = free_port()
+        self.metrics_port = free_port()
         env = {
             **os.environ,
             "KUBECONFIG": self.kubeconfig,
             "TRUNKOP_OBSERVE_INTERVAL": str(self.observe_interval),
+            "TRUNKOP_METRICS_PORT": str(self.metrics_port),
             "PYTHONUNBUFFERED": "1",
         }
         out = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
@@ -154,6 +156,14 @@ class Operator:
 
     def memory(self) -> dict[str, int]:
         return proc_status(self.pid)
+
+    def scrape(self) -> tuple[float, int]:
+        """Seconds one GET of /metrics takes, and the size of the answer."""
+        started = time.monotonic()
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=60) as response:
+            size = len(response.read())
+        return time.monotonic() - started, size
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

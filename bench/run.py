@@ -388,6 +388,11 @@ def m4_memory(args: argparse.Namespace, workdir: Path) -> Section:
         )  # fmt: skip
         sec.add("operator VmHWM (peak RSS)", memory["VmHWM"] / 1024, "MiB", 120)
         sec.add("operator VmRSS after settling", memory["VmRSS"] / 1024, "MiB")
+        scrapes = [op.scrape() for _ in range(5)]
+        sec.add(
+            f"/metrics scrape with {n} trunks, p50 of 5", percentile([t for t, _ in scrapes], 50),
+            "s", note=f"{scrapes[-1][1] // 1024} KiB",
+        )  # fmt: skip
         stats = op.stats()
         sec.notes.append(f"operator stats {stats}")
         if pods:
