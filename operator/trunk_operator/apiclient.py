@@ -186,15 +186,25 @@ def load_config(kubeconfig: str | None = None) -> Connection:
 class Api:
     """JSON over HTTPS to the API server; connections pooled, errors without bodies."""
 
-    def __init__(self, connection: Connection, pool_size: int = 8) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        pool_size: int = 8,
+        *,
+        retries: int = RETRIES,
+        timeout: float = 60.0,
+    ) -> None:
+        """`retries` and `timeout` (seconds per request): leader election wants none and
+        short, so that a renewal fails within its deadline instead of retrying past it."""
         self.connection = connection
+        self.retries = retries
         self.pool = urllib3.PoolManager(
             maxsize=pool_size,
             cert_reqs="CERT_NONE" if connection.insecure else "CERT_REQUIRED",
             ca_certs=connection.ca_file,
             cert_file=connection.cert_file,
             key_file=connection.key_file,
-            timeout=urllib3.Timeout(connect=10, read=60),
+            timeout=urllib3.Timeout(connect=min(10.0, timeout), read=timeout),
             retries=False,
         )
 
@@ -224,7 +234,7 @@ class Api:
             try:
                 response = self.pool.request(method, url, body=payload, headers=headers)
             except urllib3.exceptions.HTTPError as error:
-                if attempt < RETRIES:
+                if attempt < self.retries:
                     time.sleep(0.2 * 2**attempt)
                     attempt += 1
                     continue
@@ -233,7 +243,7 @@ class Api:
                 refreshed = True  # the token rotated under us: once more with the new one
                 continue
             # 429 (e.g. "storage is (re)initializing" for a new CRD) and 5xx are passing states.
-            if (response.status == 429 or response.status >= 500) and attempt < RETRIES:
+            if (response.status == 429 or response.status >= 500) and attempt < self.retries:
                 delay = response.headers.get("Retry-After", "")
                 time.sleep(min(float(delay), 5.0) if delay.isdigit() else 0.2 * 2**attempt)
                 attempt += 1

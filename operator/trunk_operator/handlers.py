@@ -62,7 +62,9 @@ def leader_elector() -> LeaderElector | None:
         return None
     identity = f"{os.environ.get('HOSTNAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
     namespace = os.environ.get("POD_NAMESPACE", "default")
-    return LeaderElector(Api(connection()), namespace, LEASE_NAME, identity)
+    # Its own client: no retries, short timeouts, so renewals fail inside the renew deadline.
+    api = Api(connection(), pool_size=2, retries=0, timeout=2.0)
+    return LeaderElector(api, namespace, LEASE_NAME, identity)
 
 
 async def _lead(ctrl: Controller, elector: LeaderElector) -> None:

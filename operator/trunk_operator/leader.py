@@ -138,13 +138,18 @@ class LeaderElector:
 
     async def hold(self) -> None:
         """Renew every retry period; returns when the Lease was not renewed within the renew
-        deadline (lost to another replica, or the API server out of reach)."""
+        deadline (lost to another replica, or the API server out of reach). Each attempt is
+        bounded by what is left of the deadline: a slow or retried request must not carry the
+        leader past it (its API client should not retry either: see handlers)."""
         while True:
             await asyncio.sleep(self.timings.retry_seconds)
+            left = self.timings.renew_deadline_seconds - (self.clock() - self.renewed_at)
             try:
-                held = await asyncio.to_thread(self.try_acquire_or_renew)
-            except KubeError as error:
-                log.warning("leader election: renewing failed: %s", error)
+                held = await asyncio.wait_for(
+                    asyncio.to_thread(self.try_acquire_or_renew), max(left, 0.1)
+                )
+            except (KubeError, TimeoutError) as error:
+                log.warning("leader election: renewing failed: %s", error or "timed out")
                 held = False
             if not held and self.clock() - self.renewed_at >= self.timings.renew_deadline_seconds:
                 log.error("leader election: lease %s lost; stopping", self.name)
