@@ -31,7 +31,8 @@ from testbed.node.host import (
     undo_stale_run,
 )
 from testbed.node.lock import NodeLock
-from testbed.node.processes import cmdline, stop_process
+from testbed.node.processes import cmdline
+from testbed.operator_process import stop_pid
 
 NODE_NAME = "trunkop-real-node"
 
@@ -291,7 +292,7 @@ class KubeletNode:
                     if name == "containerd" and proc is not None and proc.poll() is None:
                         self._remove_containers()
                     if proc is not None:
-                        stop_process(proc.pid, proc, timeout=20)
+                        stop_pid(proc.pid, proc, timeout=20)
                 self._procs.clear()
                 undo_host_changes(self.record, self._log)
                 if self.cluster.kubeconfig is not None:
@@ -331,7 +332,7 @@ class KubeletNode:
             if kubelet and alive_and_ours(kubelet, record):
                 self._drain()
         if pid_alive(holder_pid) and cmdline(holder_pid).startswith("sleep infinity"):
-            stop_process(holder_pid, None, timeout=5)
+            stop_pid(holder_pid, timeout=5)
         self._lock.acquire()
         self._running = True
         try:
@@ -342,7 +343,7 @@ class KubeletNode:
                     if pid and alive_and_ours(pid, record):
                         if name == "containerd":
                             self._remove_containers()
-                        stop_process(pid, None, timeout=20)
+                        stop_pid(pid, timeout=20)
             undo_stale_run(self._record_file, self._log)
             if self.cluster.kubeconfig is not None:
                 self.cluster.kubectl(
