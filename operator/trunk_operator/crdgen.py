@@ -80,6 +80,9 @@ def _ready(column: str) -> str:
     return f'.status.conditions[?(@.type=="Ready")].{column}'
 
 
+MAX_NAME = 63
+
+
 def crd(
     kind: str,
     plural: str,
@@ -121,6 +124,15 @@ def crd(
                             "type": "object",
                             "description": spec.__doc__ or "",
                             "required": ["spec"],
+                            # The name becomes a label value of the rendered ConfigMaps and
+                            # Secrets (63 characters at most) and part of file names.
+                            "x-kubernetes-validations": [
+                                {
+                                    "rule": f"size(self.metadata.name) <= {MAX_NAME}",
+                                    "message": f"metadata.name: at most {MAX_NAME} characters"
+                                    " (it labels the rendered ConfigMaps and Secrets)",
+                                }
+                            ],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

@@ -59,8 +59,18 @@ def secret(namespace: str, password: str = PASSWORD) -> client.V1Secret:
             with_spec(SEGMENT, ranges=[{"start": "+15550000000", "count": 100001}]),
             "spec.ranges[0].count",
         ),
+        # A valid object name, but too long to label the rendered ConfigMaps and Secrets.
+        ({**TRUNK, "metadata": {"name": "a" * 64}}, "metadata.name: at most 63 characters"),
     ],
-    ids=["bare-sip-twilio-com", "unknown-codec", "secure-udp", "not-e164", "empty", "too-many"],
+    ids=[
+        "bare-sip-twilio-com",
+        "unknown-codec",
+        "secure-udp",
+        "not-e164",
+        "empty",
+        "too-many",
+        "long-name",
+    ],
 )
 def test_invalid_resources_are_rejected_with_clear_messages(
     apply: Callable[..., Any], crds: None, namespace: str, doc: dict[str, Any], needle: str
