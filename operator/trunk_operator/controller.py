@@ -25,7 +25,16 @@ from trunk_operator.apiclient import KubeError, describe
 from trunk_operator.asterisk import Expected, ExpectedEndpoint
 from trunk_operator.kube import Kube, Owner, SecretRead, secret_files_hash
 from trunk_operator.models import TwilioTrunkSpec
-from trunk_operator.plan import SEGMENT, TRUNK, Inputs, Outcome, Plan, Resource, plan_namespace
+from trunk_operator.plan import (
+    SEGMENT,
+    TRUNK,
+    Inputs,
+    Outcome,
+    Plan,
+    Problem,
+    Resource,
+    plan_namespace,
+)
 from trunk_operator.render import (
     Files,
     aors,
@@ -39,6 +48,7 @@ from trunk_operator.status import CRView, PodDelivery, reduce_status, with_trans
 log = logging.getLogger(__name__)
 
 PLURALS = {TRUNK: "twiliotrunks", SEGMENT: "didsegments"}
+RETRY_SECONDS = 5.0  # after a failed write of one CR's rendered state
 STUCK_PLAN_SECONDS = 600.0  # API calls time out after 60 s each: a plan this old is stuck
 FINALIZER = "trunks.asterisk-operator.dev/delivered"
 
@@ -390,15 +400,32 @@ class Controller:
                 inputs.secret_versions[name] = secret.resource_version
         plan = plan_namespace(inputs)
 
-        writes = []
+        refs, writes = [], []
         for ref, outcome in plan.outcomes.items():
             key = (namespace, ref)
             digest = (files_hash(outcome.public), secret_files_hash(outcome.secret))
             if not outcome.blocked and self.written.get(key) != digest:
                 cr = tracked[ref]
                 owner = Owner(cr.resource.kind, cr.resource.name, namespace, cr.uid, outcome.trunk)
+                refs.append(ref)
                 writes.append(self._write_rendered(key, digest, owner, outcome))
-        await asyncio.gather(*writes)
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        # One CR whose rendered state the API refuses keeps its last good version; the others
+        # go ahead (an exception here would hold back the whole namespace).
+        for ref, result in zip(refs, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+            if isinstance(result, Exception):
+                text = describe(result)
+                log.warning("storing the rendered state of %s %s failed: %s", namespace, ref, text)
+                plan.outcomes[ref].problems.append(
+                    Problem(
+                        "RenderedStateNotStored",
+                        f"its rendered ConfigMap or Secret could not be written ({text});"
+                        " the last good configuration is kept; retrying",
+                    )
+                )
+                asyncio.get_running_loop().call_later(RETRY_SECONDS, self.mark, namespace)
 
         # Published at once, with no await in between: a status written meanwhile (by a
         # delivery or the observer) must see a plan and pod assignments that agree, or it

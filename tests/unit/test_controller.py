@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from trunk_operator.apiclient import KubeError
 from trunk_operator.controller import Controller, PodWorker, expected_for, files_of
 from trunk_operator.kube import SecretRead
 from trunk_operator.plan import Inputs, Resource, plan_namespace
@@ -66,6 +67,7 @@ class FakeKube:
         self.statuses: dict[str, dict] = {}
         self.finalizers: dict[str, list[str]] = {}
         self.events: list[str] = []
+        self.refuse_writes: set[str] = set()
         self.during_status = lambda name: None
 
     def read_secret(self, namespace: str, name: str) -> SecretRead | None:
@@ -75,6 +77,8 @@ class FakeKube:
 
     def write_rendered(self, owner, public, secret) -> None:  # type: ignore[no-untyped-def]
         self.during_write()
+        if owner.name in self.refuse_writes:
+            raise KubeError("POST /api/v1/namespaces/ns/configmaps: API error 422", 422)
 
     def patch_status(self, plural: str, namespace: str, name: str, status: dict) -> None:
         self.statuses[name] = status
@@ -265,5 +269,32 @@ def test_health_fails_when_a_loop_died_or_a_plan_is_stuck() -> None:
         controller.planning_since = time.monotonic() - controller_mod.STUCK_PLAN_SECONDS - 1
         with pytest.raises(RuntimeError, match="plan has been running"):
             controller.health()
+
+    asyncio.run(scenario())
+
+
+def test_a_cr_whose_rendered_state_is_refused_does_not_hold_back_the_others() -> None:
+    async def scenario() -> None:
+        kube = FakeKube({"username": "u", "password": "p"})
+        kube.refuse_writes = {"bad"}
+        controller = NoDelivery(kube)  # type: ignore[arg-type]
+        controller.upsert_pod(pod_body("asterisk-0"))
+        for name, sid in (("good", "a"), ("bad", "b")):
+            spec = {
+                "inbound": {"accountSid": "AC" + sid * 32},
+                "outbound": {"context": f"to-{name}"},
+            }
+            controller.upsert("TwilioTrunk", trunk_body(name, **spec))
+        await controller.reconcile_namespace("ns")  # does not raise
+        worker = controller.workers[("ns", "asterisk-0")]
+        assert set(worker.owners) == {"TwilioTrunk/good"}
+        assert ready(kube.statuses["good"])[:2] == ("False", "Delivering")
+        assert ready(kube.statuses["bad"])[:2] == ("False", "RenderedStateNotStored")
+        assert "API error 422" in kube.statuses["bad"]["conditions"][0]["message"]
+
+        kube.refuse_writes = set()  # the cause went away: the retry stores it
+        await controller.reconcile_namespace("ns")
+        assert set(worker.owners) == {"TwilioTrunk/good", "TwilioTrunk/bad"}
+        await controller.stop()
 
     asyncio.run(scenario())
