@@ -10,6 +10,7 @@ handles held here, whether the tests pass or fail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -121,6 +122,27 @@ def operator(
 host_operators: list[OperatorProcess] = []
 """The session's operator process, while it exists: a tier that installs its own operator
 pauses it, or two operators would deliver into the same pods."""
+
+
+@contextlib.contextmanager
+def pause_host_operators() -> Iterator[None]:
+    """Stop the session's operator (if it runs) for a while, and start it again after, even
+    when the body fails: for tests that run operators of their own in the same cluster."""
+    paused = [op for op in host_operators if op.proc is not None]
+    for op in paused:
+        op.stop()
+    try:
+        yield
+    finally:
+        for op in paused:
+            op.start()
+
+
+@pytest.fixture
+def no_host_operator() -> Iterator[None]:
+    """The session's operator serves every namespace: paused during this test."""
+    with pause_host_operators():
+        yield
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from testbed.release import (
     release_for,
     restricted_namespace,
 )
-from tests.conftest import host_operators
+from tests.conftest import pause_host_operators
 
 
 @pytest.fixture(scope="session")
@@ -42,14 +42,8 @@ def node_images(real_node: KubeletNode, operator_image: str, asterisk_image: str
 @pytest.fixture(scope="module")
 def no_host_operator() -> Iterator[None]:
     """The e2e tier's operator process is stopped meanwhile: one operator per cluster."""
-    paused = [op for op in host_operators if op.proc is not None]
-    for op in paused:
-        op.stop()
-    try:
+    with pause_host_operators():
         yield
-    finally:
-        for op in paused:
-            op.start()
 
 
 @pytest.fixture(scope="module")

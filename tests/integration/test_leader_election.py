@@ -97,7 +97,7 @@ def holder(coordination: client.CoordinationV1Api, namespace: str) -> str:
 def test_one_leader_writes_and_a_partitioned_leader_stops_before_the_other_leads(
     cluster: Any,
     crds: None,
-    operator: OperatorProcess,
+    no_host_operator: None,
     namespace: str,
     api: client.ApiClient,
     core: client.CoreV1Api,
@@ -105,13 +105,11 @@ def test_one_leader_writes_and_a_partitioned_leader_stops_before_the_other_leads
     apply: Callable[..., Any],
     tmp_path: Path,
 ) -> None:
-    operator.stop()  # the session's operator serves every namespace: paused for this test
     coordination = client.CoordinationV1Api(api)
     replicas: list[Replica] = []
     # Undone in reverse, each step even when one before it failed: the processes, each
-    # with its relay, then the finalizer, then the session's operator is back.
+    # with its relay, then the finalizer.
     with contextlib.ExitStack() as cleanup:
-        cleanup.callback(operator.start)
         cleanup.callback(_release_finalizer, custom, namespace)
         for name in ("op-a", "op-b"):
             relay = Relay(*_upstream(cluster.kubeconfig))

@@ -29,14 +29,13 @@ def status_of(custom: client.CustomObjectsApi, namespace: str) -> dict[str, Any]
 def test_only_the_watched_namespaces_are_served(
     cluster: Any,
     crds: None,
-    operator: OperatorProcess,
+    no_host_operator: None,
     namespace: str,
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
     apply: Callable[..., Any],
     tmp_path: Path,
 ) -> None:
-    operator.stop()  # the session's operator serves every namespace: paused for this test
     elsewhere = f"t-{uuid.uuid4().hex[:8]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=elsewhere)))
     scoped = OperatorProcess(
@@ -68,4 +67,3 @@ def test_only_the_watched_namespaces_are_served(
                 GROUP, VERSION, ns, "twiliotrunks", "acme", {"metadata": {"finalizers": None}}
             )
         core.delete_namespace(elsewhere)
-        operator.start()
