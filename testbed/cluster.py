@@ -21,6 +21,7 @@ command line names this cluster's own unique directory.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import os
 import shutil
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,18 @@ COMPONENT_BINARIES = {
 
 
 _SEQ = itertools.count()
+CREATION_LOCK = Path(tempfile.gettempdir()) / "trunkop-kwokctl-create.lock"
+
+
+@contextlib.contextmanager
+def _creation_lock() -> Iterator[None]:
+    """Machine-wide: one kwokctl cluster creation at a time (they pick ports unlocked)."""
+    with open(CREATION_LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class ClusterError(RuntimeError):
@@ -222,27 +236,33 @@ class Cluster(KubectlHelpers):
             args += [flag, str(bins / b)]
         self._log("kwokctl " + " ".join(args[1:]))
         try:
-            proc = subprocess.run(
-                args,
-                env=self._env(),
-                capture_output=True,
-                text=True,
-                timeout=self.start_timeout + 60,
-                check=False,
-            )
-            self._record_pids()
-            if proc.returncode != 0:
-                raise ClusterError(
-                    f"kwokctl create cluster failed ({proc.returncode}):\n"
-                    f"{proc.stdout}\n{proc.stderr}"
-                )
-            self.kubeconfig = str(self._find_kubeconfig())
-            self._wait_ready()
-            self._create_node()
+            with _creation_lock():
+                self._create(args)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _create(self, args: list[str]) -> None:
+        """kwokctl picks free ports when it creates a cluster; two creations at the same
+        moment (two test runs on one machine) can pick the same ones. Callers hold
+        _creation_lock until this cluster's components have bound theirs."""
+        proc = subprocess.run(
+            args,
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=self.start_timeout + 60,
+            check=False,
+        )
+        self._record_pids()
+        if proc.returncode != 0:
+            raise ClusterError(
+                f"kwokctl create cluster failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
+        self.kubeconfig = str(self._find_kubeconfig())
+        self._wait_ready()
+        self._create_node()
 
     @classmethod
     def attach(cls, name: str, workdir: str | os.PathLike[str]) -> Cluster:
