@@ -11,6 +11,7 @@ from trunk_operator.models import DIDSegmentSpec, TwilioTrunkSpec
 from trunk_operator.render import (
     Files,
     contexts_in,
+    pod_files,
     render_segment,
     render_trunk,
     render_trunk_auth,
@@ -38,15 +39,27 @@ class Case:
             {s.transport: (f"TwilioTrunk/{n}",) for n, s in self.trunks.items()},
         )
 
-    def files(self, password: str = PASSWORD) -> Files:
-        out: Files = {}
-        for name, spec in self.trunks.items():
-            out |= render_trunk(name, spec)
-            out |= render_trunk_auth(name, spec, f"{name}-user", password)
+    def parts(self, password: str = PASSWORD) -> list[tuple[str, Files]]:
+        """Each CR's rendered files, as the operator keeps them in the API."""
+        out = [
+            (
+                f"TwilioTrunk/{name}",
+                render_trunk(name, spec) | render_trunk_auth(name, spec, f"{name}-user", password),
+            )
+            for name, spec in self.trunks.items()
+        ]
         for name, seg in self.segments.items():
             trunk = seg.trunk_ref.name
-            out |= render_segment(name, seg, trunk, self.trunks[trunk])
+            out.append((f"DIDSegment/{name}", render_segment(name, seg, trunk, self.trunks[trunk])))
         return out
+
+    def files(self, password: str = PASSWORD) -> Files:
+        """Every CR's files, by their names in the API."""
+        return {path: text for _, files in self.parts(password) for path, text in files.items()}
+
+    def pod_files(self, password: str = PASSWORD) -> Files:
+        """What a pod with all of them receives."""
+        return pod_files(sorted(self.parts(password)))
 
 
 def trunk(host: str, **extra: object) -> TwilioTrunkSpec:

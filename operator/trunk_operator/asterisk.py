@@ -2,13 +2,25 @@
 
 One exec round per pod and pass: the new files travel as a gzip'd tar on stdin (never in the
 command, which is part of the URL), framed by length so the shell needs no stdin EOF. The
-script stages them, keeps the previous set, swaps, reloads PJSIP and the dialplan, and prints
-what Asterisk loaded between markers. Success is decided by comparing that output with what
-was rendered, never by the reload commands' own words (they report success even when they
-kept the old configuration). On a mismatch the previous set is restored and reloaded.
+script stages them, keeps the previous set, swaps, reloads what changed, and prints what
+Asterisk loaded between markers. Success is decided by comparing that output with what was
+rendered, never by the reload commands' own words (they report success even when they kept
+the old configuration). On a mismatch the previous set is restored and reloaded.
 
-Only files whose names start with `twiliotrunk-` or `didsegment-` in `pjsip.d/` and
-`extensions.d/` belong to the operator; nothing else in the pod is touched.
+What is read back costs about the same at 10 trunks as at 10,000 (`pjsip show endpoints` and
+`dialplan show` grow with the square of the set; reference twilio-and-asterisk, section 5):
+- every object's presence, from the `pjsip list` tables: endpoints with their state, AORs,
+  auths with their usernames, identifies with their endpoint, contacts with status and RTT;
+- in depth, one `pjsip show endpoint X` (and the auth's password hash) per endpoint that a
+  delivery changes: codecs, media encryption, context, transport, ACL, identify criteria;
+- the dialplan contexts a delivery changes, one `dialplan show CTX` each (one full listing
+  when there are many, e.g. the buckets of a large DIDSegment).
+
+A pod holds one operator file per directory (`POD_FILES`): a PJSIP reload parses every
+included file once per object type and looks each one up in a list, so its cost grows with
+the square of the file count, and in one file it is linear. Files of the earlier layout
+(`LEGACY_GLOBS`) are still owned: the first delivery moves them out in the same swap as it
+brings the new file in, before one reload, so service has no gap. Nothing else is touched.
 """
 
 from __future__ import annotations
@@ -22,16 +34,22 @@ import tarfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from trunk_operator.render import EXTENSIONS_DIR, PJSIP_DIR, Files, files_hash
+from trunk_operator.render import EXTENSIONS_DIR, PJSIP_DIR, POD_FILES, Files, files_hash
 
 CONFIG_DIR = "/etc/asterisk"
 STATE_DIR = f"{CONFIG_DIR}/.trunk-operator"
-OWNED_GLOBS = tuple(
+# One file per CR, and an auth file per trunk: the layout of operator versions up to 0.1.0.
+LEGACY_GLOBS = tuple(
     f"{d}/{prefix}*.conf"
     for d in (PJSIP_DIR, EXTENSIONS_DIR)
     for prefix in ("twiliotrunk-", "didsegment-")
 )
+OWNED_GLOBS = (*POD_FILES, *LEGACY_GLOBS)
 MARK = "=====trunk-operator:"
+# Above this many contexts to check, one full `dialplan show` costs less than one each.
+FULL_DIALPLAN_AT = 40
+LISTS = ("endpoints", "aors", "auths", "identifies", "contacts")
+RELOAD_COMMANDS = {PJSIP_DIR: "module reload res_pjsip.so", EXTENSIONS_DIR: "dialplan reload"}
 
 
 @dataclass(frozen=True)
@@ -152,13 +170,55 @@ def parse_transports(text: str) -> set[str]:
     return names
 
 
+@dataclass
+class Listing:
+    """The `pjsip list` tables: every object by id, cheap at any size."""
+
+    endpoints: dict[str, str] = field(default_factory=dict)  # name -> state
+    aors: set[str] = field(default_factory=set)
+    auths: dict[str, str] = field(default_factory=dict)  # auth id -> username
+    identifies: dict[str, str] = field(default_factory=dict)  # identify id -> endpoint
+    contacts: list[Contact] = field(default_factory=list)
+
+
+_LISTED = {
+    "Aor": re.compile(r"^Aor:\s+(?P<id>\S+)\s+\d+$"),
+    "Auth": re.compile(r"^Auth:\s+(?P<id>[^/\s]+)/(?P<value>.*)$"),
+    "Identify": re.compile(r"^Identify:\s+(?P<id>[^/\s]+)/(?P<value>\S+)$"),
+}
+
+
+def parse_listing(parts: Mapping[str, str]) -> Listing:
+    """The `list-*` sections (`pjsip list endpoints`, `... aors` and so on) of a script run."""
+    listing = Listing()
+    for line in (raw.strip() for key in LISTS for raw in parts.get(f"list-{key}", "").splitlines()):
+        if "<" in line and ">" in line:  # the legends
+            continue
+        if m := _ENDPOINT.match(line):
+            listing.endpoints[m["name"]] = m["state"].strip()
+        elif m := _CONTACT.match(line):
+            rtt = m["rtt"]
+            rtt_ms = float(rtt) if re.fullmatch(r"[0-9.]+", rtt) else None
+            listing.contacts.append(Contact(m["aor"], m["uri"], m["status"], rtt_ms))
+        elif m := _LISTED["Aor"].match(line):
+            listing.aors.add(m["id"])
+        elif m := _LISTED["Auth"].match(line):
+            listing.auths[m["id"]] = m["value"].strip()
+        elif m := _LISTED["Identify"].match(line):
+            listing.identifies[m["id"]] = m["value"]
+    return listing
+
+
 # ---- what must be there after a reload ----------------------------------------------------
 
 
 # What the specs set that verification does not read back from Asterisk: the dialplan's
 # extensions beyond each context's presence (number normalisation, caller-ID pool, dial
 # timeout, failover order, DID destinations). They are in the delivered files, whose content
-# hashes are checked, and a dialplan that does not parse loses its contexts, which is checked.
+# hashes are checked, and a dialplan that does not parse loses its contexts, which is checked
+# for every context a delivery changes. Objects a delivery does not change are checked for
+# presence (and their auth's username) only: their text, and so what Asterisk makes of it,
+# is the same as when they were checked in depth.
 UNVERIFIED = ("outbound.*", "DIDSegment.numbers/ranges/destination/overrides/callerIdPool")
 
 
@@ -191,6 +251,14 @@ class Expected:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """What to read back beyond the listings: endpoints in depth, contexts by name."""
+
+    details: frozenset[str] = frozenset()
+    contexts: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class Mismatch:
     """One way Asterisk's loaded state differs from the rendered one, and whose it is."""
 
@@ -198,63 +266,114 @@ class Mismatch:
     message: str
 
 
+@dataclass
+class Observation:
+    """What one pod's Asterisk has loaded, as far as one script run read it."""
+
+    listing: Listing
+    delivered_hash: str | None = None
+    file_digests: dict[str, str] = field(default_factory=dict)  # path -> sha256 in the pod
+    shown: dict[str, Endpoint] = field(default_factory=dict)  # `pjsip show endpoint X`
+    details: dict[str, dict[str, str]] = field(default_factory=dict)  # its parameter table
+    contexts: set[str] = field(default_factory=set)  # found, of those checked
+    contexts_checked: frozenset[str] = frozenset()
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)  # state and contacts
+
+    def attach(self, expected: Expected) -> Observation:
+        """Fill `endpoints` from the listing: each endpoint with its state and the contacts
+        of the AORs it should have (the listing does not link contacts to endpoints)."""
+        by_aor: dict[str, list[Contact]] = {}
+        for contact in self.listing.contacts:
+            by_aor.setdefault(contact.aor, []).append(contact)
+        self.endpoints = {
+            name: Endpoint(name, state) for name, state in self.listing.endpoints.items()
+        }
+        for want in expected.endpoints:
+            if endpoint := self.endpoints.get(want.name):
+                endpoint.aors = [a for a in want.aors if a in self.listing.aors]
+                endpoint.contacts = [c for a in want.aors for c in by_aor.get(a, [])]
+        return self
+
+
 def verify(
-    expected: Expected,
-    endpoints: Mapping[str, Endpoint],
-    contexts: set[str],
-    transports: set[str] | None = None,
-    details: Mapping[str, Mapping[str, str]] | None = None,
+    expected: Expected, observation: Observation, transports: set[str] | None = None
 ) -> list[Mismatch]:
     """What is missing or different; empty when Asterisk loaded exactly what was rendered.
 
-    `details` holds `pjsip show endpoint X` tables for the endpoints checked in depth
-    (codecs, media encryption, context, transport option); the listing covers the rest.
-    """
+    Endpoints shown in depth (`observation.shown`) are checked field by field, the others
+    for presence in the listings; contexts as far as they were checked."""
     problems: list[Mismatch] = [
         Mismatch(owners, f"transport {t} does not exist in Asterisk (adding one needs a restart)")
         for t, owners in sorted(expected.transports.items())
         if transports is not None and t not in transports
     ]
     for want in expected.endpoints:
-
-        def problem(message: str, want: ExpectedEndpoint = want) -> None:
-            problems.append(Mismatch((want.owner,), message))
-
-        got = endpoints.get(want.name)
-        if got is None:
-            problem(f"endpoint {want.name} is not loaded")
-            continue
-        if want.auth not in got.out_auths:
-            problem(f"endpoint {want.name} has no outbound auth {want.auth}")
-        elif want.username and got.auth_users.get(want.auth) != want.username:
-            problem(f"auth {want.auth} has another username than the Secret's")
-        # No `Transport:` line at all: the transport does not exist, reported above.
-        if want.transport and got.transport not in (None, want.transport):
-            problem(f"endpoint {want.name} uses transport {got.transport}, not {want.transport}")
-        if set(got.aors) != set(want.aors):
-            problem(f"endpoint {want.name} has AORs {sorted(got.aors)}, not {sorted(want.aors)}")
-        for aor, uri in want.aors.items():
-            if not any(c.aor == aor and contact_matches(c, uri) for c in got.contacts):
-                problem(f"AOR {aor} has no contact {uri} (does the host resolve?)")
-        if want.identify not in got.identifies:
-            problem(f"identify {want.identify} is not loaded")
-        elif not want.matches <= set(got.matches):
-            problem(
-                f"identify {want.identify} lacks matches {sorted(want.matches - set(got.matches))}"
-            )
-        detail = (details or {}).get(want.name)
-        for message in _detail_mismatches(want, detail) if detail is not None else []:
-            problem(message)
+        shown = observation.shown.get(want.name)
+        messages = (
+            _shown_mismatches(want, shown, observation.details.get(want.name))
+            if shown is not None
+            else _listed_mismatches(want, observation.listing)
+        )
+        problems += [Mismatch((want.owner,), message) for message in messages]
     missing: dict[str, list[str]] = {}
     for context, owner in sorted(expected.contexts.items()):
-        if context not in contexts:
+        if context in observation.contexts_checked and context not in observation.contexts:
             missing.setdefault(owner, []).append(context)
     for owner, names in missing.items():
-        shown = ", ".join(names[:5])
+        shown_names = ", ".join(names[:5])
         problems.append(
-            Mismatch((owner,), f"{len(names)} dialplan contexts are not loaded ({shown})")
+            Mismatch((owner,), f"{len(names)} dialplan contexts are not loaded ({shown_names})")
         )
     return problems
+
+
+def _listed_mismatches(want: ExpectedEndpoint, listing: Listing) -> list[str]:
+    if want.name not in listing.endpoints:
+        return [f"endpoint {want.name} is not loaded"]
+    problems = []
+    if want.auth not in listing.auths:
+        problems.append(f"endpoint {want.name} has no outbound auth {want.auth}")
+    elif want.username and listing.auths[want.auth] != want.username:
+        problems.append(f"auth {want.auth} has another username than the Secret's")
+    if missing := sorted(set(want.aors) - listing.aors):
+        problems.append(f"endpoint {want.name} lacks AORs {missing}")
+    for aor, uri in want.aors.items():
+        if aor in listing.aors and not any(
+            c.aor == aor and contact_matches(c, uri) for c in listing.contacts
+        ):
+            problems.append(f"AOR {aor} has no contact {uri} (does the host resolve?)")
+    if listing.identifies.get(want.identify) != want.name:
+        problems.append(f"identify {want.identify} is not loaded")
+    return problems
+
+
+def _shown_mismatches(
+    want: ExpectedEndpoint, got: Endpoint, detail: Mapping[str, str] | None
+) -> list[str]:
+    problems = []
+    if want.auth not in got.out_auths:
+        problems.append(f"endpoint {want.name} has no outbound auth {want.auth}")
+    elif want.username and got.auth_users.get(want.auth) != want.username:
+        problems.append(f"auth {want.auth} has another username than the Secret's")
+    # No `Transport:` line at all: the transport does not exist, reported above.
+    if want.transport and got.transport not in (None, want.transport):
+        problems.append(
+            f"endpoint {want.name} uses transport {got.transport}, not {want.transport}"
+        )
+    if set(got.aors) != set(want.aors):
+        problems.append(
+            f"endpoint {want.name} has AORs {sorted(got.aors)}, not {sorted(want.aors)}"
+        )
+    for aor, uri in want.aors.items():
+        if not any(c.aor == aor and contact_matches(c, uri) for c in got.contacts):
+            problems.append(f"AOR {aor} has no contact {uri} (does the host resolve?)")
+    if want.identify not in got.identifies:
+        problems.append(f"identify {want.identify} is not loaded")
+    elif not want.matches <= set(got.matches):
+        problems.append(
+            f"identify {want.identify} lacks matches {sorted(want.matches - set(got.matches))}"
+        )
+    return problems + (_detail_mismatches(want, detail) if detail else [])
 
 
 def _detail_mismatches(want: ExpectedEndpoint, detail: Mapping[str, str]) -> list[str]:
@@ -272,20 +391,16 @@ def _detail_mismatches(want: ExpectedEndpoint, detail: Mapping[str, str]) -> lis
     # send may identify them); its addresses are not shown, its presence is.
     if "deny" not in detail.get("acl", ""):
         shown["acl"] = (detail.get("acl"), "deny/permit")
-    if want.password_sha256 and detail.get("password_sha256") != want.password_sha256:
-        return [
-            *_shown_mismatches(want, shown),
-            f"auth {want.auth} has another password than the Secret's (Asterisk kept the old one)",
-        ]
-    return _shown_mismatches(want, shown)
-
-
-def _shown_mismatches(want: ExpectedEndpoint, shown: dict[str, tuple[object, object]]) -> list[str]:
-    return [
+    problems = [
         f"endpoint {want.name} has {name} {got!r}, not {wanted!r} (Asterisk kept another version)"
         for name, (got, wanted) in shown.items()
         if got != wanted
     ]
+    if want.password_sha256 and detail.get("password_sha256") != want.password_sha256:
+        problems.append(
+            f"auth {want.auth} has another password than the Secret's (Asterisk kept the old one)"
+        )
+    return problems
 
 
 # ---- the delivery script ------------------------------------------------------------------
@@ -318,24 +433,28 @@ def _section(name: str, command: str) -> str:
 
 
 DETAIL_LIST = f"{STATE_DIR}/verify-endpoints"
+CONTEXT_LIST = f"{STATE_DIR}/verify-contexts"
+_CONTEXT_HEADERS = "grep '^\\[ Context' || true"
 
 
 def _observe() -> str:
-    """Shell that prints what Asterisk has loaded, in marked sections: the listing, the
-    contexts, the delivered hash, file digests, and `pjsip show endpoint X` for each name in
-    DETAIL_LIST (one per line, written from stdin before)."""
+    """Shell that prints what Asterisk has loaded, in marked sections: `pjsip show endpoint X`
+    and the auth's password hash for each name in DETAIL_LIST, the contexts of CONTEXT_LIST
+    that exist, the listings, the delivered hash and the digests of the owned files."""
     return "; ".join(
         [
             f'while read -r e; do echo "{MARK}endpoint:$e"; asterisk -rx "pjsip show endpoint $e";'
             f' echo "{MARK}auth:$e"; asterisk -rx "pjsip show auth $e-auth"'
             " | sed -n 's/^ *password *: //p' | sha256sum;"
             f" done < {DETAIL_LIST}",
-            _section("endpoints", "asterisk -rx 'pjsip show endpoints'"),
             _section(
                 "contexts",
-                f"asterisk -rx 'dialplan show' > {STATE_DIR}/dialplan.txt;"
-                f" grep '^\\[ Context' {STATE_DIR}/dialplan.txt; rm -f {STATE_DIR}/dialplan.txt",
+                f'if [ "$(wc -l < {CONTEXT_LIST})" -gt {FULL_DIALPLAN_AT} ];'
+                f" then asterisk -rx 'dialplan show' | {_CONTEXT_HEADERS};"
+                f' else while read -r c; do asterisk -rx "dialplan show $c" | {_CONTEXT_HEADERS};'
+                f" done < {CONTEXT_LIST}; fi",
             ),
+            *(_section(f"list-{name}", f"asterisk -rx 'pjsip list {name}'") for name in LISTS),
             _section("hash", f"cat {STATE_DIR}/hash 2>/dev/null || true"),
             _section(
                 "files",
@@ -346,23 +465,29 @@ def _observe() -> str:
     )
 
 
-def _reload() -> str:
+def _reload(directories: Iterable[str]) -> str:
     return "; ".join(
-        [
-            _section("reload-pjsip", "asterisk -rx 'module reload res_pjsip.so' 2>&1"),
-            _section("reload-dialplan", "asterisk -rx 'dialplan reload' 2>&1"),
-        ]
+        _section(f"reload-{d}", f"asterisk -rx '{RELOAD_COMMANDS[d]}' 2>&1")
+        for d in (PJSIP_DIR, EXTENSIONS_DIR)
+        if d in set(directories)
     )
 
 
-def _read_detail_list(size: int) -> str:
-    return f"head -c {size} > {DETAIL_LIST}"
+def _read_probe(detail_size: int, context_size: int) -> str:
+    return f"head -c {detail_size} > {DETAIL_LIST}; head -c {context_size} > {CONTEXT_LIST}"
 
 
-def deliver_script(size: int, digest: str, detail_size: int = 0) -> str:
+def deliver_script(
+    size: int,
+    digest: str,
+    detail_size: int = 0,
+    context_size: int = 0,
+    reload: Iterable[str] = (PJSIP_DIR, EXTENSIONS_DIR),
+) -> str:
     """Stage the tar from stdin, keep the previous set, swap, reload, observe.
 
-    Stdin: the gzip'd tar (`size` bytes), then the endpoint names to check in depth."""
+    Stdin: the gzip'd tar (`size` bytes), then the endpoint names to check in depth, then
+    the contexts to check (one per line). `reload`: the directories whose files changed."""
     staging, previous = f"{STATE_DIR}/staging", f"{STATE_DIR}/previous"
     return "\n".join(
         [
@@ -370,16 +495,19 @@ def deliver_script(size: int, digest: str, detail_size: int = 0) -> str:
             f"mkdir -p {STATE_DIR} {CONFIG_DIR}/{PJSIP_DIR} {CONFIG_DIR}/{EXTENSIONS_DIR}",
             f"rm -rf {staging} && mkdir -p {staging}",
             f"head -c {size} | tar -xzf - -C {staging}",
-            _read_detail_list(detail_size),
+            _read_probe(detail_size, context_size),
+            # A reload asked of an Asterisk still starting (a restarted container) is ignored.
+            "asterisk -rx 'core waitfullybooted' > /dev/null",
             _section("transports", "asterisk -rx 'pjsip show transports'"),
             f"rm -rf {previous} && mkdir -p {previous}/{PJSIP_DIR} {previous}/{EXTENSIONS_DIR}",
             f"cp {STATE_DIR}/hash {previous}/hash 2>/dev/null || true",
             "set +e",
             *[_move_owned(glob, previous) for glob in OWNED_GLOBS],
             "set -e",
+            # Each file is renamed into place (atomic): Asterisk never reads half of one.
             f"cp -R {staging}/. {CONFIG_DIR}/",
             f"echo {shlex.quote(digest)} > {STATE_DIR}/hash",
-            _reload(),
+            _reload(reload) or "true",
             _observe(),
         ]
     )
@@ -392,12 +520,14 @@ def rollback_script() -> str:
         [
             "set -e",
             f"test -d {previous}",
+            "asterisk -rx 'core waitfullybooted' > /dev/null",
             f"rm -f {_owned_files(CONFIG_DIR)}",
             f"cp -R {previous}/{PJSIP_DIR} {previous}/{EXTENSIONS_DIR} {CONFIG_DIR}/",
             f"if [ -f {previous}/hash ]; then cp {previous}/hash {STATE_DIR}/hash;"
             f" else rm -f {STATE_DIR}/hash; fi",
-            f": > {DETAIL_LIST}",  # what is restored was verified when it was delivered
-            _reload(),
+            # What is restored was verified when it was delivered: the listings suffice.
+            f": > {DETAIL_LIST}; : > {CONTEXT_LIST}",
+            _reload(RELOAD_COMMANDS),
             _observe(),
         ]
     )
@@ -419,17 +549,6 @@ def sections(stdout: str) -> dict[str, str]:
 
 
 @dataclass
-class Observation:
-    """What one pod's Asterisk has loaded."""
-
-    endpoints: dict[str, Endpoint]
-    contexts: set[str]
-    delivered_hash: str | None
-    file_digests: dict[str, str] = field(default_factory=dict)  # path -> sha256 in the pod
-    details: dict[str, dict[str, str]] = field(default_factory=dict)  # `pjsip show endpoint`
-
-
-@dataclass
 class DeliveryResult:
     ok: bool
     hash: str
@@ -438,10 +557,18 @@ class DeliveryResult:
     rolled_back: bool = False
 
 
-def _observation(parts: Mapping[str, str]) -> Observation:
+def _observation(parts: Mapping[str, str], probe: Probe, expected: Expected) -> Observation:
+    shown = {
+        name.removeprefix("endpoint:"): text
+        for name, text in parts.items()
+        if name.startswith("endpoint:")
+    }
+    details = {name: parse_endpoint_detail(text) for name, text in shown.items()}
+    for name, text in parts.items():
+        if name.startswith("auth:") and name.removeprefix("auth:") in details:
+            details[name.removeprefix("auth:")]["password_sha256"] = (text.split() or [""])[0]
     return Observation(
-        endpoints=parse_endpoints(parts.get("endpoints", "")),
-        contexts=parse_contexts(parts.get("contexts", "")),
+        listing=parse_listing(parts),
         delivered_hash=parts.get("hash", "").strip() or None,
         file_digests={
             path: digest
@@ -450,20 +577,15 @@ def _observation(parts: Mapping[str, str]) -> Observation:
             )
             if path
         },
-        details=_details(parts),
-    )
-
-
-def _details(parts: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    details = {
-        name.removeprefix("endpoint:"): parse_endpoint_detail(text)
-        for name, text in parts.items()
-        if name.startswith("endpoint:")
-    }
-    for name, text in parts.items():
-        if name.startswith("auth:") and name.removeprefix("auth:") in details:
-            details[name.removeprefix("auth:")]["password_sha256"] = (text.split() or [""])[0]
-    return details
+        shown={
+            name: endpoint
+            for text in shown.values()
+            for name, endpoint in parse_endpoints(text).items()
+        },
+        details=details,
+        contexts=parse_contexts(parts.get("contexts", "")) & probe.contexts,
+        contexts_checked=probe.contexts,
+    ).attach(expected)
 
 
 def drifted(files: Files, observation: Observation) -> bool:
@@ -479,14 +601,14 @@ def _run(exec_: Exec, script: str, stdin: bytes | None, timeout: float) -> ExecR
 def _error_lines(parts: Mapping[str, str]) -> list[str]:
     """Asterisk's own words from the reloads, when they say something went wrong."""
     lines = []
-    for key in ("reload-pjsip", "reload-dialplan"):
+    for key in (f"reload-{d}" for d in RELOAD_COMMANDS):
         for line in parts.get(key, "").splitlines():
             if re.search(r"error|unable|fail|not found|could not", line, re.IGNORECASE):
                 lines.append(line.strip())
     return lines[:5]
 
 
-def _names(names: Iterable[str]) -> bytes:
+def _lines(names: Iterable[str]) -> bytes:
     return "".join(f"{name}\n" for name in sorted(set(names))).encode()
 
 
@@ -495,39 +617,43 @@ def deliver(
     files: Files,
     expected: Expected,
     timeout: float = 120,
-    detailed: Iterable[str] = (),
+    probe: Probe = Probe(),
+    reload: Iterable[str] = (PJSIP_DIR, EXTENSIONS_DIR),
 ) -> DeliveryResult:
-    """Deliver, reload and verify; `detailed` names the endpoints to check in depth (those
-    whose configuration this delivery changes)."""
+    """Deliver, reload what `reload` names and verify; `probe` names what to check beyond
+    the listings (what this delivery changes)."""
     digest = files_hash(files)
     payload = pack(files)
-    names = _names(detailed)
-    script = deliver_script(len(payload), digest, len(names))
-    result = _run(exec_, script, payload + names, timeout)
+    details, contexts = _lines(probe.details), _lines(probe.contexts)
+    script = deliver_script(len(payload), digest, len(details), len(contexts), reload)
+    result = _run(exec_, script, payload + details + contexts, timeout)
     parts = sections(result.stdout)
-    if result.returncode != 0 or "endpoints" not in parts:
+    if result.returncode != 0 or "list-endpoints" not in parts:
         raise ExecError(
             f"delivery script failed (exit {result.returncode}): {result.stderr.strip()[-300:]}"
         )
-    observation = _observation(parts)
+    observation = _observation(parts, probe, expected)
     transports = parse_transports(parts.get("transports", ""))
-    problems = verify(
-        expected, observation.endpoints, observation.contexts, transports, observation.details
-    )
+    problems = verify(expected, observation, transports)
     if not problems:
         return DeliveryResult(True, digest, [], observation)
     problems += [Mismatch((), line) for line in _error_lines(parts)]
     back = _run(exec_, rollback_script(), None, timeout)
-    restored = _observation(sections(back.stdout)) if back.returncode == 0 else None
+    restored = (
+        _observation(sections(back.stdout), Probe(), expected) if back.returncode == 0 else None
+    )
     return DeliveryResult(False, digest, problems, restored, rolled_back=back.returncode == 0)
 
 
-def observe(exec_: Exec, timeout: float = 30, detailed: Iterable[str] = ()) -> Observation:
-    names = _names(detailed)
-    script = f"mkdir -p {STATE_DIR}; {_read_detail_list(len(names))}; {_observe()}"
-    result = _run(exec_, script, names, timeout)
+def observe(
+    exec_: Exec, expected: Expected, timeout: float = 30, probe: Probe = Probe()
+) -> Observation:
+    """What the pod serves now; `expected` links listed contacts to their endpoints."""
+    details, contexts = _lines(probe.details), _lines(probe.contexts)
+    script = f"mkdir -p {STATE_DIR}; {_read_probe(len(details), len(contexts))}; {_observe()}"
+    result = _run(exec_, script, details + contexts, timeout)
     if result.returncode != 0:
         raise ExecError(
             f"observe failed (exit {result.returncode}): {result.stderr.strip()[-300:]}"
         )
-    return _observation(sections(result.stdout))
+    return _observation(sections(result.stdout), probe, expected)

@@ -22,7 +22,7 @@ from typing import Any
 
 from trunk_operator import asterisk, metrics
 from trunk_operator.apiclient import KubeError, describe
-from trunk_operator.asterisk import Expected, ExpectedEndpoint
+from trunk_operator.asterisk import Expected, ExpectedEndpoint, Probe
 from trunk_operator.kube import Kube, Owner, SecretRead, secret_files_hash
 from trunk_operator.models import TwilioTrunkSpec
 from trunk_operator.plan import (
@@ -32,15 +32,18 @@ from trunk_operator.plan import (
     Outcome,
     Plan,
     Problem,
+    RenderCache,
     Resource,
     plan_namespace,
 )
 from trunk_operator.render import (
+    EXTENSIONS_DIR,
+    PJSIP_DIR,
     Files,
     aors,
-    contexts_in,
     files_hash,
     identify_sources,
+    pod_files,
     trunk_names,
 )
 from trunk_operator.status import CRView, PodDelivery, reduce_status, with_transition_times
@@ -51,6 +54,7 @@ PLURALS = {TRUNK: "twiliotrunks", SEGMENT: "didsegments"}
 RETRY_SECONDS = 5.0  # after a failed write of one CR's rendered state
 STUCK_PLAN_SECONDS = 600.0  # API calls time out after 60 s each: a plan this old is stuck
 FINALIZER = "trunks.asterisk-operator.dev/delivered"
+AUDIT_BATCH = 10  # endpoints the observer re-checks in depth per pod and round
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ class PodWorker:
     # The desired set of the last round that ended with some CRs refused: nothing more to do
     # for it (the others were delivered) until the desired set changes again.
     settled_hash: str | None = None
+    audit_cursor: int = 0  # where the observer's in-depth audit of the endpoints goes on
 
     def set_delivered(self, owners: dict[str, Outcome]) -> None:
         self.delivered_owners = owners
@@ -151,11 +156,36 @@ def changed_endpoints(owners: Mapping[str, Outcome], delivered: Mapping[str, Out
     }
 
 
+def changed_refs(owners: Mapping[str, Outcome], delivered: Mapping[str, Outcome]) -> set[str]:
+    return {
+        ref
+        for ref, outcome in owners.items()
+        if ref not in delivered or delivered[ref].digest != outcome.digest
+    }
+
+
+def probe_for(owners: Mapping[str, Outcome], delivered: Mapping[str, Outcome]) -> Probe:
+    """What a delivery reads back beyond the listings: the endpoints it changes in depth, the
+    contexts it changes, and every user context the pod's CRs send calls to."""
+    contexts = {c for outcome in owners.values() for c in outcome.user_contexts}
+    for ref in changed_refs(owners, delivered):
+        contexts |= owners[ref].defined_contexts
+    return Probe(frozenset(changed_endpoints(owners, delivered)), frozenset(contexts))
+
+
 def files_of(outcomes: Mapping[str, Outcome]) -> Files:
-    files: Files = {}
-    for outcome in outcomes.values():
-        files |= outcome.public | outcome.secret
-    return files
+    """What a pod with these CRs holds: one file per directory, parts in ref order."""
+    return pod_files(
+        (ref, outcome.public | outcome.secret) for ref, outcome in sorted(outcomes.items())
+    )
+
+
+def reloads_for(files: Files, before: Files | None) -> set[str]:
+    """The directories whose file changed: only their module reloads (a rotation reloads no
+    dialplan, a DIDSegment no PJSIP). All of them when what the pod holds is not known."""
+    if before is None:
+        return {PJSIP_DIR, EXTENSIONS_DIR}
+    return {p.split("/", 1)[0] for p in set(files) | set(before) if files.get(p) != before.get(p)}
 
 
 def expected_for(outcomes: Mapping[str, Outcome]) -> Expected:
@@ -176,7 +206,7 @@ def expected_for(outcomes: Mapping[str, Outcome]) -> Expected:
                 )
             )
             transports[spec.transport].append(ref)
-        for context in sorted(contexts_in(outcome.public)):
+        for context in sorted(outcome.defined_contexts):
             contexts.setdefault(context, ref)
     return Expected(tuple(endpoints), contexts, {t: tuple(r) for t, r in transports.items()})
 
@@ -208,6 +238,7 @@ class Controller:
         self.secret_events: dict[tuple[str, str], int] = defaultdict(int)
         self.api_calls = asyncio.Semaphore(8)
         self.planning_since: float | None = None  # a plan in progress started then
+        self.render_caches: dict[str, RenderCache] = defaultdict(RenderCache)
 
     # ---- inputs from Kopf ------------------------------------------------------------
 
@@ -398,7 +429,7 @@ class Controller:
             if secret is not None:
                 inputs.secrets[name] = secret.data
                 inputs.secret_versions[name] = secret.resource_version
-        plan = plan_namespace(inputs)
+        plan = plan_namespace(inputs, self.render_caches[namespace])
 
         refs, writes = [], []
         for ref, outcome in plan.outcomes.items():
@@ -562,18 +593,22 @@ class Controller:
         verified by content and by what Asterisk shows, so no reload is needed."""
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
         files = files_of(owners)
+        expected = expected_for(owners)
+        # Every object's presence and every context; in depth a first batch of endpoints
+        # (the observer audits the rest, AUDIT_BATCH per round): the files are byte for byte
+        # a set that was verified in depth when it was delivered.
+        probe = Probe(
+            frozenset(self._audit_batch(worker, owners)),
+            frozenset(expected.contexts)
+            | {c for outcome in owners.values() for c in outcome.user_contexts},
+        )
         observation = await asyncio.to_thread(
-            asterisk.observe, pod_exec, self.settings.exec_timeout, changed_endpoints(owners, {})
+            asterisk.observe, pod_exec, expected, self.settings.exec_timeout, probe
         )
         if (
             observation.delivered_hash != files_hash(files)
             or asterisk.drifted(files, observation)
-            or asterisk.verify(
-                expected_for(owners),
-                observation.endpoints,
-                observation.contexts,
-                details=observation.details,
-            )
+            or asterisk.verify(expected, observation)
         ):
             return False
         worker.state.delivered_hash = observation.delivered_hash
@@ -592,13 +627,18 @@ class Controller:
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
         self.stats["reloads"] += 1
         started = time.monotonic()
+        files = files_of(owners)
+        before = (
+            files_of(worker.delivered_owners) if worker.state.delivered_hash is not None else None
+        )
         result = await asyncio.to_thread(
             asterisk.deliver,
             pod_exec,
-            files_of(owners),
+            files,
             expected_for(owners),
             self.settings.exec_timeout,
-            changed_endpoints(owners, worker.delivered_owners),
+            probe_for(owners, worker.delivered_owners),
+            reloads_for(files, before),
         )
         worker.state.last_reload_time = _now()
         worker.state.observation = result.observation
@@ -610,6 +650,13 @@ class Controller:
             await asyncio.to_thread(self._set_readiness, namespace, worker.pod.name, True)
         else:
             worker.state.last_reload_result = "RolledBack" if result.rolled_back else "Failed"
+        if not result.ok:
+            log.warning(
+                "%s/%s refused: %s",
+                namespace,
+                worker.pod.name,
+                "; ".join(p.message for p in result.problems[:3]),
+            )
         metrics.DELIVERIES.labels(result=worker.state.last_reload_result).inc()
         metrics.DELIVERY_SECONDS.observe(time.monotonic() - started)
         log.info(
@@ -622,6 +669,16 @@ class Controller:
             time.monotonic() - started,
         )
         return result
+
+    @staticmethod
+    def _audit_batch(worker: PodWorker, owners: Mapping[str, Outcome]) -> list[str]:
+        """The next AUDIT_BATCH endpoints of the pod, round robin: over the rounds, every
+        endpoint is read back in depth again (Asterisk's memory can change without files)."""
+        names = sorted(changed_endpoints(owners, {}))
+        if not names:
+            return []
+        start = worker.audit_cursor % len(names)
+        return (names[start:] + names[:start])[:AUDIT_BATCH]
 
     def _set_readiness(self, namespace: str, pod: str, ready: bool) -> None:
         """The pod readiness gate: traffic waits until the trunks are delivered and verified."""
@@ -652,17 +709,32 @@ class Controller:
     async def observe(self, namespace: str, worker: PodWorker) -> None:
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
         async with worker.busy:
-            observation = await asyncio.to_thread(asterisk.observe, pod_exec)
-        worker.state.observation = observation
-        if (
-            worker.state.delivered_hash == worker.state.desired_hash
-            and worker.state.last_reload_result == "Verified"
-            and (
-                observation.delivered_hash != worker.state.delivered_hash
-                or asterisk.drifted(files_of(worker.delivered_owners), observation)
+            # Read under the lock: a delivery that held it has just changed what the pod has.
+            delivered = worker.delivered_owners
+            expected = expected_for(delivered)
+            batch = set(self._audit_batch(worker, delivered))
+            audited = Expected(tuple(e for e in expected.endpoints if e.name in batch))
+            probe = Probe(
+                frozenset(e.name for e in audited.endpoints),
+                frozenset(c for outcome in delivered.values() for c in outcome.user_contexts),
             )
+            observation = await asyncio.to_thread(asterisk.observe, pod_exec, expected, 30, probe)
+        worker.state.observation = observation
+        worker.audit_cursor += len(audited.endpoints)
+        drift = (
+            "the delivered hash changed"
+            if observation.delivered_hash != worker.state.delivered_hash
+            else "its files changed"
+            if asterisk.drifted(files_of(delivered), observation)
+            else "; ".join(p.message for p in asterisk.verify(audited, observation)[:3])
+        )
+        if (
+            drift
+            and worker.delivered_owners is delivered
+            and worker.state.delivered_hash == worker.state.desired_hash
+            and worker.state.last_reload_result == "Verified"
         ):
-            log.info("drift in %s/%s: redelivering", namespace, worker.pod.name)
+            log.info("drift in %s/%s (%s): redelivering", namespace, worker.pod.name, drift)
             worker.state.delivered_hash = None  # whatever is there, it is not our set
             worker.set_delivered({})
             worker.wake.set()
@@ -681,23 +753,23 @@ class Controller:
         if plan is None:
             return
         tracked = self.resources.get(namespace, {})
+        workers = [w for (ns, _), w in sorted(self.workers.items()) if ns == namespace]
+        dids_by_trunk: dict[str, int] = defaultdict(int)
+        for r, o in plan.outcomes.items():
+            if r.startswith(SEGMENT + "/") and o.trunk:
+                dids_by_trunk[o.trunk] += o.did_count
         writes = []
         for ref, outcome in plan.outcomes.items():
             cr = tracked.get(ref)
             if cr is None or cr.deleting:
                 continue
-            view, did_count = self._view(ref, cr, outcome, plan)
-            pods = [
-                w.state
-                for (ns, _), w in sorted(self.workers.items())
-                if ns == namespace and ref in w.owners
-            ]
+            view = self._view(ref, cr, outcome, plan)
+            did_count = (
+                dids_by_trunk[cr.resource.name] if cr.resource.kind == TRUNK else outcome.did_count
+            )
+            pods = [w.state for w in workers if ref in w.owners]
             if not pods and outcome.trunk:
-                pods = [
-                    w.state
-                    for (ns, _), w in sorted(self.workers.items())
-                    if ns == namespace and f"{TRUNK}/{outcome.trunk}" in w.owners
-                ]
+                pods = [w.state for w in workers if f"{TRUNK}/{outcome.trunk}" in w.owners]
             status = reduce_status(view, outcome, pods, did_count)
             if outcome.conflicts:
                 status["conflicts"] = outcome.conflicts
@@ -732,32 +804,17 @@ class Controller:
             self.statuses[key] = final
         self._count_rotation(key, final)
 
-    def _view(
-        self, ref: str, cr: Tracked, outcome: Outcome, plan: Plan
-    ) -> tuple[CRView, int | None]:
-        spec = cr.resource.spec
+    def _view(self, ref: str, cr: Tracked, outcome: Outcome, plan: Plan) -> CRView:
         # The generation this plan rendered, and the files a pod must have for it: never the
         # newest generation seen, which a later plan has yet to render.
         served = (outcome.generation, None if outcome.blocked else outcome.digest)
         if cr.resource.kind == TRUNK:
             trunk = plan.trunk_specs.get(cr.resource.name)
-            segments_dids = sum(
-                o.did_count
-                for r, o in plan.outcomes.items()
-                if r.startswith(SEGMENT + "/") and o.trunk == cr.resource.name
-            )
             contexts = frozenset({trunk.inbound.context}) if trunk else frozenset()
             endpoint = trunk.endpoint(cr.resource.name) if trunk else None
             qualify = bool(trunk and trunk.qualify_frequency_seconds > 0)
-            return CRView(ref, *served, endpoint, contexts, qualify), segments_dids
-        user_contexts = {
-            c
-            for c in [(spec.get("destination") or {}).get("context")]
-            + [o.get("context") for o in spec.get("overrides") or []]
-            if c
-        }
-        view = CRView(ref, *served, None, frozenset(user_contexts), False)
-        return view, outcome.did_count
+            return CRView(ref, *served, endpoint, contexts, qualify)
+        return CRView(ref, *served, None, outcome.user_contexts, False)
 
     def _event_on_transition(
         self, namespace: str, cr: Tracked, old: Mapping[str, Any], new: Mapping[str, Any]

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -21,6 +23,7 @@ from trunk_operator.models import DIDSegmentSpec, TwilioTrunkSpec
 from trunk_operator.render import (
     Files,
     RenderError,
+    contexts_in,
     files_hash,
     render_segment,
     render_trunk,
@@ -73,11 +76,18 @@ class Outcome:
     username: str | None = None  # the auth username, as Asterisk must show it
     password_sha256: str | None = None  # to check what Asterisk loaded, never shown
     secret_version: str | None = None  # resourceVersion of the credentials Secret used
+    # Contexts of the user's dialplan this resource sends calls to (they must exist).
+    user_contexts: frozenset[str] = frozenset()
 
     @cached_property
     def digest(self) -> str:
         """Content hash of this resource's files: which version of it a pod has."""
         return files_hash(self.public | self.secret)
+
+    @cached_property
+    def defined_contexts(self) -> frozenset[str]:
+        """The dialplan contexts its files define."""
+        return frozenset(contexts_in(self.public))
 
     @property
     def blocked(self) -> bool:
@@ -122,6 +132,45 @@ class Plan:
         return files
 
 
+T = TypeVar("T")
+
+
+class RenderCache:
+    """Validated specs and rendered files of the last plan, by their inputs.
+
+    A namespace is planned as a whole on every change; rendering 10,000 trunks takes about
+    3 s, looking them up here about 50 ms. Outputs depend only on the inputs in the key, so a
+    plan is the same with or without the cache. Entries the next plan does not use are
+    dropped when it ends: the cache holds one plan's worth, which the plan holds anyway.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[Any, ...], Any] = {}
+        self._used: dict[tuple[Any, ...], Any] = {}
+
+    def get(self, key: tuple[Any, ...], make: Callable[..., T], *args: Any) -> T:
+        """The value for `key`, made as `make(*args)` when the last plan had none."""
+        if key not in self._used:
+            self._used[key] = self._last[key] if key in self._last else make(*args)
+        value: T = self._used[key]
+        return value
+
+    def rotate(self) -> None:
+        self._last, self._used = self._used, {}
+
+
+def _spec_key(spec: dict[str, Any]) -> str:
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+def _validated(model: type[T], spec: dict[str, Any]) -> T | str:
+    """The model, or what is wrong with the spec."""
+    try:
+        return model.model_validate(spec)  # type: ignore[attr-defined]
+    except ValidationError as error:
+        return _validation_message(error)
+
+
 def _validation_message(error: ValidationError) -> str:
     parts = []
     for e in error.errors()[:5]:
@@ -131,15 +180,16 @@ def _validation_message(error: ValidationError) -> str:
 
 
 def _plan_trunk(
-    resource: Resource, inputs: Inputs, claimed: dict[str, dict[str, str]]
+    resource: Resource, inputs: Inputs, claimed: dict[str, dict[str, str]], cache: RenderCache
 ) -> tuple[Outcome, TwilioTrunkSpec | None]:
     outcome = Outcome(trunk=resource.name, generation=resource.generation)
-    try:
-        spec = TwilioTrunkSpec.model_validate(resource.spec)
-    except ValidationError as error:
-        outcome.problems.append(Problem("InvalidSpec", _validation_message(error)))
+    cache_key = (TRUNK, resource.name, _spec_key(resource.spec))
+    spec = cache.get(cache_key, _validated, TwilioTrunkSpec, resource.spec)
+    if isinstance(spec, str):
+        outcome.problems.append(Problem("InvalidSpec", spec))
         return outcome, None
     outcome.trunk_spec = spec
+    outcome.user_contexts = frozenset({spec.inbound.context})
     names = trunk_names(resource.name, spec)
     ip_identified = spec.inbound.account_sid is None
     for what, key in (
@@ -164,7 +214,7 @@ def _plan_trunk(
             outcome.problems.append(
                 Problem(reason, f"{what} {key!r} is already used by TwilioTrunk {owner}{hint}")
             )
-    outcome.public = render_trunk(resource.name, spec)
+    outcome.public = cache.get((*cache_key, "files"), render_trunk, resource.name, spec)
     creds = spec.credentials
     secret = inputs.secrets.get(creds.secret_name)
     outcome.secret_version = inputs.secret_versions.get(creds.secret_name)
@@ -183,8 +233,14 @@ def _plan_trunk(
         )
         return outcome, spec
     try:
-        outcome.secret = render_trunk_auth(
-            resource.name, spec, secret[creds.username_key], secret[creds.password_key]
+        username, password = secret[creds.username_key], secret[creds.password_key]
+        outcome.secret = cache.get(
+            (*cache_key, "auth", username, password),
+            render_trunk_auth,
+            resource.name,
+            spec,
+            username,
+            password,
         )
         outcome.username = secret[creds.username_key]
         outcome.password_sha256 = hashlib.sha256(
@@ -198,7 +254,15 @@ def _plan_trunk(
     return outcome, spec
 
 
-def plan_namespace(inputs: Inputs) -> Plan:
+def plan_namespace(inputs: Inputs, cache: RenderCache | None = None) -> Plan:
+    cache = cache or RenderCache()
+    try:
+        return _plan(inputs, cache)
+    finally:
+        cache.rotate()
+
+
+def _plan(inputs: Inputs, cache: RenderCache) -> Plan:
     outcomes: dict[str, Outcome] = {}
     usable: dict[str, TwilioTrunkSpec] = {}
     claimed: dict[str, dict[str, str]] = {
@@ -207,7 +271,7 @@ def plan_namespace(inputs: Inputs) -> Plan:
         "IP-based inbound identification": {},
     }
     for resource in sorted(inputs.trunks, key=lambda r: r.order):
-        outcome, spec = _plan_trunk(resource, inputs, claimed)
+        outcome, spec = _plan_trunk(resource, inputs, claimed, cache)
         outcomes[resource.ref] = outcome
         if spec is not None and not outcome.blocked:
             usable[resource.name] = spec
@@ -217,13 +281,17 @@ def plan_namespace(inputs: Inputs) -> Plan:
     for resource in sorted(inputs.segments, key=lambda r: r.order):
         outcome = Outcome(generation=resource.generation)
         outcomes[resource.ref] = outcome
-        try:
-            segment = DIDSegmentSpec.model_validate(resource.spec)
-        except ValidationError as error:
-            outcome.problems.append(Problem("InvalidSpec", _validation_message(error)))
+        key = (SEGMENT, resource.name, _spec_key(resource.spec))
+        validated = cache.get(key, _validated, DIDSegmentSpec, resource.spec)
+        if isinstance(validated, str):
+            outcome.problems.append(Problem("InvalidSpec", validated))
             continue
+        segment = validated
         trunk_name = segment.trunk_ref.name
         outcome.trunk = trunk_name
+        outcome.user_contexts = frozenset(
+            c for c in [segment.destination.context, *(o.context for o in segment.overrides)] if c
+        )
         outcome.trunk_spec = usable.get(trunk_name)
         trunk = usable.get(trunk_name)
         if trunk is None:
@@ -234,7 +302,7 @@ def plan_namespace(inputs: Inputs) -> Plan:
                 else Problem("TrunkNotFound", f"TwilioTrunk {trunk_name} does not exist")
             )
             continue
-        dids = segment.dids()
+        dids: list[str] = cache.get((*key, "dids"), segment.dids)
         taken = [d for d in dids if did_owner.setdefault(d, resource.name) != resource.name]
         if taken:
             first_owner = did_owner[taken[0]]
@@ -267,5 +335,19 @@ def plan_namespace(inputs: Inputs) -> Plan:
                     }
                 )
         outcome.did_count = len(dids) - len(taken)
-        outcome.public = render_segment(resource.name, segment, trunk_name, trunk, taken)
+        outcome.public = cache.get(
+            (
+                *key,
+                "files",
+                _spec_key(trunk.model_dump(mode="json")),
+                tuple(taken),
+                segment.caller_id_pool.enabled,
+            ),
+            render_segment,
+            resource.name,
+            segment,
+            trunk_name,
+            trunk,
+            taken,
+        )
     return Plan(outcomes=outcomes, trunk_specs=usable)

@@ -26,6 +26,8 @@ PJSIP_DIR = "pjsip.d"
 EXTENSIONS_DIR = "extensions.d"
 DID_BUCKET_DIGITS = 3  # DIDs are spread over contexts by their last digits
 POOL_BUCKET_SIZE = 1000
+POD_FILE = "trunk-operator.conf"
+POD_FILES = (f"{PJSIP_DIR}/{POD_FILE}", f"{EXTENSIONS_DIR}/{POD_FILE}")
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -283,3 +285,26 @@ def files_hash(files: Mapping[str, str]) -> str:
     for path in sorted(files):
         digest.update(path.encode() + b"\0" + files[path].encode() + b"\0")
     return digest.hexdigest()
+
+
+def pod_files(parts: Iterable[tuple[str, Files]]) -> Files:
+    """What one Asterisk pod receives: the files of its CRs, (ref, files) in the order given,
+    joined into one file per directory (`POD_FILES`), each part under a comment naming its
+    CR and file. One file because a PJSIP reload grows with the square of the file count
+    (reference twilio-and-asterisk, section 5); the comments keep it readable in the pod."""
+    chunks: dict[str, list[str]] = {PJSIP_DIR: [], EXTENSIONS_DIR: []}
+    for ref, files in parts:
+        for path in sorted(files):
+            text = files[path] if files[path].endswith("\n") else files[path] + "\n"
+            chunks[path.split("/", 1)[0]].append(f"; ==== {ref}: {path}\n{text}\n")
+    return {
+        f"{directory}/{POD_FILE}": _POD_HEADER + "".join(texts)
+        for directory, texts in chunks.items()
+        if texts
+    }
+
+
+_POD_HEADER = (
+    "; Written by the trunk operator: one part per TwilioTrunk or DIDSegment, in name order.\n"
+    "; Edits are replaced on the next delivery; change the CRs instead.\n\n"
+)

@@ -130,7 +130,7 @@ def reduce_status(
         }
         obs = pod.observation
         if obs is not None:
-            missing_contexts |= set(cr.contexts) - obs.contexts
+            missing_contexts |= (set(cr.contexts) & obs.contexts_checked) - obs.contexts
             if cr.endpoint:
                 endpoint = obs.endpoints.get(cr.endpoint)
                 if endpoint is not None:

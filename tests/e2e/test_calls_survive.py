@@ -91,7 +91,7 @@ def test_a_call_stays_up_through_changes_rotation_and_operator_restart(
         "acme-sip", namespace, credentials(namespace, "acme", "rotated;pw")
     )
     wait_for(
-        lambda: "rotated\\;pw" in pbx.read_file("/etc/asterisk/pjsip.d/twiliotrunk-acme-auth.conf"),
+        lambda: ": rotated;pw" in pbx.rx("pjsip show auth ACME-auth"),
         what="the rotated password delivered",
     )
     wait_ready(custom, namespace, "acme")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -17,7 +18,7 @@ from tests.cases import ACCOUNT_SID_B, PASSWORD, Case, cases, large_case, trunk
 from tests.conftest import STANDIN_IP
 from tests.e2e.conftest import podman_exec
 from trunk_operator import asterisk
-from trunk_operator.render import aors, contexts_in
+from trunk_operator.render import POD_FILES, aors, contexts_in
 
 pytestmark = pytest.mark.e2e
 
@@ -28,10 +29,12 @@ def hosts_of(case: Case) -> dict[str, str]:
 
 def deliver(pbx: AsteriskContainer, case: Case) -> asterisk.DeliveryResult:
     """Verified in depth (codecs, encryption, context, username, password) for every trunk."""
-    files = case.files()
+    files = case.pod_files()
     expected = case.expected(files)
-    detailed = [e.name for e in expected.endpoints]
-    return asterisk.deliver(podman_exec(pbx.name), files, expected, detailed=detailed)
+    probe = asterisk.Probe(
+        frozenset(e.name for e in expected.endpoints), frozenset(expected.contexts)
+    )
+    return asterisk.deliver(podman_exec(pbx.name), files, expected, probe=probe)
 
 
 @pytest.mark.parametrize("name", ["single-trunk", "two-trunks", "secure-trunk"])
@@ -165,13 +168,15 @@ def test_an_endpoint_asterisk_keeps_at_its_old_version_is_caught_and_rolled_back
         trunks={"acme": good.trunks["acme"].model_copy(update={"codecs": ["alaw"]})},
         segments=good.segments,
     )
-    files = changed.files()
-    path = "pjsip.d/twiliotrunk-acme.conf"
+    files = changed.pod_files()
+    path = POD_FILES[0]
     assert "dtmf_mode = rfc4733" in files[path]
     files[path] = files[path].replace("dtmf_mode = rfc4733", "dtmf_mode = rfc2833")  # refused
     expected = changed.expected(files)
-    result = asterisk.deliver(podman_exec(pbx.name), files, expected, detailed=["ACME"])
+    probe = asterisk.Probe(frozenset({"ACME"}))
+    result = asterisk.deliver(podman_exec(pbx.name), files, expected, probe=probe)
     assert not result.ok and result.rolled_back
     assert any("codecs ('ulaw', 'alaw'), not ('alaw',)" in p.message for p in result.problems)
     # Without the in-depth check the same delivery passes: the listing alone cannot tell.
-    assert not asterisk.verify(expected, result.observation.endpoints, result.observation.contexts)
+    assert result.observation is not None
+    assert not asterisk.verify(expected, replace(result.observation, shown={}, details={}))

@@ -15,6 +15,7 @@ from tests.conftest import wait_for
 from tests.kstatus import kstatus
 from trunk_operator.asterisk import parse_contexts, parse_endpoints
 from trunk_operator.models import GROUP, VERSION
+from trunk_operator.render import POD_FILES
 
 pytestmark = pytest.mark.e2e
 
@@ -115,10 +116,7 @@ def test_trunk_goes_live_qualifies_and_calls_then_follows_codec_changes(
 
     apply(trunk("acme", codecs=["alaw"]))
     wait_for(
-        lambda: (
-            "alaw" in pbx.read_file("/etc/asterisk/pjsip.d/twiliotrunk-acme.conf")
-            and "ulaw" not in pbx.read_file("/etc/asterisk/pjsip.d/twiliotrunk-acme.conf")
-        ),
+        lambda: ": (alaw)" in pbx.rx("pjsip show endpoint ACME"),
         what="the codec change delivered",
     )
     wait_ready(custom, namespace, "acme")
@@ -197,7 +195,7 @@ def test_restarted_pod_gets_its_set_back_and_deletion_cleans_every_pod(
     wait_ready(custom, namespace, "acme")
 
     # A hand edit of an operator-owned file is drift: put back within an observation round.
-    path = "/etc/asterisk/pjsip.d/twiliotrunk-acme.conf"
+    path = f"/etc/asterisk/{POD_FILES[0]}"
     rendered = first.read_file(path)
     first.write_file(path, rendered.replace("allow = ulaw,alaw", "allow = gsm"))
     wait_for(lambda: first.read_file(path) == rendered, timeout=30, what="the hand edit undone")
@@ -211,7 +209,8 @@ def test_restarted_pod_gets_its_set_back_and_deletion_cleans_every_pod(
             lambda pbx=pbx: "ACME" not in parse_endpoints(pbx.rx("pjsip show endpoints")),
             what=f"ACME gone from {pbx.name}",
         )
-        assert "twiliotrunk-acme" not in pbx.exec("ls", "/etc/asterisk/pjsip.d").stdout
+        served = pbx.exec("sh", "-c", "cat /etc/asterisk/pjsip.d/*.conf 2>/dev/null; true").stdout
+        assert "TwilioTrunk/acme" not in served and "[ACME]" not in served
     assert "local-ctx" in parse_contexts(second.rx("dialplan show"))
     wait_for(
         lambda: (
@@ -251,7 +250,7 @@ def test_operator_down_while_trunks_change_converges_on_start(
         what="ACME removed after the restart",
     )
     wait_for(
-        lambda: "allow = alaw\n" in pbx.read_file("/etc/asterisk/pjsip.d/twiliotrunk-globex.conf"),
+        lambda: "allow = alaw\n" in pbx.read_file(f"/etc/asterisk/{POD_FILES[0]}"),
         timeout=30,
         what="the globex change delivered after the restart",
     )
@@ -289,7 +288,7 @@ def test_password_rotation_reaches_asterisk_without_restarts(
     rotated = "n3w;Pa55 word"
     twilio = start_standin("acme-user", rotated, ip=ACME_IP)
     core.replace_namespaced_secret("acme-sip", namespace, credentials(namespace, "acme", rotated))
-    auth = "/etc/asterisk/pjsip.d/twiliotrunk-acme-auth.conf"
+    auth = f"/etc/asterisk/{POD_FILES[0]}"
     wait_for(lambda: "n3w\\;Pa55 word" in pbx.read_file(auth), what="the rotated password")
     invites = call(pbx, twilio, "to-acme", "+15551234567")
     assert twilio.verify_digest(rotated)

@@ -19,17 +19,17 @@ from tests.e2e.test_operator import HOSTS, condition, credentials, status, trunk
 
 pytestmark = pytest.mark.e2e
 
-AUTH = "/etc/asterisk/pjsip.d/twiliotrunk-acme-auth.conf"
-
 
 def reloads(pbx: AsteriskContainer) -> int:
     return pbx.logs().count("Reloading module 'res_pjsip.so'")
 
 
 def served_password(pbx: AsteriskContainer) -> str:
-    for line in pbx.read_file(AUTH).splitlines():
-        if line.startswith("password = "):
-            return line.removeprefix("password = ").replace("\\;", ";")
+    """The password Asterisk has loaded for the trunk (not the file: what it uses)."""
+    for line in pbx.rx("pjsip show auth ACME-auth", check=False).splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "password":
+            return value.strip()
     return ""
 
 

@@ -7,13 +7,23 @@ from trunk_operator.asterisk import (
     Endpoint,
     Expected,
     ExpectedEndpoint,
+    Listing,
+    Observation,
+    Probe,
     _observation,
     parse_contexts,
     parse_endpoints,
+    parse_listing,
     parse_transports,
     sections,
     verify,
 )
+
+
+def shown(endpoints: dict[str, Endpoint], **details: dict[str, str]) -> Observation:
+    """An observation that showed these endpoints in depth (`pjsip show endpoint X`)."""
+    return Observation(Listing(), shown=endpoints, details=dict(details))
+
 
 ENDPOINTS = """
  Endpoint:  <Endpoint/CID.....................................>  <State.....>  <Channels.>
@@ -77,8 +87,8 @@ def test_cut_contact_uris_still_verify_but_wrong_ones_do_not() -> None:
         "ACME-identify",
         frozenset({"X-Twilio-AccountSid: AC" + "a" * 32}),
     )
-    loaded = parse_endpoints(ENDPOINTS)
-    assert verify(Expected((want,)), loaded, set()) == []
+    loaded = shown(parse_endpoints(ENDPOINTS))
+    assert verify(Expected((want,)), loaded) == []
     other = ExpectedEndpoint(
         "TwilioTrunk/acme",
         "ACME",
@@ -87,7 +97,7 @@ def test_cut_contact_uris_still_verify_but_wrong_ones_do_not() -> None:
         "ACME-identify",
         frozenset(),
     )
-    problems = [p.message for p in verify(Expected((other,)), loaded, set())]
+    problems = [p.message for p in verify(Expected((other,)), loaded)]
     assert any("AORs" in p for p in problems)
     assert any("no contact sip:x.pstn.twilio.com" in p for p in problems)
 
@@ -99,7 +109,12 @@ def test_every_mismatch_names_the_resource_it_belongs_to() -> None:
         {"ctx-a": "DIDSegment/a", "ctx-b": "DIDSegment/b"},
         {"transport-x": ("TwilioTrunk/new",)},
     )
-    problems = verify(expected, {"OLD": Endpoint("OLD", "Unavailable")}, {"ctx-a"}, set())
+    observation = Observation(
+        Listing(endpoints={"OLD": "Unavailable"}),
+        contexts={"ctx-a"},
+        contexts_checked=frozenset({"ctx-a", "ctx-b"}),
+    )
+    problems = verify(expected, observation, set())
     assert [(p.owners, p.message) for p in problems] == [
         (
             ("TwilioTrunk/new",),
@@ -108,8 +123,8 @@ def test_every_mismatch_names_the_resource_it_belongs_to() -> None:
         (("TwilioTrunk/new",), "endpoint NEW is not loaded"),
         (("DIDSegment/b",), "1 dialplan contexts are not loaded (ctx-b)"),
     ]
-    loaded = {"NEW": Endpoint("NEW", "Unavailable", aors=[])}
-    messages = [p.message for p in verify(Expected((want,)), loaded, set())]
+    loaded = shown({"NEW": Endpoint("NEW", "Unavailable", aors=[])})
+    messages = [p.message for p in verify(Expected((want,)), loaded)]
     assert "endpoint NEW has no outbound auth NEW-auth" in messages
     assert "identify NEW-identify is not loaded" in messages
 
@@ -180,15 +195,13 @@ def detailed(**overrides: object) -> ExpectedEndpoint:
 
 def test_endpoint_detail_is_checked_field_by_field() -> None:
     stdout = f"{MARK}endpoint:ACME\n{DETAIL}{MARK}auth:ACME\n{PASSWORD_SHA}  -\n"
-    observation = _observation(sections(stdout))
+    observation = _observation(sections(stdout), Probe(frozenset({"ACME"})), Expected())
     assert observation.details["ACME"]["allow"] == "(alaw|ulaw)"
     assert observation.details["ACME"]["from_user"] == ""
-    endpoints = parse_endpoints(DETAIL)
-    assert endpoints["ACME"].auth_users == {"ACME-auth": "acme-user"}
+    assert observation.shown["ACME"].auth_users == {"ACME-auth": "acme-user"}
 
     def problems(want: ExpectedEndpoint) -> list[str]:
-        found = verify(Expected((want,)), endpoints, set(), None, observation.details)
-        return [p.message for p in found]
+        return [p.message for p in verify(Expected((want,)), observation)]
 
     assert problems(detailed()) == []
     assert problems(detailed(codecs=("ulaw",))) == [
@@ -200,9 +213,117 @@ def test_endpoint_detail_is_checked_field_by_field() -> None:
     assert "another password" in problems(detailed(password_sha256="0" * 64))[0]
     assert "lacks matches" in problems(detailed(matches=frozenset({"X-Twilio-AccountSid: ACb"})))[0]
     no_acl = {**observation.details["ACME"], "acl": ""}
-    found = verify(Expected((detailed(),)), endpoints, set(), None, {"ACME": no_acl})
+    found = verify(Expected((detailed(),)), shown(observation.shown, ACME=no_acl))
     assert [p.message for p in found] == [
         "endpoint ACME has acl '', not 'deny/permit' (Asterisk kept another version)"
     ]
-    # Without a detail table only the listing is checked (the endpoint did not change).
-    assert verify(Expected((detailed(codecs=("ulaw",)),)), endpoints, set()) == []
+    # Not shown in depth: only the listings are checked (the endpoint did not change).
+    listed = Observation(
+        Listing(
+            endpoints={"ACME": "Not in use"},
+            auths={"ACME-auth": "acme-user"},
+            identifies={"ACME-identify": "ACME"},
+        )
+    )
+    assert verify(Expected((detailed(codecs=("ulaw",)),)), listed) == []
+
+
+# `pjsip list ...` as Asterisk 22.10.1 prints them (a delivery's `list-*` sections).
+LISTS = {
+    "list-endpoints": """
+ Endpoint:  <Endpoint/CID.....................................>  <State.....>  <Channels.>
+==========================================================================================
+
+ Endpoint:  ACME                                                 Not in use    0 of inf
+ Endpoint:  GLOBEX                                               Unavailable   0 of inf
+
+Objects found: 2
+""",
+    "list-aors": """
+      Aor:  <Aor..............................................>  <MaxContact>
+==========================================================================================
+
+      Aor:  ACME-ashburn                                         0
+      Aor:  GLOBEX-aor                                           0
+""",
+    "list-auths": """
+  I/OAuth:  <AuthId/UserName.............................................................>
+==========================================================================================
+
+     Auth:  ACME-auth/acme-user
+     Auth:  GLOBEX-auth/globex-user
+""",
+    "list-contacts": """
+  Contact:  <Aor/ContactUri..............................> <Hash....> <Status> <RTT(ms)..>
+==========================================================================================
+
+  Contact:  ACME-ashburn/sip:acme.pstn.ashburn.twilio. e2542f824d Avail         6.645
+  Contact:  GLOBEX-aor/sip:globex.pstn.twilio.com      44cde233f9 NonQual        -nan
+""",
+    "list-identifies": """
+ Identify:  <Identify/Endpoint...........................................................>
+==========================================================================================
+
+ Identify:  ACME-identify/ACME
+ Identify:  GLOBEX-identify/GLOBEX
+""",
+}
+
+
+def test_listings_give_every_object_and_contacts_by_expected_aor() -> None:
+    listing = parse_listing(LISTS)
+    assert listing.endpoints == {"ACME": "Not in use", "GLOBEX": "Unavailable"}
+    assert listing.aors == {"ACME-ashburn", "GLOBEX-aor"}
+    assert listing.auths == {"ACME-auth": "acme-user", "GLOBEX-auth": "globex-user"}
+    assert listing.identifies == {"ACME-identify": "ACME", "GLOBEX-identify": "GLOBEX"}
+    acme = ExpectedEndpoint(
+        "TwilioTrunk/acme",
+        "ACME",
+        "ACME-auth",
+        {"ACME-ashburn": "sip:acme.pstn.ashburn.twilio.com"},
+        "ACME-identify",
+        frozenset(),
+        username="acme-user",
+    )
+    observation = _observation(LISTS, Probe(), Expected((acme,)))
+    assert [(c.status, c.rtt_ms) for c in observation.endpoints["ACME"].contacts] == [
+        ("Avail", 6.645)
+    ]
+    assert observation.endpoints["GLOBEX"].contacts == []  # not expected: not linked
+    assert verify(Expected((acme,)), observation) == []
+
+
+def test_listed_endpoints_are_checked_for_every_object() -> None:
+    observation = _observation(LISTS, Probe(), Expected())
+
+    def problems(**overrides: object) -> list[str]:
+        fields: dict = dict(
+            owner="TwilioTrunk/globex",
+            name="GLOBEX",
+            auth="GLOBEX-auth",
+            aors={"GLOBEX-aor": "sip:globex.pstn.twilio.com"},
+            identify="GLOBEX-identify",
+            matches=frozenset(),
+            username="globex-user",
+        )
+        want = ExpectedEndpoint(**{**fields, **overrides})
+        return [p.message for p in verify(Expected((want,)), observation)]
+
+    assert problems() == []
+    assert problems(name="NEW") == ["endpoint NEW is not loaded"]
+    assert problems(auth="X-auth") == ["endpoint GLOBEX has no outbound auth X-auth"]
+    assert problems(username="other") == ["auth GLOBEX-auth has another username than the Secret's"]
+    assert problems(aors={"GLOBEX-b": "sip:b"}) == ["endpoint GLOBEX lacks AORs ['GLOBEX-b']"]
+    assert "has no contact sip:elsewhere" in problems(aors={"GLOBEX-aor": "sip:elsewhere"})[0]
+    assert problems(identify="ACME-identify") == ["identify ACME-identify is not loaded"]
+
+
+def test_contexts_are_verified_as_far_as_they_were_checked() -> None:
+    expected = Expected(contexts={"ctx-a": "DIDSegment/a", "ctx-b": "DIDSegment/b"})
+    text = "[ Context 'ctx-a' created by 'pbx_config' ]\n"
+    unchecked = _observation({"contexts": text}, Probe(), expected)
+    assert verify(expected, unchecked) == []
+    checked = _observation(
+        {"contexts": text}, Probe(contexts=frozenset({"ctx-a", "ctx-b"})), expected
+    )
+    assert [p.owners for p in verify(expected, checked)] == [("DIDSegment/b",)]

@@ -3,14 +3,25 @@ status may claim while plans and deliveries interleave (with a fake API; no clus
 
 import asyncio
 import threading
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from trunk_operator import controller
 from trunk_operator.apiclient import KubeError
-from trunk_operator.controller import Controller, PodWorker, expected_for, files_of
+from trunk_operator.controller import (
+    Controller,
+    Pod,
+    PodWorker,
+    expected_for,
+    files_of,
+    probe_for,
+    reloads_for,
+)
 from trunk_operator.kube import SecretRead
 from trunk_operator.plan import Inputs, Resource, plan_namespace
+from trunk_operator.status import PodDelivery
 
 
 def plan_with_two_trunks():  # type: ignore[no-untyped-def]
@@ -48,11 +59,16 @@ def test_expected_objects_carry_their_owner() -> None:
     assert expected.contexts["to-a"] == "TwilioTrunk/a"
 
 
-def test_files_of_is_the_union_including_the_auth_sections() -> None:
-    files = files_of(plan_with_two_trunks().outcomes)
-    assert "pjsip.d/twiliotrunk-a-auth.conf" in files
-    assert "extensions.d/didsegment-s.conf" in files
-    assert len(files) == 7
+def test_files_of_joins_every_cr_into_one_file_per_directory() -> None:
+    outcomes = plan_with_two_trunks().outcomes
+    files = files_of(outcomes)
+    # One file per directory, every CR's files in it under a comment naming them.
+    assert set(files) == {"pjsip.d/trunk-operator.conf", "extensions.d/trunk-operator.conf"}
+    for ref, outcome in outcomes.items():
+        for path, text in (outcome.public | outcome.secret).items():
+            part = f"; ==== {ref}: {path}\n{text}"
+            assert part in files[path.split("/")[0] + "/trunk-operator.conf"]
+    assert "[A-auth]" in files["pjsip.d/trunk-operator.conf"]
 
 
 class FakeKube:
@@ -187,7 +203,7 @@ def test_each_transition_posts_one_event_when_watch_echoes_race_the_write() -> N
     """Our own status write comes back as a watch event, which may be handled while the
     write is still in flight; the next transition must still be compared with what we wrote
     (it was compared with the status from before, and ContextMissing was announced again)."""
-    from trunk_operator.asterisk import Observation
+    from trunk_operator.asterisk import Listing, Observation
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
@@ -208,7 +224,10 @@ def test_each_transition_posts_one_event_when_watch_echoes_race_the_write() -> N
 
         kube.during_status = echo
         worker = controller.workers[("ns", "asterisk-0")]
-        worker.state.observation = Observation({}, set(), None)  # the inbound context is missing
+        # The inbound context was looked for and is missing.
+        worker.state.observation = Observation(
+            Listing(), contexts_checked=frozenset({"from-twilio"})
+        )
         await controller.write_statuses("ns")
         worker.set_delivered(dict(worker.owners))
         worker.state.delivered_hash = worker.state.desired_hash
@@ -298,3 +317,46 @@ def test_a_cr_whose_rendered_state_is_refused_does_not_hold_back_the_others() ->
         await controller.stop()
 
     asyncio.run(scenario())
+
+
+def test_only_the_module_whose_file_changed_is_reloaded() -> None:
+    outcomes = plan_with_two_trunks().outcomes
+    files = files_of(outcomes)
+    assert reloads_for(files, files) == set()
+    assert reloads_for(files, None) == {"pjsip.d", "extensions.d"}  # the pod's state is unknown
+    rotated = dict(outcomes)
+    a = rotated["TwilioTrunk/a"]
+    rotated["TwilioTrunk/a"] = replace(
+        a, secret={p: t + "; rotated\n" for p, t in a.secret.items()}
+    )
+    assert reloads_for(files_of(rotated), files) == {"pjsip.d"}
+    without_segment = {r: o for r, o in outcomes.items() if r != "DIDSegment/s"}
+    assert reloads_for(files_of(without_segment), files) == {"extensions.d"}
+
+
+def test_a_delivery_probes_in_depth_only_what_it_changes() -> None:
+    outcomes = plan_with_two_trunks().outcomes
+    everything = probe_for(outcomes, {})
+    assert everything.details == {"A", "B"}
+    assert {"trunkop-in-A", "trunkop-in-B", "from-twilio"} <= everything.contexts
+    one_changed = {r: o for r, o in outcomes.items() if r != "TwilioTrunk/a"}
+    probe = probe_for(outcomes, one_changed)
+    assert probe.details == {"A"}
+    assert "trunkop-in-A" in probe.contexts and "trunkop-in-B" not in probe.contexts
+    assert "from-twilio" in probe.contexts  # user contexts: always (status reports them)
+    assert probe_for(outcomes, outcomes).details == frozenset()
+
+
+def test_the_observer_audits_every_endpoint_in_depth_over_the_rounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    outcomes = plan_with_two_trunks().outcomes
+    worker = PodWorker(Pod("p", "u", {}, True, ""), PodDelivery("p"))
+    assert Controller._audit_batch(worker, outcomes) == ["A", "B"]  # all fit in one batch
+    monkeypatch.setattr(controller, "AUDIT_BATCH", 1)
+    seen = []
+    for _ in range(3):
+        batch = Controller._audit_batch(worker, outcomes)
+        seen += batch
+        worker.audit_cursor += len(batch)
+    assert seen == ["A", "B", "A"]

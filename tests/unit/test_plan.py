@@ -1,4 +1,4 @@
-from trunk_operator.plan import Inputs, Resource, plan_namespace
+from trunk_operator.plan import SEGMENT, TRUNK, Inputs, Plan, RenderCache, Resource, plan_namespace
 
 SECRET = {"username": "u", "password": "p"}
 
@@ -134,3 +134,62 @@ def test_invalid_spec_is_a_condition_not_an_exception() -> None:
     [problem] = plan_namespace(inputs).outcomes["TwilioTrunk/x"].problems
     assert problem.reason == "InvalidSpec"
     assert "terminationHost" in problem.message
+
+
+def _many(count: int, codecs: list[str] | None = None) -> Inputs:
+    inputs = Inputs(secrets={"sip": {"username": "u", "password": "p"}})
+    for i in range(count):
+        spec: dict = {
+            "terminationHost": f"t{i}.pstn.twilio.com",
+            "credentials": {"secretName": "sip"},
+            "inbound": {"accountSid": f"AC{i:032x}"},
+            "outbound": {"context": f"to-t{i}"},
+        }
+        if codecs and i == 0:
+            spec["codecs"] = codecs
+        inputs.trunks.append(Resource(TRUNK, f"t{i}", "2026-01-01T00:00:00Z", spec))
+    inputs.segments.append(
+        Resource(
+            SEGMENT,
+            "s",
+            "2026-01-02T00:00:00Z",
+            {"trunkRef": {"name": "t1"}, "numbers": ["+15550000123"]},
+        )
+    )
+    return inputs
+
+
+def _files(plan: Plan) -> dict:
+    return {
+        ref: (o.public, o.secret, [p.reason for p in o.problems])
+        for ref, o in plan.outcomes.items()
+    }
+
+
+def test_a_plan_is_the_same_with_the_render_cache_and_renders_only_what_changed() -> None:
+    cache = RenderCache()
+    assert _files(plan_namespace(_many(5), cache)) == _files(plan_namespace(_many(5)))
+    changed = _many(5, codecs=["alaw"])
+    changed.secrets["sip"] = {"username": "u", "password": "rotated"}
+    with_cache = plan_namespace(changed, cache)
+    assert _files(with_cache) == _files(plan_namespace(changed))
+    assert (
+        "allow = alaw"
+        in with_cache.outcomes["TwilioTrunk/t0"].public["pjsip.d/twiliotrunk-t0.conf"]
+    )
+    assert (
+        "rotated"
+        in with_cache.outcomes["TwilioTrunk/t3"].secret["pjsip.d/twiliotrunk-t3-auth.conf"]
+    )
+    # Unchanged inputs: the very objects of the last plan (nothing rendered again).
+    again = plan_namespace(changed, cache)
+    assert again.outcomes["TwilioTrunk/t2"].public is with_cache.outcomes["TwilioTrunk/t2"].public
+    assert again.outcomes["DIDSegment/s"].public is with_cache.outcomes["DIDSegment/s"].public
+
+
+def test_the_render_cache_keeps_only_what_the_last_plan_used() -> None:
+    cache = RenderCache()
+    plan_namespace(_many(5), cache)
+    first = len(cache._last)
+    plan_namespace(_many(2), cache)
+    assert 0 < len(cache._last) < first

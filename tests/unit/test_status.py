@@ -1,4 +1,4 @@
-from trunk_operator.asterisk import Contact, Endpoint, Observation
+from trunk_operator.asterisk import Contact, Endpoint, Listing, Observation
 from trunk_operator.plan import Outcome, Problem
 from trunk_operator.status import CRView, PodDelivery, reduce_status, with_transition_times
 
@@ -19,7 +19,13 @@ def pod(
         delivered_hash=delivered,
         desired={TRUNK.ref: "h"},
         delivered={TRUNK.ref: delivered} if delivered else {},
-        observation=Observation({"ACME": endpoint}, set(contexts), delivered),
+        observation=Observation(
+            Listing(),
+            delivered,
+            endpoints={"ACME": endpoint},
+            contexts=set(contexts),
+            contexts_checked=frozenset({"from-twilio"}),
+        ),
     )
 
 
