@@ -12,7 +12,8 @@ Each container runs on the host network with its own loopback bind address (SIP 
 ``/etc/asterisk`` is a bind mount of a per-container copy of ``testbed/asterisk/config``
 (``@BIND@``, ``@TLSBIND@``, ``@RTPSTART@``, ``@RTPEND@`` rendered), with empty, writable
 ``pjsip.d/`` and ``extensions.d/`` and a self-signed certificate made with the host's
-``openssl`` in ``keys/``; ``config_dir`` is that directory on the host.
+``openssl`` in ``keys/``; ``config_dir`` is that directory on the host. ``tls=False`` leaves
+``transport-tls`` out (an Asterisk deployment without TLS: no certificate either).
 
 Container names are unique per run and start with ``trunkop-``; everything this module starts
 is removed by name at interpreter exit, should a test forget to.
@@ -136,6 +137,21 @@ def make_certificate(directory: Path, common_name: str, ip: str) -> tuple[Path, 
     return crt, key
 
 
+def _without_section(text: str, section: str) -> str:
+    """text without [section] and its lines (up to the next blank line); fails if absent."""
+    kept, skipping, found = [], False, False
+    for line in text.splitlines(keepends=True):
+        if line.strip() == f"[{section}]":
+            skipping = found = True
+        elif skipping and not line.strip():
+            skipping = False
+        if not skipping:
+            kept.append(line)
+    if not found:
+        raise AsteriskError(f"no [{section}] section to leave out")
+    return "".join(kept)
+
+
 def default_rtp_range(bind_ip: str, width: int = 200) -> tuple[int, int]:
     """A port range derived from the bind address, so that containers bound to different
     loopback addresses (127.0.10.1, 127.0.10.2, ...) never share RTP ports even when a
@@ -152,7 +168,7 @@ class AsteriskContainer:
 
     def __init__(self, name: str = "asterisk", bind_ip: str = "127.0.10.1",
                  hosts: dict[str, str] | None = None, *, port: int = 5060,
-                 tls_port: int = TLS_PORT,
+                 tls_port: int = TLS_PORT, tls: bool = True,
                  rtp_range: tuple[int, int] | None = None, unique: bool = True,
                  image: str = IMAGE, workdir: str | os.PathLike | None = None,
                  ready_timeout: float = 120) -> None:
@@ -166,6 +182,7 @@ class AsteriskContainer:
         self.bind_ip = bind_ip
         self.port = port
         self.tls_port = tls_port
+        self.tls = tls
         self.hosts: dict[str, str] = dict(hosts or {})
         self.rtp_range = rtp_range or default_rtp_range(bind_ip)
         self.image = image
@@ -185,7 +202,7 @@ class AsteriskContainer:
 
     def render_config(self) -> Path:
         """Fresh copy of the base configuration (empty pjsip.d/ and extensions.d/, a new
-        self-signed certificate in keys/)."""
+        self-signed certificate in keys/; without tls, no transport-tls and no certificate)."""
         if self.config_dir.exists():
             shutil.rmtree(self.config_dir)
         shutil.copytree(BASE_CONFIG, self.config_dir)
@@ -195,11 +212,14 @@ class AsteriskContainer:
             text = path.read_text()
             for key, value in subs.items():
                 text = text.replace(key, value)
+            if not self.tls and path.name == "pjsip.conf":
+                text = _without_section(text, TLS_TRANSPORT)
             path.write_text(text)
         for sub in ("pjsip.d", "extensions.d"):
             (self.config_dir / sub).mkdir(mode=0o777)
             os.chmod(self.config_dir / sub, 0o777)
-        make_certificate(self.config_dir / "keys", self.name, self.bind_ip)
+        if self.tls:
+            make_certificate(self.config_dir / "keys", self.name, self.bind_ip)
         return self.config_dir
 
     def start(self) -> AsteriskContainer:
@@ -223,8 +243,8 @@ class AsteriskContainer:
         return self
 
     def wait_ready(self, timeout: float | None = None) -> None:
-        """Until `core show version` answers and `pjsip show transports` lists both our
-        transports (transport-udp on bind, transport-tls on tls_bind)."""
+        """Until `core show version` answers and `pjsip show transports` lists our transports
+        (transport-udp on bind, and transport-tls on tls_bind unless tls=False)."""
         deadline = time.monotonic() + (timeout or self.ready_timeout)
         last = ""
         while True:
@@ -252,11 +272,12 @@ class AsteriskContainer:
             _started.discard(self.name)
 
     def _transports_up(self, shown: str) -> bool:
-        """`pjsip show transports` has a `Transport: ID  TYPE ... BIND` line for both."""
+        """`pjsip show transports` has a `Transport: ID  TYPE ... BIND` line for each (and
+        none for transport-tls when tls=False)."""
         rows = {(words[1], words[2], words[-1]) for words in map(str.split, shown.splitlines())
                 if len(words) >= 4 and words[0] == "Transport:"}
-        return ((TRANSPORT, "udp", self.bind) in rows
-                and (TLS_TRANSPORT, "tls", self.tls_bind) in rows)
+        tls_row = (TLS_TRANSPORT, "tls", self.tls_bind) in rows
+        return (TRANSPORT, "udp", self.bind) in rows and tls_row == self.tls
 
     def running(self) -> bool:
         proc = _podman("inspect", "--format", "{{.State.Running}}", self.name, check=False)

@@ -13,6 +13,9 @@ with 401 + WWW-Authenticate, sipp's own ``verifyauth`` checks the credentials: 2
 200 to any INVITE carrying Proxy-Authorization, and :meth:`TwilioStandIn.verify_digest` checks
 the digest here, RFC 2617/7616). OPTIONS are answered 200 at any time; sipp keeps serving calls
 until stopped (``-m`` unlimited).
+
+Secure trunks (TLS, SRTP/SDES): :class:`TlsTwilioStandIn`, the same sipp over TCP behind
+stunnel (Debian's sipp has no TLS), scenario ``twilio-uas-tls.xml``.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ _lock = threading.Lock()
 
 
 def running_pids() -> set[int]:
-    """pids of the sipp processes this process started and has not stopped yet."""
+    """pids of the sipp (and stunnel) processes this process started and has not stopped yet."""
     with _lock:
         return {pid for pid, p in _running.items() if p.poll() is None}
 
@@ -68,23 +71,41 @@ def _terminate(proc: subprocess.Popen, timeout: float = 10) -> None:
         _running.pop(proc.pid, None)
 
 
-def _udp_bound(ip: str, port: int) -> bool:
-    """Whether some socket is bound to ip:port/UDP (reads /proc/net/udp[6])."""
+def _proc_net_address(ip: str) -> tuple[str, str]:
+    """(table suffix, address as /proc/net/{udp,tcp}[6] prints it) for ip."""
     addr = ipaddress.ip_address(ip)
     if addr.version == 4:
-        table, want = "/proc/net/udp", addr.packed[::-1].hex().upper()
-    else:
-        packed = addr.packed
-        table = "/proc/net/udp6"
-        want = "".join(packed[i:i + 4][::-1].hex().upper() for i in range(0, 16, 4))
+        return "", addr.packed[::-1].hex().upper()
+    packed = addr.packed
+    return "6", "".join(packed[i:i + 4][::-1].hex().upper() for i in range(0, 16, 4))
+
+
+def _udp_bound(ip: str, port: int) -> bool:
+    """Whether some socket is bound to ip:port/UDP (reads /proc/net/udp[6])."""
+    suffix, want = _proc_net_address(ip)
     try:
-        lines = Path(table).read_text().splitlines()[1:]
+        lines = Path(f"/proc/net/udp{suffix}").read_text().splitlines()[1:]
     except OSError:
         return False
     for line in lines:
         local = line.split()[1]
         host, _, hexport = local.partition(":")
         if host == want and int(hexport, 16) == port:
+            return True
+    return False
+
+
+def _tcp_listening(ip: str, port: int) -> bool:
+    """Whether some socket listens on ip:port/TCP (reads /proc/net/tcp[6], state 0A)."""
+    suffix, want = _proc_net_address(ip)
+    try:
+        lines = Path(f"/proc/net/tcp{suffix}").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for line in lines:
+        words = line.split()
+        host, _, hexport = words[1].partition(":")
+        if host == want and int(hexport, 16) == port and words[3] == "0A":
             return True
     return False
 
@@ -294,11 +315,15 @@ class TwilioStandIn:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
+    def _listening(self) -> bool:
+        """Whether sipp's own socket (UDP here) is bound."""
+        return _udp_bound(self.ip, self.port)
+
     def start(self) -> TwilioStandIn:
         if shutil.which(SIPP) is None:
             raise RuntimeError("sipp not found: apt-get install -y sip-tester")
-        if _udp_bound(self.ip, self.port):
-            raise RuntimeError(f"{self.ip}:{self.port}/udp is already in use")
+        if self._listening():
+            raise RuntimeError(f"{self.ip}:{self.port} is already in use")
         out = open(self.output_file, "wb")  # noqa: SIM115 - the child owns it
         try:
             self.proc = subprocess.Popen(self.command, cwd=self.workdir, stdin=subprocess.DEVNULL,
@@ -308,7 +333,7 @@ class TwilioStandIn:
         with _lock:
             _running[self.proc.pid] = self.proc
         deadline = time.monotonic() + self.start_timeout
-        while not _udp_bound(self.ip, self.port):
+        while not self._listening():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sipp exited ({self.proc.returncode}): {self.output()[-2000:]}")
             if time.monotonic() > deadline:
@@ -429,6 +454,182 @@ class TwilioStandIn:
 
     def __repr__(self) -> str:
         return f"TwilioStandIn({self.ip}:{self.port}, mode={self.mode}, pid={self.pid})"
+
+
+STUNNEL = "stunnel4"  # Debian's stunnel4 package
+
+
+@dataclass
+class TlsSession:
+    """One TLS connection stunnel accepted, from its log."""
+
+    peer: str  # "ip:port" of the client (Asterisk)
+    negotiated: bool = False  # the handshake completed
+    protocol: str = ""  # e.g. TLSv1.2
+    cipher: str = ""  # e.g. ECDHE-RSA-AES256-GCM-SHA384
+    forwarded_to: str = ""  # "ip:port" stunnel connected to (sipp's TCP socket)
+
+
+class TlsTwilioStandIn(TwilioStandIn):
+    """Twilio over TLS for secure trunks: stunnel terminates TLS on ``ip:tls_port`` (5061) with
+    a certificate made for the occasion (``testbed.asterisk.make_certificate``, or the one
+    given) and forwards plain TCP to a sipp UAS on ``ip:port`` (``twilio-uas-tls.xml``: 401
+    challenge, sipp's ``verifyauth``, an SDES answer with ``RTP/SAVP`` and ``a=crypto``).
+    Debian's sipp has no TLS of its own.
+
+    Both processes run in the foreground as children of this object, held by pid (stunnel with
+    ``foreground = yes`` and no pid file); :meth:`stop` ends them, stunnel first, and interpreter
+    exit does if a test does not. What sipp received arrived through stunnel: nothing else can
+    reach its TCP socket the way Asterisk talks (Asterisk has no TCP transport). stunnel's own
+    log (:meth:`tls_sessions`) says which client connected and what TLS it negotiated."""
+
+    def __init__(self, ip: str = "127.0.0.2", username: str = "trunkuser",
+                 password: str = "trunkpass", *, tls_port: int = 5061, port: int = 5062,
+                 qop: bool = False, media_port: int | None = None,
+                 certificate: tuple[Path, Path] | None = None,
+                 common_name: str = "twilio-standin",
+                 workdir: str | os.PathLike | None = None, start_timeout: float = 30) -> None:
+        super().__init__(ip, port, username, password, mode="401", qop=qop,
+                         media_port=media_port, workdir=workdir, start_timeout=start_timeout)
+        self.mode = "tls"
+        self.tls_port = tls_port
+        self.scenario = SCENARIO_DIR / "twilio-uas-tls.xml"
+        self.certificate = certificate
+        self.common_name = common_name
+        self.stunnel_config = self.workdir / "stunnel.conf"
+        self.stunnel_log_file = self.workdir / "stunnel.log"
+        self.stunnel_output_file = self.workdir / "stunnel.out"
+        self.stunnel: subprocess.Popen | None = None
+
+    @property
+    def command(self) -> list[str]:
+        params = ', algorithm=MD5' + (', qop="auth"' if self.qop else "")
+        return [SIPP, "-sf", str(self.scenario), "-i", self.ip, "-p", str(self.port),
+                "-t", "t1", "-nostdin",
+                "-mi", self.ip, "-mp", str(self.media_port),
+                "-key", "twilio_user", self.username, "-key", "twilio_pass", self.password,
+                "-key", "auth_params", params,
+                "-key", "public_host", self.ip, "-key", "public_port", str(self.tls_port),
+                "-trace_msg", "-message_file", str(self.message_file), "-message_overwrite",
+                "true", "-trace_err", "-error_file", str(self.error_file)]
+
+    @property
+    def stunnel_pid(self) -> int | None:
+        return self.stunnel.pid if self.stunnel else None
+
+    def _listening(self) -> bool:
+        return _tcp_listening(self.ip, self.port)
+
+    def write_stunnel_config(self) -> Path:
+        if self.certificate is None:
+            from testbed.asterisk import make_certificate
+
+            self.certificate = make_certificate(self.workdir / "tls", self.common_name, self.ip)
+        crt, key = self.certificate
+        self.stunnel_config.write_text(
+            "; TLS in front of the sipp Twilio stand-in (testbed/sipp.py TlsTwilioStandIn)\n"
+            "foreground = yes\n"
+            "pid =\n"
+            "syslog = no\n"
+            f"output = {self.stunnel_log_file}\n"
+            "debug = info\n"
+            "[twilio-tls]\n"
+            f"accept = {self.ip}:{self.tls_port}\n"
+            f"connect = {self.ip}:{self.port}\n"
+            f"cert = {crt}\n"
+            f"key = {key}\n"
+            "sslVersionMin = TLSv1.2\n")
+        return self.stunnel_config
+
+    def start(self) -> TlsTwilioStandIn:
+        if shutil.which(STUNNEL) is None:
+            raise RuntimeError("stunnel not found: apt-get install -y stunnel4")
+        if _tcp_listening(self.ip, self.tls_port):
+            raise RuntimeError(f"{self.ip}:{self.tls_port}/tcp is already in use")
+        self.write_stunnel_config()
+        super().start()
+        try:
+            self._start_stunnel()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_stunnel(self) -> None:
+        out = open(self.stunnel_output_file, "wb")  # noqa: SIM115 - the child owns it
+        try:
+            self.stunnel = subprocess.Popen([STUNNEL, str(self.stunnel_config)], cwd=self.workdir,
+                                            stdin=subprocess.DEVNULL, stdout=out,
+                                            stderr=subprocess.STDOUT)
+        finally:
+            out.close()
+        with _lock:
+            _running[self.stunnel.pid] = self.stunnel
+        deadline = time.monotonic() + self.start_timeout
+        while not _tcp_listening(self.ip, self.tls_port):
+            if self.stunnel.poll() is not None:
+                raise RuntimeError(f"stunnel exited ({self.stunnel.returncode}): "
+                                   f"{self.stunnel_output()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"stunnel did not listen on {self.ip}:{self.tls_port}")
+            time.sleep(0.1)
+
+    def detach(self) -> None:
+        super().detach()
+        with _lock:
+            if self.stunnel is not None:
+                _running.pop(self.stunnel.pid, None)
+
+    def running(self) -> bool:
+        return super().running() and self.stunnel is not None and self.stunnel.poll() is None
+
+    def stop(self) -> None:
+        """Terminate stunnel, then sipp, by pid (their logs stay readable)."""
+        try:
+            if self.stunnel is not None:
+                _terminate(self.stunnel)
+        finally:
+            super().stop()
+
+    def stunnel_output(self) -> str:
+        try:
+            return self.stunnel_output_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stunnel_log(self) -> str:
+        try:
+            return self.stunnel_log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def tls_sessions(self) -> list[TlsSession]:
+        """The connections stunnel accepted, in order (one per TLS connection)."""
+        sessions: list[TlsSession] = []
+        current: dict[str, TlsSession] = {}  # stunnel's connection number -> its session
+        for line in self.stunnel_log().splitlines():
+            m = re.search(r"LOG\d\[(\d+)\]: (.*)$", line)
+            if not m:
+                continue
+            thread, text = m.groups()
+            if accepted := re.match(r"Service \[[^]]+\] accepted connection from (\S+)", text):
+                current[thread] = TlsSession(accepted.group(1))
+                sessions.append(current[thread])
+                continue
+            session = current.get(thread)
+            if session is None:
+                continue
+            if text.startswith("TLS accepted"):
+                session.negotiated = True
+            elif cipher := re.match(r"(TLSv[\d.]+) ciphersuite: (\S+)", text):
+                session.protocol, session.cipher = cipher.groups()
+            elif connected := re.match(r"s_connect: connected (\S+)", text):
+                session.forwarded_to = connected.group(1)
+        return sessions
+
+    def __repr__(self) -> str:
+        return (f"TlsTwilioStandIn(tls {self.ip}:{self.tls_port} -> tcp {self.ip}:{self.port},"
+                f" sipp pid={self.pid}, stunnel pid={self.stunnel_pid})")
 
 
 

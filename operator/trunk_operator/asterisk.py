@@ -160,14 +160,14 @@ def parse_endpoint_detail(text: str) -> dict[str, str]:
     return {m["key"]: m["value"].strip() for m in lines if m}
 
 
-def parse_transports(text: str) -> set[str]:
-    """Transport ids from `pjsip show transports`."""
-    names = set()
+def parse_transports(text: str) -> dict[str, str]:
+    """Transport id -> its type (udp, tcp, tls, ws, wss) from `pjsip show transports`."""
+    types = {}
     for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("Transport:") and "<" not in line:
-            names.add(line.split()[1])
-    return names
+        words = line.split()
+        if len(words) >= 3 and words[0] == "Transport:" and "<" not in line:
+            types[words[1]] = words[2]
+    return types
 
 
 @dataclass
@@ -296,7 +296,7 @@ class Observation:
 
 
 def verify(
-    expected: Expected, observation: Observation, transports: set[str] | None = None
+    expected: Expected, observation: Observation, transports: Mapping[str, str] | None = None
 ) -> list[Mismatch]:
     """What is missing or different; empty when Asterisk loaded exactly what was rendered.
 
@@ -308,6 +308,15 @@ def verify(
         if transports is not None and t not in transports
     ]
     for want in expected.endpoints:
+        kind = (transports or {}).get(want.transport)
+        if want.media_encryption == "sdes" and kind not in (None, "tls"):
+            # Asterisk loads it and then fails every call (PJSIP_ETPNOTSUITABLE).
+            problems.append(
+                Mismatch(
+                    (want.owner,),
+                    f"transport {want.transport} is {kind}: a secure trunk needs a TLS transport",
+                )
+            )
         shown = observation.shown.get(want.name)
         messages = (
             _shown_mismatches(want, shown, observation.details.get(want.name))

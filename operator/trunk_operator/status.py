@@ -240,7 +240,7 @@ def _join(problems: Sequence[Problem]) -> str:
 
 def _delivery_reason(words: Sequence[str]) -> str:
     text = " ".join(words)
-    if "transport" in text and "does not exist" in text:
+    if "transport" in text and ("does not exist" in text or "needs a TLS transport" in text):
         return "TransportNotFound"
     return "AsteriskRejected"
 

@@ -114,7 +114,7 @@ def test_every_mismatch_names_the_resource_it_belongs_to() -> None:
         contexts={"ctx-a"},
         contexts_checked=frozenset({"ctx-a", "ctx-b"}),
     )
-    problems = verify(expected, observation, set())
+    problems = verify(expected, observation, {})
     assert [(p.owners, p.message) for p in problems] == [
         (
             ("TwilioTrunk/new",),
@@ -143,7 +143,7 @@ def test_contexts_and_transports() -> None:
         "Transport:  transport-tls             tls      0      0  127.0.10.1:5061\n"
         "Transport:  transport-udp             udp      0      0  127.0.10.1:5060\n"
     )
-    assert parse_transports(transports) == {"transport-tls", "transport-udp"}
+    assert parse_transports(transports) == {"transport-tls": "tls", "transport-udp": "udp"}
 
 
 def test_marked_sections_split_script_output() -> None:
@@ -327,3 +327,19 @@ def test_contexts_are_verified_as_far_as_they_were_checked() -> None:
         {"contexts": text}, Probe(contexts=frozenset({"ctx-a", "ctx-b"})), expected
     )
     assert [p.owners for p in verify(expected, checked)] == [("DIDSegment/b",)]
+
+
+def test_a_secure_trunk_on_a_transport_that_is_not_tls_is_refused() -> None:
+    secure = detailed(transport="transport-udp-alt", media_encryption="sdes")
+    listed = Observation(
+        Listing(
+            endpoints={"ACME": "Not in use"},
+            auths={"ACME-auth": "acme-user"},
+            identifies={"ACME-identify": "ACME"},
+        )
+    )
+    found = verify(Expected((secure,)), listed, {"transport-udp-alt": "udp"})
+    assert [p.message for p in found] == [
+        "transport transport-udp-alt is udp: a secure trunk needs a TLS transport"
+    ]
+    assert verify(Expected((secure,)), listed, {"transport-udp-alt": "tls"}) == []
