@@ -425,7 +425,8 @@ def pack(files: Files) -> bytes:
             info.size = len(data)
             info.mode = 0o640
             tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(buffer.getvalue(), compresslevel=6, mtime=0)
+    # Level 1: the pipe is local, and level 6 costs 0.17 s for 10,000 trunks.
+    return gzip.compress(buffer.getvalue(), compresslevel=1, mtime=0)
 
 
 def _owned_files(base: str) -> str:
@@ -441,29 +442,51 @@ def _section(name: str, command: str) -> str:
     return f'echo "{MARK}{name}"; {command}'
 
 
+def _clock(phase: str) -> str:
+    """When the script reached `phase`, in ns: `DeliveryResult.phases` says where time went."""
+    return _section(f"clock:{phase}", "date +%s%N")
+
+
 DETAIL_LIST = f"{STATE_DIR}/verify-endpoints"
 CONTEXT_LIST = f"{STATE_DIR}/verify-contexts"
 _CONTEXT_HEADERS = "grep '^\\[ Context' || true"
 
 
+READERS = 4  # `asterisk -rx` processes reading in parallel (each costs ~10 ms to start)
+
+
 def _observe() -> str:
     """Shell that prints what Asterisk has loaded, in marked sections: `pjsip show endpoint X`
     and the auth's password hash for each name in DETAIL_LIST, the contexts of CONTEXT_LIST
-    that exist, the listings, the delivered hash and the digests of the owned files."""
-    return "; ".join(
+    that exist, the transports, the listings, the delivered hash and the owned files' digests.
+
+    The reads run in parallel (READERS for the endpoints, one per listing) into files under
+    `observed/`, printed in order once all are done: their sum is what a delivery waits for."""
+    out = f"{STATE_DIR}/observed"
+    details = (
+        f'while read -r e; do echo "{MARK}endpoint:$e"; asterisk -rx "pjsip show endpoint $e";'
+        f' echo "{MARK}auth:$e"; asterisk -rx "pjsip show auth $e-auth"'
+        " | sed -n 's/^ *password *: //p' | sha256sum; done"
+    )
+    contexts = f'while read -r c; do asterisk -rx "dialplan show $c" | {_CONTEXT_HEADERS}; done'
+    reads = {
+        "transports": "asterisk -rx 'pjsip show transports'",
+        **{f"list-{name}": f"asterisk -rx 'pjsip list {name}'" for name in LISTS},
+    }
+    return "\n".join(
         [
-            f'while read -r e; do echo "{MARK}endpoint:$e"; asterisk -rx "pjsip show endpoint $e";'
-            f' echo "{MARK}auth:$e"; asterisk -rx "pjsip show auth $e-auth"'
-            " | sed -n 's/^ *password *: //p' | sha256sum;"
-            f" done < {DETAIL_LIST}",
-            _section(
-                "contexts",
-                f'if [ "$(wc -l < {CONTEXT_LIST})" -gt {FULL_DIALPLAN_AT} ];'
-                f" then asterisk -rx 'dialplan show' | {_CONTEXT_HEADERS};"
-                f' else while read -r c; do asterisk -rx "dialplan show $c" | {_CONTEXT_HEADERS};'
-                f" done < {CONTEXT_LIST}; fi",
-            ),
-            *(_section(f"list-{name}", f"asterisk -rx 'pjsip list {name}'") for name in LISTS),
+            f"rm -rf {out} && mkdir -p {out}",
+            f"split -n l/{READERS} {DETAIL_LIST} {out}/detail.",
+            f'for chunk in {out}/detail.*; do ({details}) < "$chunk" > "$chunk.out" & done',
+            f'if [ "$(wc -l < {CONTEXT_LIST})" -gt {FULL_DIALPLAN_AT} ]; then'
+            f" (asterisk -rx 'dialplan show' | {_CONTEXT_HEADERS}) > {out}/context.all.out &",
+            f"else split -n l/{READERS} {CONTEXT_LIST} {out}/context.",
+            f' for chunk in {out}/context.*; do ({contexts}) < "$chunk" > "$chunk.out" & done; fi',
+            *(f"({command}) > {out}/{name} &" for name, command in reads.items()),
+            "wait",
+            f"cat {out}/detail.*.out",
+            _section("contexts", f"cat {out}/context.*.out"),
+            *(_section(name, f"cat {out}/{name}") for name in reads),
             _section("hash", f"cat {STATE_DIR}/hash 2>/dev/null || true"),
             _section(
                 "files",
@@ -501,23 +524,26 @@ def deliver_script(
     return "\n".join(
         [
             "set -e",
+            _clock("start"),
             f"mkdir -p {STATE_DIR} {CONFIG_DIR}/{PJSIP_DIR} {CONFIG_DIR}/{EXTENSIONS_DIR}",
             f"rm -rf {staging} && mkdir -p {staging}",
             f"head -c {size} | tar -xzf - -C {staging}",
             _read_probe(detail_size, context_size),
             # A reload asked of an Asterisk still starting (a restarted container) is ignored.
             "asterisk -rx 'core waitfullybooted' > /dev/null",
-            _section("transports", "asterisk -rx 'pjsip show transports'"),
             f"rm -rf {previous} && mkdir -p {previous}/{PJSIP_DIR} {previous}/{EXTENSIONS_DIR}",
             f"cp {STATE_DIR}/hash {previous}/hash 2>/dev/null || true",
             "set +e",
             *[_move_owned(glob, previous) for glob in OWNED_GLOBS],
             "set -e",
-            # Each file is renamed into place (atomic): Asterisk never reads half of one.
+            # Asterisk reads the files only when told to reload, below: never half a set.
             f"cp -R {staging}/. {CONFIG_DIR}/",
             f"echo {shlex.quote(digest)} > {STATE_DIR}/hash",
+            _clock("swapped"),
             _reload(reload) or "true",
+            _clock("reloaded"),
             _observe(),
+            _clock("read"),
         ]
     )
 
@@ -564,6 +590,25 @@ class DeliveryResult:
     problems: list[Mismatch]
     observation: Observation | None
     rolled_back: bool = False
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: stage, reload, read
+
+
+def _phases(parts: Mapping[str, str]) -> dict[str, float]:
+    clocks = {
+        name.removeprefix("clock:"): int(text.strip() or 0)
+        for name, text in parts.items()
+        if name.startswith("clock:")
+    }
+    steps = {
+        "stage": ("start", "swapped"),
+        "reload": ("swapped", "reloaded"),
+        "read": ("reloaded", "read"),
+    }
+    return {
+        name: (clocks[end] - clocks[begin]) / 1e9
+        for name, (begin, end) in steps.items()
+        if begin in clocks and end in clocks
+    }
 
 
 def _observation(parts: Mapping[str, str], probe: Probe, expected: Expected) -> Observation:
@@ -645,7 +690,7 @@ def deliver(
     transports = parse_transports(parts.get("transports", ""))
     problems = verify(expected, observation, transports)
     if not problems:
-        return DeliveryResult(True, digest, [], observation)
+        return DeliveryResult(True, digest, [], observation, phases=_phases(parts))
     problems += [Mismatch((), line) for line in _error_lines(parts)]
     back = _run(exec_, rollback_script(), None, timeout)
     restored = (
@@ -659,7 +704,7 @@ def observe(
 ) -> Observation:
     """What the pod serves now; `expected` links listed contacts to their endpoints."""
     details, contexts = _lines(probe.details), _lines(probe.contexts)
-    script = f"mkdir -p {STATE_DIR}; {_read_probe(len(details), len(contexts))}; {_observe()}"
+    script = f"mkdir -p {STATE_DIR}; {_read_probe(len(details), len(contexts))}\n{_observe()}"
     result = _run(exec_, script, details + contexts, timeout)
     if result.returncode != 0:
         raise ExecError(

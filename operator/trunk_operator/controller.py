@@ -92,6 +92,7 @@ class PodWorker:
     state: PodDelivery
     owners: dict[str, Outcome] = field(default_factory=dict)  # CR ref -> what the pod should get
     delivered_owners: dict[str, Outcome] = field(default_factory=dict)  # what it has
+    delivered_files: Files = field(default_factory=dict)  # files_of(delivered_owners)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     # One exec conversation with a pod at a time: an observation that overlaps a delivery
     # would read the old hash and report drift that is not there.
@@ -103,9 +104,16 @@ class PodWorker:
     settled_hash: str | None = None
     audit_cursor: int = 0  # where the observer's in-depth audit of the endpoints goes on
 
-    def set_delivered(self, owners: dict[str, Outcome]) -> None:
+    def set_delivered(self, owners: dict[str, Outcome], files: Files | None = None) -> None:
+        """What the pod has now: these CRs, as `files` (from `files_of(owners)`)."""
+        before, now = self.state.delivered, _now()
         self.delivered_owners = owners
+        self.delivered_files = files if files is not None else files_of(owners)
         self.state.delivered = {ref: outcome.digest for ref, outcome in owners.items()}
+        self.state.delivered_at = {
+            ref: self.state.delivered_at.get(ref, now) if before.get(ref) == digest else now
+            for ref, digest in self.state.delivered.items()
+        }
 
 
 def _now() -> str:
@@ -615,7 +623,7 @@ class Controller:
         worker.state.observation = observation
         worker.state.problems = {}
         worker.state.last_reload_result = "Verified"
-        worker.set_delivered(owners)
+        worker.set_delivered(owners, files)
         log.info(
             "%s/%s already serves %d resources: adopted", namespace, worker.pod.name, len(owners)
         )
@@ -628,9 +636,7 @@ class Controller:
         self.stats["reloads"] += 1
         started = time.monotonic()
         files = files_of(owners)
-        before = (
-            files_of(worker.delivered_owners) if worker.state.delivered_hash is not None else None
-        )
+        before = worker.delivered_files if worker.state.delivered_hash is not None else None
         result = await asyncio.to_thread(
             asterisk.deliver,
             pod_exec,
@@ -646,7 +652,7 @@ class Controller:
             worker.state.delivered_hash = result.hash
             worker.state.problems = {}
             worker.state.last_reload_result = "Verified"
-            worker.set_delivered(owners)
+            worker.set_delivered(owners, files)
             await asyncio.to_thread(self._set_readiness, namespace, worker.pod.name, True)
         else:
             worker.state.last_reload_result = "RolledBack" if result.rolled_back else "Failed"
@@ -660,13 +666,14 @@ class Controller:
         metrics.DELIVERIES.labels(result=worker.state.last_reload_result).inc()
         metrics.DELIVERY_SECONDS.observe(time.monotonic() - started)
         log.info(
-            "%s/%s: %d resources, hash %s: %s in %.2f s",
+            "%s/%s: %d resources, hash %s: %s in %.2f s (%s)",
             namespace,
             worker.pod.name,
             len(owners),
             result.hash[:12],
             worker.state.last_reload_result,
             time.monotonic() - started,
+            ", ".join(f"{name} {took:.2f} s" for name, took in result.phases.items()),
         )
         return result
 
@@ -710,7 +717,7 @@ class Controller:
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
         async with worker.busy:
             # Read under the lock: a delivery that held it has just changed what the pod has.
-            delivered = worker.delivered_owners
+            delivered, delivered_files = worker.delivered_owners, worker.delivered_files
             expected = expected_for(delivered)
             batch = set(self._audit_batch(worker, delivered))
             audited = Expected(tuple(e for e in expected.endpoints if e.name in batch))
@@ -725,7 +732,7 @@ class Controller:
             "the delivered hash changed"
             if observation.delivered_hash != worker.state.delivered_hash
             else "its files changed"
-            if asterisk.drifted(files_of(delivered), observation)
+            if asterisk.drifted(delivered_files, observation)
             else "; ".join(p.message for p in asterisk.verify(audited, observation)[:3])
         )
         if (

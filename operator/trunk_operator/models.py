@@ -366,9 +366,15 @@ class PodTrunkStatus(Model):
     pod: str
     endpoint_state: str | None = Field(default=None, description="As `pjsip show endpoint`.")
     contacts: list[ContactStatus] = Field(default_factory=list)
-    delivered_hash: str | None = None
-    last_reload_time: str | None = None
-    last_reload_result: str | None = None
+    delivered_hash: str | None = Field(
+        default=None, description="Content hash of this resource's files as the pod has them."
+    )
+    last_reload_time: str | None = Field(
+        default=None, description="When the pod took this resource's current version."
+    )
+    last_reload_result: str | None = Field(
+        default=None, description="Result of the pod's last delivery (Verified, RolledBack...)."
+    )
 
 
 class ResourceStatus(Model):

@@ -19,6 +19,7 @@ class PodDelivery:
     delivered_hash: str | None = None
     desired: dict[str, str] = field(default_factory=dict)  # CR ref -> its digest, to deliver
     delivered: dict[str, str] = field(default_factory=dict)  # CR ref -> digest the pod has
+    delivered_at: dict[str, str] = field(default_factory=dict)  # CR ref -> when it took it
     last_reload_time: str | None = None
     last_reload_result: str | None = None
     problems: dict[str, list[str]] = field(default_factory=dict)  # CR ref -> Asterisk's words
@@ -124,8 +125,10 @@ def reduce_status(
     for pod in pods:
         entry: dict[str, Any] = {
             "pod": pod.name,
-            "deliveredHash": pod.delivered_hash,
-            "lastReloadTime": pod.last_reload_time,
+            # This CR's version in the pod, not the pod's whole set: another CR's change must
+            # not rewrite this status (with 1,000 trunks, 1,000 writes per change).
+            "deliveredHash": pod.delivered.get(cr.ref),
+            "lastReloadTime": pod.delivered_at.get(cr.ref),
             "lastReloadResult": pod.last_reload_result,
         }
         obs = pod.observation

@@ -360,3 +360,22 @@ def test_the_observer_audits_every_endpoint_in_depth_over_the_rounds(
         seen += batch
         worker.audit_cursor += len(batch)
     assert seen == ["A", "B", "A"]
+
+
+def test_a_pod_keeps_when_each_cr_arrived_across_deliveries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    outcomes = plan_with_two_trunks().outcomes
+    worker = PodWorker(Pod("p", "u", {}, True, ""), PodDelivery("p"))
+    monkeypatch.setattr(controller, "_now", lambda: "t1")
+    worker.set_delivered(dict(outcomes))
+    changed = dict(outcomes)
+    a = changed["TwilioTrunk/a"]
+    changed["TwilioTrunk/a"] = replace(a, public={p: t + ";\n" for p, t in a.public.items()})
+    monkeypatch.setattr(controller, "_now", lambda: "t2")
+    worker.set_delivered(changed)
+    assert worker.state.delivered_at == {
+        "TwilioTrunk/a": "t2",
+        "TwilioTrunk/b": "t1",
+        "DIDSegment/s": "t1",
+    }

@@ -110,3 +110,12 @@ def test_kstatus_reconciling_while_delivering_and_stalled_on_what_needs_a_change
     rejected.problems = {TRUNK.ref: ["transport transport-x does not exist in Asterisk"]}
     refused = reduce_status(TRUNK, Outcome(), [rejected])
     assert conditions(refused)["Stalled"] == ("True", "TransportNotFound")
+
+
+def test_another_resources_delivery_leaves_this_status_as_it_was() -> None:
+    before, after = pod(), pod()
+    after.delivered_hash = "the pod's whole set changed"
+    after.last_reload_time = "2026-11-27T09:00:00Z"
+    after.delivered["TwilioTrunk/other"] = "new"
+    assert reduce_status(TRUNK, Outcome(), [before]) == reduce_status(TRUNK, Outcome(), [after])
+    assert reduce_status(TRUNK, Outcome(), [after])["pods"][0]["deliveredHash"] == "h"
