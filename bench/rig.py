@@ -88,9 +88,12 @@ class Operator:
     """`python -m trunk_operator.cli run --standalone` as in tests/conftest.py, plus a
     liveness endpoint whose probe returns the controller's stats (plans, reloads)."""
 
-    def __init__(self, kubeconfig: str, log_path: Path, observe_interval: float) -> None:
+    def __init__(
+        self, kubeconfig: str, log_path: Path, observe_interval: float, source: Path | None = None
+    ) -> None:
         self.kubeconfig, self.log_path = kubeconfig, log_path
         self.observe_interval = observe_interval
+        self.source = source  # another version's package directory (PYTHONPATH), or this one
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.started = 0.0
@@ -107,6 +110,8 @@ class Operator:
             "TRUNKOP_METRICS_PORT": str(self.metrics_port),
             "PYTHONUNBUFFERED": "1",
         }
+        if self.source is not None:
+            env["PYTHONPATH"] = str(self.source)
         out = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
@@ -419,11 +424,11 @@ class Rig:
             client.V1Namespace(metadata=client.V1ObjectMeta(name=self.namespace))
         )
 
-    def start_operator(self) -> Operator:
+    def start_operator(self, source: Path | None = None) -> Operator:
         assert self.cluster and self.cluster.kubeconfig
         op = Operator(
             self.cluster.kubeconfig, self.workdir / f"operator-{self.label}.log",
-            self.observe_interval,
+            self.observe_interval, source,
         )  # fmt: skip
         self.stack.callback(op.stop)
         took = op.start()

@@ -23,6 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import scale
 from rig import (
     BASE_IMAGE,
     HOST,
@@ -718,6 +719,22 @@ def m7_incluster(args: argparse.Namespace, workdir: Path) -> Section:
     return sec
 
 
+def m8_scale(args: argparse.Namespace, workdir: Path) -> Section:
+    sec = Section(
+        "8. One change with many trunks in the pod: one file per directory vs per-CR files",
+        f"one Asterisk pod, sizes {args.scale_sizes} (per-CR files, the layout of"
+        f" {scale.BASELINE_COMMIT[:7]}, at {args.scale_baseline_sizes}); one shared Secret,"
+        " trunks as bench/rig.py trunk_spec (own accountSid, qualify 0) created at once, then"
+        f" {args.scale_changes} codec changes of one trunk ({args.scale_baseline_changes} with"
+        " per-CR files from 1,000 trunks: a minute each), its own Secret rotated, a new pod"
+        " added, `core restart now` with the files in place. Floor: one exec round trip"
+        " through the API server with `pjsip show endpoint X` (the operator's exec client)."
+        f" Observer interval {args.observe_interval:g} s",
+    )
+    scale.run(args, workdir, sec)
+    return sec
+
+
 MEASUREMENTS = {
     1: m1_latency,
     2: m2_burst,
@@ -726,12 +743,13 @@ MEASUREMENTS = {
     5: m5_dids,
     6: m6_invariant,
     7: m7_incluster,
+    8: m8_scale,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--only", default="1,2,3,4,5,6,7", help="measurements to run, e.g. 1,3")
+    p.add_argument("--only", default="1,2,3,4,5,6,7,8", help="measurements to run, e.g. 1,3")
     p.add_argument("--applies", type=int, default=20, help="(1, 7) creates and updates, each")
     p.add_argument("--pods", type=int, default=2, help="(1, 2) Asterisk pods")
     p.add_argument("--burst", type=int, default=50, help="(2) trunks in the burst")
@@ -752,6 +770,14 @@ def main(argv: list[str] | None = None) -> int:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="(7) the same steps with the host-process operator, as the baseline",
+    )
+    p.add_argument("--scale-sizes", default="10,100,1000,10000", help="(8) trunks per run")
+    p.add_argument(
+        "--scale-baseline-sizes", default="10,100,1000", help="(8) sizes run with per-CR files"
+    )
+    p.add_argument("--scale-changes", type=int, default=10, help="(8) changes of one trunk")
+    p.add_argument(
+        "--scale-baseline-changes", type=int, default=2, help="(8) per-CR files, >= 1,000 trunks"
     )
     p.add_argument(
         "--shared-secret",

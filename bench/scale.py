@@ -1,0 +1,223 @@
+"""Measurement 8: one change with many trunks in the pod, the pod layout against the old one.
+
+Two operators run the same steps in the same bench run, each on its own platform (bench/rig.py):
+- "pod file": this checkout (one file per directory in the pod, listings plus per-object
+  verification, only the changed module reloaded);
+- "per-CR files": the operator at BASELINE_COMMIT (one file per CR, full `pjsip show
+  endpoints` and `dialplan show` after each delivery), taken with `git archive` into the
+  cache and run from there with the same Python environment.
+
+For each size: one Asterisk pod, one shared credentials Secret, N trunks created at once
+(bench/rig.py trunk_spec: own accountSid, qualify 0), then one trunk changed several times,
+its own Secret rotated, a new pod added (what a restarted pod gets), and Asterisk restarted
+with the operator's files in place. The floor of one change is an exec round trip through the API
+server with `pjsip show endpoint X`, timed with the operator's own exec client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rig import ROOT, TRUNKS, AsteriskPod, Rig, StatusWatch, log, percentile, trunk_spec
+
+from trunk_operator.apiclient import load_config
+from trunk_operator.kube import Kube
+
+BASELINE_COMMIT = "cd9c2b2cb5ba2ff78da67fa0532b64e8bc5f8453"  # the last per-CR-file layout
+SHARED_SECRET, OWN_SECRET = "bench-sip", "first-sip"
+CACHE = Path(os.environ.get("TRUNKOP_CACHE", Path.home() / ".cache/asterisk-trunk-operator"))
+
+
+def baseline_source() -> Path:
+    """The baseline operator's package directory (extracted once per machine)."""
+    target = CACHE / "bench" / f"operator-{BASELINE_COMMIT[:12]}"
+    if not (target / "trunk_operator").is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", BASELINE_COMMIT, "operator"],
+            capture_output=True,
+            check=True,
+        )
+        subprocess.run(
+            ["tar", "-x", "--strip-components=1", "-C", str(target)],
+            input=archive.stdout,
+            check=True,
+        )
+    return target
+
+
+def _rotate(rig: Rig, password: str) -> str:
+    body = {"stringData": {"username": "first-user", "password": password}}
+    secret = rig.core.patch_namespaced_secret(OWN_SECRET, rig.namespace, body)
+    return str(secret.metadata.resource_version)
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise TimeoutError(f"{what}: not after {timeout:.0f} s")
+
+
+def _listed_endpoints(pod: AsteriskPod) -> int:
+    out = pod.container.rx("pjsip list endpoints", check=False)
+    found = re.search(r"Objects found: (\d+)", out)
+    return int(found.group(1)) if found else 0
+
+
+def floor_seconds(rig: Rig, pod: AsteriskPod, endpoint: str, count: int = 7) -> float:
+    """Median of one exec round trip through the API server with `pjsip show endpoint X`."""
+    assert rig.cluster and rig.cluster.kubeconfig
+    kube = Kube(load_config(rig.cluster.kubeconfig))
+    pod_exec = kube.pod_exec(rig.namespace, pod.name, "asterisk")
+    took = []
+    for _ in range(count):
+        started = time.monotonic()
+        result = pod_exec(["asterisk", "-rx", f"pjsip show endpoint {endpoint}"], None, 30)
+        took.append(time.monotonic() - started)
+        assert result.returncode == 0 and endpoint in result.stdout, result
+    return percentile(took, 50)
+
+
+def one_size(
+    args: argparse.Namespace, workdir: Path, variant: str, source: Path | None, n: int
+) -> dict[str, Any]:
+    """The steps for `n` trunks with one operator; figures by name."""
+    out: dict[str, Any] = {}
+    label = f"scale-{'new' if source is None else 'old'}-{n}"
+    with Rig(label, workdir, args.observe_interval) as rig:
+        [pod] = rig.add_pods(1, {"bench.pstn.twilio.com": "127.0.0.21"})
+        operator = rig.start_operator(source)
+        watch = rig.watch()
+        rig.create_secret(SHARED_SECRET)
+        rig.core.create_namespaced_secret(
+            rig.namespace,
+            {
+                "metadata": {"name": OWN_SECRET},
+                "stringData": {"username": "first-user", "password": "p0"},
+            },
+        )
+        names = [f"s{i:05d}" for i in range(n)]
+        started = time.monotonic()
+
+        def create(i: int) -> int:
+            secret = OWN_SECRET if i == 0 else SHARED_SECRET
+            return rig.create(TRUNKS, "TwilioTrunk", names[i], trunk_spec(i, names[i], secret))
+
+        gens = rig.parallel(create, range(n), workers=16)
+        done = watch.wait_ready(list(zip(names, gens, strict=True)), args.timeout, f"{label} all")
+        out["applied at once -> all Ready"] = max(done.values()) - started
+        log(f"[{label}] {n} trunks Ready after {out['applied at once -> all Ready']:.1f} s")
+        time.sleep(2)
+        reloads_before = pod.reloads()
+        changes = args.scale_changes if source is None or n <= 100 else args.scale_baseline_changes
+        updates = update_latencies(rig, watch, names[0], changes)
+        out["one change -> Ready p50"] = percentile(updates, 50)
+        out["one change -> Ready max"] = max(updates)
+        out["changes"] = len(updates)
+        out["PJSIP reloads per change"] = (pod.reloads() - reloads_before) / len(updates)
+        out["floor: exec + pjsip show endpoint"] = floor_seconds(rig, pod, names[0].upper())
+        out["operator VmHWM MiB"] = operator.memory().get("VmHWM", 0) / 1024
+        out["operator VmRSS MiB"] = operator.memory().get("VmRSS", 0) / 1024
+        if n >= 1000:
+            version = _rotate(rig, "rotated-1")
+            rotated = time.monotonic()
+            _wait(
+                lambda: (
+                    watch.conditions(names[0]).get("Ready") == "True"
+                    and (watch.objects.get(names[0]) or {})
+                    .get("status", {})
+                    .get("secretResourceVersion")
+                    == version
+                ),
+                args.timeout,
+                "rotation served",
+            )
+            out["password rotation -> Ready (served)"] = time.monotonic() - rotated
+            # What a restarted pod gets (kubelet reports the restart at once; kwok pods do not
+            # restart): a new pod, its full set delivered and verified.
+            added = time.monotonic()
+            [fresh] = rig.add_pods(1, {"bench.pstn.twilio.com": "127.0.0.21"})
+            _wait(lambda: _listed_endpoints(fresh) == n, args.timeout, "full set in a new pod")
+            out["new pod -> full set loaded"] = time.monotonic() - added
+            started = time.monotonic()
+            pod.container.rx("core restart now", check=False)
+            time.sleep(1)
+            _wait(
+                lambda: (
+                    "fully booted" in pod.container.rx("core waitfullybooted", check=False)
+                    and _listed_endpoints(pod) == n
+                ),
+                args.timeout,
+                "Asterisk start with the files",
+            )
+            out["Asterisk start with the files in place"] = time.monotonic() - started
+    return out
+
+
+def update_latencies(rig: Rig, watch: StatusWatch, name: str, count: int) -> list[float]:
+    took = []
+    for i in range(count):
+        codecs = ["alaw"] if i % 2 == 0 else ["ulaw", "alaw"]
+        started = time.monotonic()
+        gen = rig.patch_spec(TRUNKS, name, {"codecs": codecs})
+        done = watch.wait_ready([(name, gen)], 600, f"update {name}")
+        took.append(done[(name, gen)] - started)
+    return took
+
+
+SIZE_FIGURES = (
+    ("applied at once -> all Ready", "s", {1000: 30.0}),
+    ("one change -> Ready p50", "s", {1000: 0.7, 10000: 3.0}),
+    ("one change -> Ready max", "s", {}),
+    ("PJSIP reloads per change", "", {}),
+    ("floor: exec + pjsip show endpoint", "s", {}),
+    ("password rotation -> Ready (served)", "s", {1000: 1.0}),
+    ("new pod -> full set loaded", "s", {1000: 5.0}),
+    ("Asterisk start with the files in place", "s", {}),
+    ("operator VmHWM MiB", "MiB", {}),
+)
+
+
+def run(args: argparse.Namespace, workdir: Path, section: Any) -> None:
+    """Fill `section` (bench/run.py Section): per size, this layout beside the baseline."""
+    sizes = [int(x) for x in args.scale_sizes.split(",") if x]
+    baseline_sizes = {int(x) for x in args.scale_baseline_sizes.split(",") if x}
+    source = baseline_source()
+    for n in sizes:
+        new = one_size(args, workdir, "pod file", None, n)
+        old = one_size(args, workdir, "per-CR files", source, n) if n in baseline_sizes else {}
+        floor = new.get("floor: exec + pjsip show endpoint")
+        for name, unit, targets in SIZE_FIGURES:
+            if name not in new:
+                continue
+            value, before = new[name], old.get(name)
+            notes = []
+            if before is not None:
+                notes.append(f"per-CR files {before:.2f}")
+                if unit == "s" and value:
+                    notes.append(f"{before / value:.1f}x faster")
+            elif n not in baseline_sizes:
+                notes.append("per-CR files not run at this size")
+            if unit == "s" and floor and name.startswith("one change"):
+                notes.append(f"{value / floor:.1f}x the floor")
+            section.add(
+                f"{n} trunks: {name}",
+                value,
+                unit,
+                targets.get(n),
+                note=", ".join(notes),
+            )
+        section.notes.append(
+            f"{n} trunks: {new['changes']} changes (pod file), "
+            f"{old.get('changes', 0)} (per-CR files)"
+        )
