@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import yaml
 
+from tests.conftest import ROOT
 from tools.chartgen import CHART_CRDS, INSTALL_MANIFEST, NAMESPACE, chart_crds_template, manifests
 
 Helm = Callable[..., subprocess.CompletedProcess[str]]
@@ -44,3 +45,13 @@ def test_manifests_install_into_a_restricted_namespace() -> None:
         "RoleBinding",
         "ServiceAccount",
     ]
+
+
+def test_reference_asterisk_keeps_transports_and_nat_on_its_base_transport() -> None:
+    """Transports are the deployment's: not reloaded by Asterisk (the operator never delivers
+    one), and NAT settings belong on them."""
+    base = (ROOT / "examples/asterisk/config/pjsip.conf").read_text()
+    assert "allow_reload" not in base.replace("(allow_reload = no)", "")
+    for option in ("local_net", "external_media_address", "external_signaling_address"):
+        assert f"; {option} = " in base, option
+    assert base.rstrip().endswith("#tryinclude pjsip.d/*.conf")

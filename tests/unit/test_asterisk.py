@@ -1,6 +1,7 @@
 """Parsers and the delivery script, against CLI output captured from Asterisk 22.10.1."""
 
 import hashlib
+import re
 
 from trunk_operator.asterisk import (
     MARK,
@@ -343,3 +344,15 @@ def test_a_secure_trunk_on_a_transport_that_is_not_tls_is_refused() -> None:
         "transport transport-udp-alt is udp: a secure trunk needs a TLS transport"
     ]
     assert verify(Expected((secure,)), listed, {"transport-udp-alt": "tls"}) == []
+
+
+def test_deliveries_reload_only_the_trunk_modules_never_transports() -> None:
+    from trunk_operator.asterisk import deliver_script, rollback_script
+
+    def reloads(script: str) -> set[str]:
+        return set(re.findall(r"asterisk -rx '([^']*reload[^']*)'", script))
+
+    assert reloads(rollback_script()) == {"module reload res_pjsip.so", "dialplan reload"}
+    assert reloads(deliver_script(1, "h")) == {"module reload res_pjsip.so", "dialplan reload"}
+    assert reloads(deliver_script(1, "h", reload=["pjsip.d"])) == {"module reload res_pjsip.so"}
+    assert reloads(deliver_script(1, "h", reload=())) == set()

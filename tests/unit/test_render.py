@@ -97,3 +97,14 @@ def test_large_segment_is_spread_over_small_contexts() -> None:
     contexts = [line for line in text.splitlines() if line.startswith("[trunkop-in-")]
     assert len(contexts) == 1000
     assert text.count("exten => +1555") == 100_000
+
+
+@pytest.mark.parametrize("name", sorted(cases()))
+def test_nothing_rendered_defines_a_transport_or_global(name: str) -> None:
+    """Transports belong to the Asterisk deployment: Asterisk does not reload them, and one
+    delivered here would only take effect at a restart (or break the pod's others)."""
+    for path, text in cases()[name].pod_files().items():
+        types = {
+            line.split("=", 1)[1].strip() for line in text.splitlines() if line.startswith("type")
+        }
+        assert types <= {"endpoint", "aor", "auth", "identify"}, (path, types)
