@@ -133,7 +133,7 @@ def one_size(
             rotated = time.monotonic()
             _wait(
                 lambda: (
-                    watch.conditions(names[0]).get("Ready") == "True"
+                    watch.conditions(names[0]).get("status") == "True"
                     and (watch.objects.get(names[0]) or {})
                     .get("status", {})
                     .get("secretResourceVersion")

@@ -31,6 +31,7 @@ import io
 import re
 import shlex
 import tarfile
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -676,11 +677,14 @@ def deliver(
 ) -> DeliveryResult:
     """Deliver, reload what `reload` names and verify; `probe` names what to check beyond
     the listings (what this delivery changes)."""
+    started = time.monotonic()
     digest = files_hash(files)
     payload = pack(files)
     details, contexts = _lines(probe.details), _lines(probe.contexts)
     script = deliver_script(len(payload), digest, len(details), len(contexts), reload)
+    sent = time.monotonic()
     result = _run(exec_, script, payload + details + contexts, timeout)
+    returned = time.monotonic()
     parts = sections(result.stdout)
     if result.returncode != 0 or "list-endpoints" not in parts:
         raise ExecError(
@@ -690,7 +694,11 @@ def deliver(
     transports = parse_transports(parts.get("transports", ""))
     problems = verify(expected, observation, transports)
     if not problems:
-        return DeliveryResult(True, digest, [], observation, phases=_phases(parts))
+        # Where the time went: packing here, the exec (the script's own phases inside it),
+        # parsing and verifying here.
+        phases = {"pack": sent - started, "exec": returned - sent, **_phases(parts)}
+        phases["verify"] = time.monotonic() - returned
+        return DeliveryResult(True, digest, [], observation, phases=phases)
     problems += [Mismatch((), line) for line in _error_lines(parts)]
     back = _run(exec_, rollback_script(), None, timeout)
     restored = (

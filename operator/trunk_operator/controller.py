@@ -244,7 +244,8 @@ class Controller:
         # Credentials as last read; every watch event on a Secret drops its entry.
         self.secrets: dict[tuple[str, str], SecretRead | None] = {}
         self.secret_events: dict[tuple[str, str], int] = defaultdict(int)
-        self.api_calls = asyncio.Semaphore(8)
+        self.api_calls = asyncio.Semaphore(16)  # API calls in flight (client-go bursts 10-30)
+        self.finalizing: set[tuple[str, str]] = set()  # finalizer PATCHes in flight
         self.planning_since: float | None = None  # a plan in progress started then
         self.render_caches: dict[str, RenderCache] = defaultdict(RenderCache)
 
@@ -902,6 +903,7 @@ class Controller:
         Held by the API server, it makes deletion wait for the pods even when the operator
         was down at the time: on start, `prime()` sees the CR with its deletionTimestamp.
         """
+        changes = []
         for tracked in list(self.resources.get(namespace, {}).values()):
             ref = tracked.resource.ref
             have = FINALIZER in tracked.finalizers
@@ -911,6 +913,15 @@ class Controller:
                 wanted = [*tracked.finalizers, FINALIZER]
             else:
                 continue
+            if (namespace, ref) not in self.finalizing:  # another loop's PATCH is in flight
+                changes.append(self._set_finalizers(namespace, tracked, wanted))
+        # Concurrently (bounded by api_calls): 1,000 new CRs are 1,000 PATCHes.
+        await asyncio.gather(*changes)
+
+    async def _set_finalizers(self, namespace: str, tracked: Tracked, wanted: list[str]) -> None:
+        key = (namespace, tracked.resource.ref)
+        self.finalizing.add(key)
+        try:
             async with self.api_calls:
                 await asyncio.to_thread(
                     self.kube.set_finalizers,
@@ -921,3 +932,5 @@ class Controller:
                     tracked.resource_version,
                 )
             tracked.finalizers = tuple(wanted)
+        finally:
+            self.finalizing.discard(key)
