@@ -12,6 +12,7 @@ is stopped by its handle afterwards. Progress goes to stderr, figures to stdout.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import threading
@@ -790,6 +791,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=900, help="per wait for many CRs (s)")
     p.add_argument("--logs", help="keep operator logs in this directory")
     args = p.parse_args(argv)
+    # SIGTERM (a background run has SIGINT ignored) unwinds like Ctrl-C: every rig closes.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     chosen = [int(x) for x in args.only.replace(" ", "").split(",") if x]
 
     workdir = Path(args.logs or tempfile.mkdtemp(prefix="trunkop-bench-"))
