@@ -497,7 +497,13 @@ class Controller:
         self, key: tuple[str, str], digest: tuple[str, str], owner: Owner, outcome: Outcome
     ) -> None:
         async with self.api_calls:
-            await asyncio.to_thread(self.kube.write_rendered, owner, outcome.public, outcome.secret)
+            await asyncio.to_thread(
+                self.kube.write_rendered,
+                owner,
+                outcome.public,
+                outcome.secret,
+                self.written.get(key),
+            )
         self.written[key] = digest
 
     def _trunk_selector(self, spec: TwilioTrunkSpec) -> Mapping[str, str]:

@@ -161,19 +161,28 @@ class Kube:
 
     # -- rendered state ----------------------------------------------------------------
 
-    def _apply(self, resource: str, namespace: str, body: dict[str, Any]) -> dict[str, str]:
+    def _apply(
+        self, resource: str, namespace: str, body: dict[str, Any], exists: bool = False
+    ) -> dict[str, str]:
         """Create, or replace when the content hash differs. Returns the previous annotations.
 
-        Create first: new objects are the common case (one call).
+        Create first unless the object is known to `exist` (then read and replace).
         """
         name = body["metadata"]["name"]
+        if not exists:
+            try:
+                self.api.request("POST", _ns(namespace, resource), body)
+                return {}
+            except KubeError as error:
+                if error.status != 409:
+                    raise
         try:
-            self.api.request("POST", _ns(namespace, resource), body)
-            return {}
+            current = self.api.request("GET", _ns(namespace, resource, name))
         except KubeError as error:
-            if error.status != 409:
+            if not (exists and error.status == 404):
                 raise
-        current = self.api.request("GET", _ns(namespace, resource, name))
+            self.api.request("POST", _ns(namespace, resource), body)  # deleted by someone
+            return {}
         annotations = dict(current.get("metadata", {}).get("annotations") or {})
         if annotations.get(ANNOTATION_HASH) != body["metadata"]["annotations"][ANNOTATION_HASH]:
             body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
@@ -189,30 +198,37 @@ class Kube:
             "ownerReferences": [owner.reference()],
         }
 
-    def write_rendered(self, owner: Owner, public: Files, secret: Files) -> None:
-        """Create or update the CR's ConfigMap(s) and Secret; unchanged content is not rewritten."""
+    def write_rendered(
+        self, owner: Owner, public: Files, secret: Files, written: tuple[str, str] | None = None
+    ) -> None:
+        """Create or update the CR's ConfigMap(s) and Secret; unchanged content is not rewritten.
+
+        `written`: the (ConfigMap, Secret) hashes last stored, when known: a part whose hash
+        is the same is not touched, and the others are replaced without a create first (one
+        change of a trunk is then two API calls, not five)."""
         digest = files_hash(public)
+        public_done = written is not None and written[0] == digest
         payloads = config_map_payloads(public)
         previous_parts = 0
-        for index, (data, binary) in enumerate(payloads):
+        for index, (data, binary) in enumerate([] if public_done else payloads):
             name = owner.base_name if index == 0 else f"{owner.base_name}-part-{index}"
             metadata = self._metadata(owner, name, digest)
             metadata["annotations"][ANNOTATION_PARTS] = str(len(payloads))
             body = {"metadata": metadata, "data": data, "binaryData": binary}
-            before = self._apply("configmaps", owner.namespace, body)
+            before = self._apply("configmaps", owner.namespace, body, index == 0 and bool(written))
             if index == 0:
                 previous_parts = int(before.get(ANNOTATION_PARTS, "1"))
         for index in range(len(payloads), previous_parts):  # the set shrank: drop extra parts
             with contextlib.suppress(KubeError):
                 part = f"{owner.base_name}-part-{index}"
                 self.api.request("DELETE", _ns(owner.namespace, "configmaps", part))
-        if secret:
+        if secret and (written is None or written[1] != secret_files_hash(secret)):
             secret_body = {
                 "metadata": self._metadata(owner, f"{owner.base_name}-auth", _keyed_hash(secret)),
                 "type": "Opaque",
                 "stringData": {file_key(p): t for p, t in secret.items()},
             }
-            self._apply("secrets", owner.namespace, secret_body)
+            self._apply("secrets", owner.namespace, secret_body, bool(written and written[1]))
 
     def list_custom(self, plural: str) -> list[dict[str, Any]]:
         """Every object of one of our kinds, cluster-wide."""

@@ -91,7 +91,7 @@ class FakeKube:
         self.during_read()
         return SecretRead(dict(self.secret), str(self.reads))
 
-    def write_rendered(self, owner, public, secret) -> None:  # type: ignore[no-untyped-def]
+    def write_rendered(self, owner, public, secret, written=None) -> None:  # type: ignore[no-untyped-def]
         self.during_write()
         if owner.name in self.refuse_writes:
             raise KubeError("POST /api/v1/namespaces/ns/configmaps: API error 422", 422)
