@@ -50,7 +50,9 @@ OWNED_GLOBS = (*POD_FILES, *LEGACY_GLOBS)
 MARK = "=====trunk-operator:"
 # Above this many contexts to check, one full `dialplan show` costs less than one each.
 FULL_DIALPLAN_AT = 40
-LISTS = ("endpoints", "aors", "auths", "identifies", "contacts")
+LISTS = ("endpoints", "contacts")  # always read: endpoint states and contacts are the status
+# Read when a delivery adds endpoints (the only ones neither unchanged nor read in depth).
+ADDED_LISTS = ("aors", "auths", "identifies")
 RELOAD_COMMANDS = {PJSIP_DIR: "module reload res_pjsip.so", EXTENSIONS_DIR: "dialplan reload"}
 
 
@@ -176,6 +178,7 @@ def parse_transports(text: str) -> dict[str, str]:
 class Listing:
     """The `pjsip list` tables: every object by id, cheap at any size."""
 
+    read: set[str] = field(default_factory=set)  # which of LISTS + ADDED_LISTS were read
     endpoints: dict[str, str] = field(default_factory=dict)  # name -> state
     aors: set[str] = field(default_factory=set)
     auths: dict[str, str] = field(default_factory=dict)  # auth id -> username
@@ -192,8 +195,9 @@ _LISTED = {
 
 def parse_listing(parts: Mapping[str, str]) -> Listing:
     """The `list-*` sections (`pjsip list endpoints`, `... aors` and so on) of a script run."""
-    listing = Listing()
-    for line in (raw.strip() for key in LISTS for raw in parts.get(f"list-{key}", "").splitlines()):
+    names = (*LISTS, *ADDED_LISTS)
+    listing = Listing(read={key for key in names if f"list-{key}" in parts})
+    for line in (raw.strip() for key in names for raw in parts.get(f"list-{key}", "").splitlines()):
         if "<" in line and ">" in line:  # the legends
             continue
         if m := _ENDPOINT.match(line):
@@ -340,21 +344,23 @@ def verify(
 
 
 def _listed_mismatches(want: ExpectedEndpoint, listing: Listing) -> list[str]:
+    """Presence in the listings that were read (ADDED_LISTS only when endpoints were added)."""
     if want.name not in listing.endpoints:
         return [f"endpoint {want.name} is not loaded"]
     problems = []
-    if want.auth not in listing.auths:
+    if "auths" in listing.read and want.auth not in listing.auths:
         problems.append(f"endpoint {want.name} has no outbound auth {want.auth}")
-    elif want.username and listing.auths[want.auth] != want.username:
+    elif "auths" in listing.read and want.username and listing.auths[want.auth] != want.username:
         problems.append(f"auth {want.auth} has another username than the Secret's")
-    if missing := sorted(set(want.aors) - listing.aors):
+    if "aors" in listing.read and (missing := sorted(set(want.aors) - listing.aors)):
         problems.append(f"endpoint {want.name} lacks AORs {missing}")
-    for aor, uri in want.aors.items():
-        if aor in listing.aors and not any(
-            c.aor == aor and contact_matches(c, uri) for c in listing.contacts
-        ):
-            problems.append(f"AOR {aor} has no contact {uri} (does the host resolve?)")
-    if listing.identifies.get(want.identify) != want.name:
+    if "contacts" in listing.read:
+        for aor, uri in want.aors.items():
+            if "aors" in listing.read and aor not in listing.aors:
+                continue  # reported above
+            if not any(c.aor == aor and contact_matches(c, uri) for c in listing.contacts):
+                problems.append(f"AOR {aor} has no contact {uri} (does the host resolve?)")
+    if "identifies" in listing.read and listing.identifies.get(want.identify) != want.name:
         problems.append(f"identify {want.identify} is not loaded")
     return problems
 
@@ -451,6 +457,7 @@ def _clock(phase: str) -> str:
 
 
 DETAIL_LIST = f"{STATE_DIR}/verify-endpoints"
+ADDED = f"{STATE_DIR}/adds-endpoints"  # present when a delivery adds endpoints
 CONTEXT_LIST = f"{STATE_DIR}/verify-contexts"
 _CONTEXT_HEADERS = "grep '^\\[ Context' || true"
 
@@ -476,6 +483,7 @@ def _observe() -> str:
         "transports": "asterisk -rx 'pjsip show transports'",
         **{f"list-{name}": f"asterisk -rx 'pjsip list {name}'" for name in LISTS},
     }
+    added = {f"list-{name}": f"asterisk -rx 'pjsip list {name}'" for name in ADDED_LISTS}
     return "\n".join(
         [
             f"rm -rf {out} && mkdir -p {out}",
@@ -486,10 +494,14 @@ def _observe() -> str:
             f"else split -n l/{READERS} {CONTEXT_LIST} {out}/context.",
             f' for chunk in {out}/context.*; do ({contexts}) < "$chunk" > "$chunk.out" & done; fi',
             *(f"({command}) > {out}/{name} &" for name, command in reads.items()),
+            f"if [ -e {ADDED} ]; then",
+            *(f" ({command}) > {out}/{name} &" for name, command in added.items()),
+            "fi",
             "wait",
             f"cat {out}/detail.*.out",
             _section("contexts", f"cat {out}/context.*.out"),
             *(_section(name, f"cat {out}/{name}") for name in reads),
+            *(f"[ -e {out}/{name} ] && {_section(name, f'cat {out}/{name}')}" for name in added),
             _section("hash", f"cat {STATE_DIR}/hash 2>/dev/null || true"),
             _section(
                 "files",
@@ -516,8 +528,10 @@ def _only_loaded_before() -> str:
     before = f"{STATE_DIR}/loaded-before"
     names = "sed -n 's/^ *Endpoint:  *\\([^ /<][^ /]*\\).*/\\1/p'"
     return (
-        f"if [ -s {DETAIL_LIST} ]; then asterisk -rx 'pjsip list endpoints' | {names} > {before};"
+        f"rm -f {ADDED}; if [ -s {DETAIL_LIST} ]; then"
+        f" asterisk -rx 'pjsip list endpoints' | {names} > {before};"
         f" grep -Fx -f {before} {DETAIL_LIST} > {before}.changed || true;"
+        f' [ "$(wc -l < {before}.changed)" = "$(wc -l < {DETAIL_LIST})" ] || touch {ADDED};'
         f" mv {before}.changed {DETAIL_LIST}; fi"
     )
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import re
+from dataclasses import replace
 
 from trunk_operator.asterisk import (
     MARK,
@@ -356,3 +357,23 @@ def test_deliveries_reload_only_the_trunk_modules_never_transports() -> None:
     assert reloads(deliver_script(1, "h")) == {"module reload res_pjsip.so", "dialplan reload"}
     assert reloads(deliver_script(1, "h", reload=["pjsip.d"])) == {"module reload res_pjsip.so"}
     assert reloads(deliver_script(1, "h", reload=())) == set()
+
+
+def test_without_added_endpoints_only_states_and_contacts_are_listed() -> None:
+    parts = {k: v for k, v in LISTS.items() if k in ("list-endpoints", "list-contacts")}
+    observation = _observation(parts, Probe(), Expected())
+    assert observation.listing.read == {"endpoints", "contacts"}
+    unchanged = ExpectedEndpoint(
+        "TwilioTrunk/globex",
+        "GLOBEX",
+        "GLOBEX-auth",
+        {"GLOBEX-aor": "sip:globex.pstn.twilio.com"},
+        "GLOBEX-identify",
+        frozenset(),
+        username="someone-else",  # not listed: not checked
+    )
+    assert verify(Expected((unchanged,)), observation) == []
+    moved = replace(unchanged, aors={"GLOBEX-aor": "sip:elsewhere"})
+    assert [p.message for p in verify(Expected((moved,)), observation)] == [
+        "AOR GLOBEX-aor has no contact sip:elsewhere (does the host resolve?)"
+    ]
