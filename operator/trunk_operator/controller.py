@@ -23,7 +23,7 @@ from typing import Any
 from trunk_operator import asterisk, metrics
 from trunk_operator.apiclient import KubeError, describe
 from trunk_operator.asterisk import Expected, ExpectedEndpoint, Probe
-from trunk_operator.kube import Kube, Owner, SecretRead, secret_files_hash
+from trunk_operator.kube import Kube, Owner, SecretRead, keyed_secret_hash
 from trunk_operator.models import TwilioTrunkSpec
 from trunk_operator.plan import (
     SEGMENT,
@@ -196,23 +196,32 @@ def reloads_for(files: Files, before: Files | None) -> set[str]:
     return {p.split("/", 1)[0] for p in set(files) | set(before) if files.get(p) != before.get(p)}
 
 
-def expected_for(outcomes: Mapping[str, Outcome]) -> Expected:
-    """What Asterisk must show after loading these CRs' files, each part tagged with its CR."""
+def expected_for(
+    outcomes: Mapping[str, Outcome], cache: dict[tuple[str, str], ExpectedEndpoint] | None = None
+) -> Expected:
+    """What Asterisk must show after loading these CRs' files, each part tagged with its CR.
+
+    `cache`: ExpectedEndpoints by (ref, digest), which they depend on only (10,000 trunks:
+    0.4 s to make each time)."""
     endpoints = []
     contexts: dict[str, str] = {}
     transports: dict[str, list[str]] = defaultdict(list)
     for ref, outcome in sorted(outcomes.items()):
         spec = outcome.trunk_spec
         if ref == f"{TRUNK}/{outcome.trunk}" and spec is not None:
-            endpoints.append(
-                expected_endpoint(
+            key = (ref, outcome.digest)
+            endpoint = cache.get(key) if cache is not None else None
+            if endpoint is None:
+                endpoint = expected_endpoint(
                     ref,
                     outcome.trunk or "",
                     spec,
                     outcome.username or "",
                     outcome.password_sha256 or "",
                 )
-            )
+                if cache is not None:
+                    cache[key] = endpoint
+            endpoints.append(endpoint)
             transports[spec.transport].append(ref)
         for context in sorted(outcome.defined_contexts):
             contexts.setdefault(context, ref)
@@ -248,6 +257,8 @@ class Controller:
         self.finalizing: set[tuple[str, str]] = set()  # finalizer PATCHes in flight
         self.planning_since: float | None = None  # a plan in progress started then
         self.render_caches: dict[str, RenderCache] = defaultdict(RenderCache)
+        # What Asterisk must show per CR version (pruned to the CRs of the current plans).
+        self.expected_endpoints: dict[tuple[str, str], ExpectedEndpoint] = {}
 
     # ---- inputs from Kopf ------------------------------------------------------------
 
@@ -443,7 +454,7 @@ class Controller:
         refs, writes = [], []
         for ref, outcome in plan.outcomes.items():
             key = (namespace, ref)
-            digest = (files_hash(outcome.public), secret_files_hash(outcome.secret))
+            digest = (outcome.public_hash, keyed_secret_hash(outcome.secret_hash))
             if not outcome.blocked and self.written.get(key) != digest:
                 cr = tracked[ref]
                 owner = Owner(cr.resource.kind, cr.resource.name, namespace, cr.uid, outcome.trunk)
@@ -478,6 +489,9 @@ class Controller:
         for key in [k for k in self.last_good if k[0] == namespace and k[1] not in plan.outcomes]:
             del self.last_good[key]  # deleted CRs: their files leave the pods
             self.written.pop(key, None)
+        current = {(ref, o.digest) for (_, ref), o in self.last_good.items()}
+        for key in [k for k in self.expected_endpoints if k not in current]:
+            del self.expected_endpoints[key]
         self._assign_pods(namespace)
         await self.write_statuses(namespace)
         await self.sync_finalizers(namespace)
@@ -608,7 +622,7 @@ class Controller:
         verified by content and by what Asterisk shows, so no reload is needed."""
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
         files = files_of(owners)
-        expected = expected_for(owners)
+        expected = expected_for(owners, self.expected_endpoints)
         # Every object's presence and every context; in depth a first batch of endpoints
         # (the observer audits the rest, AUDIT_BATCH per round): the files are byte for byte
         # a set that was verified in depth when it was delivered.
@@ -648,7 +662,7 @@ class Controller:
             asterisk.deliver,
             pod_exec,
             files,
-            expected_for(owners),
+            expected_for(owners, self.expected_endpoints),
             self.settings.exec_timeout,
             probe_for(owners, worker.delivered_owners),
             reloads_for(files, before),
@@ -725,7 +739,7 @@ class Controller:
         async with worker.busy:
             # Read under the lock: a delivery that held it has just changed what the pod has.
             delivered, delivered_files = worker.delivered_owners, worker.delivered_files
-            expected = expected_for(delivered)
+            expected = expected_for(delivered, self.expected_endpoints)
             batch = set(self._audit_batch(worker, delivered))
             audited = Expected(tuple(e for e in expected.endpoints if e.name in batch))
             probe = Probe(

@@ -324,6 +324,13 @@ def secret_files_hash(files: Mapping[str, str]) -> str:
     return _keyed_hash(files) if files else ""
 
 
+def keyed_secret_hash(files_digest: str) -> str:
+    """secret_files_hash from the files' `files_hash` (empty files: `files_hash({})`)."""
+    if files_digest == files_hash({}):
+        return ""
+    return hashlib.sha256(b"trunk-operator-secret\0" + files_digest.encode()).hexdigest()
+
+
 def _keyed_hash(files: Mapping[str, str]) -> str:
     """A hash that changes with the secret files without being a plain hash of them."""
-    return hashlib.sha256(b"trunk-operator-secret\0" + files_hash(files).encode()).hexdigest()
+    return keyed_secret_hash(files_hash(files))

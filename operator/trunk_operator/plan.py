@@ -85,9 +85,26 @@ class Outcome:
         return files_hash(self.public | self.secret)
 
     @cached_property
+    def public_hash(self) -> str:
+        return files_hash(self.public)
+
+    @cached_property
+    def secret_hash(self) -> str:
+        return files_hash(self.secret)
+
+    @cached_property
     def defined_contexts(self) -> frozenset[str]:
         """The dialplan contexts its files define."""
         return frozenset(contexts_in(self.public))
+
+    DERIVED = ("digest", "public_hash", "secret_hash", "defined_contexts")
+
+    def derived(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.DERIVED)
+
+    def take_derived(self, values: tuple[Any, ...]) -> None:
+        """Values `derived()` gave for the very same file dicts (cached_property storage)."""
+        self.__dict__.update(zip(self.DERIVED, values, strict=True))
 
     @property
     def blocked(self) -> bool:
@@ -148,6 +165,27 @@ class RenderCache:
         self._last: dict[tuple[Any, ...], Any] = {}
         self._used: dict[tuple[Any, ...], Any] = {}
 
+    def _by_identity(self, objects: tuple[Any, ...], make: Callable[[], T]) -> T:
+        """A value for these very objects: keyed by their ids, which the entry keeps alive
+        (so an id is not reused while the entry exists) and checks on the way out."""
+        key = ("identity", *map(id, objects))
+        hit = self._used.get(key) or self._last.get(key)
+        if hit is None or any(a is not b for a, b in zip(hit[0], objects, strict=True)):
+            hit = (objects, make())
+        self._used[key] = hit
+        value: T = hit[1]
+        return value
+
+    def spec_key(self, spec: dict[str, Any]) -> str:
+        """The canonical JSON of a spec; specs are replaced, never changed, by watch events,
+        so an unchanged CR's spec is the same object and its JSON is not made again."""
+        return self._by_identity((spec,), lambda: _spec_key(spec))
+
+    def derive(self, outcome: Outcome) -> None:
+        """Hashes and contexts of an outcome whose file dicts came out of this cache."""
+        values = self._by_identity((outcome.public, outcome.secret), outcome.derived)
+        outcome.take_derived(values)
+
     def get(self, key: tuple[Any, ...], make: Callable[..., T], *args: Any) -> T:
         """The value for `key`, made as `make(*args)` when the last plan had none."""
         if key not in self._used:
@@ -183,7 +221,7 @@ def _plan_trunk(
     resource: Resource, inputs: Inputs, claimed: dict[str, dict[str, str]], cache: RenderCache
 ) -> tuple[Outcome, TwilioTrunkSpec | None]:
     outcome = Outcome(trunk=resource.name, generation=resource.generation)
-    cache_key = (TRUNK, resource.name, _spec_key(resource.spec))
+    cache_key = (TRUNK, resource.name, cache.spec_key(resource.spec))
     spec = cache.get(cache_key, _validated, TwilioTrunkSpec, resource.spec)
     if isinstance(spec, str):
         outcome.problems.append(Problem("InvalidSpec", spec))
@@ -281,7 +319,7 @@ def _plan(inputs: Inputs, cache: RenderCache) -> Plan:
     for resource in sorted(inputs.segments, key=lambda r: r.order):
         outcome = Outcome(generation=resource.generation)
         outcomes[resource.ref] = outcome
-        key = (SEGMENT, resource.name, _spec_key(resource.spec))
+        key = (SEGMENT, resource.name, cache.spec_key(resource.spec))
         validated = cache.get(key, _validated, DIDSegmentSpec, resource.spec)
         if isinstance(validated, str):
             outcome.problems.append(Problem("InvalidSpec", validated))
@@ -350,4 +388,6 @@ def _plan(inputs: Inputs, cache: RenderCache) -> Plan:
             trunk,
             taken,
         )
+    for outcome in outcomes.values():
+        cache.derive(outcome)
     return Plan(outcomes=outcomes, trunk_specs=usable)
