@@ -465,6 +465,15 @@ _CONTEXT_HEADERS = "grep '^\\[ Context' || true"
 READERS = 4  # `asterisk -rx` processes reading in parallel (each costs ~10 ms to start)
 
 
+def _deal(source: str, prefix: str) -> str:
+    """Deal the lines of `source` round robin into `prefix`0.. `prefix`3 (only those that get
+    a line exist). Not `split -n l/4`: coreutils 9.10 fails on a one-line file."""
+    return (
+        f'i=0; while read -r line; do echo "$line" >> "{prefix}$((i % {READERS}))";'
+        f" i=$((i + 1)); done < {source}"
+    )
+
+
 def _observe() -> str:
     """Shell that prints what Asterisk has loaded, in marked sections: `pjsip show endpoint X`
     and the auth's password hash for each name in DETAIL_LIST, the contexts of CONTEXT_LIST
@@ -487,21 +496,26 @@ def _observe() -> str:
     return "\n".join(
         [
             f"rm -rf {out} && mkdir -p {out}",
-            f"split -n l/{READERS} {DETAIL_LIST} {out}/detail.",
-            f'for chunk in {out}/detail.*; do ({details}) < "$chunk" > "$chunk.out" & done',
+            _deal(DETAIL_LIST, f"{out}/detail."),
+            f'for chunk in {out}/detail.?; do [ -e "$chunk" ] || continue;'
+            f' ({details}) < "$chunk" > "$chunk.out" & done',
             f'if [ "$(wc -l < {CONTEXT_LIST})" -gt {FULL_DIALPLAN_AT} ]; then'
             f" (asterisk -rx 'dialplan show' | {_CONTEXT_HEADERS}) > {out}/context.all.out &",
-            f"else split -n l/{READERS} {CONTEXT_LIST} {out}/context.",
-            f' for chunk in {out}/context.*; do ({contexts}) < "$chunk" > "$chunk.out" & done; fi',
+            f"else {_deal(CONTEXT_LIST, f'{out}/context.')}",
+            f' for chunk in {out}/context.?; do [ -e "$chunk" ] || continue;'
+            f' ({contexts}) < "$chunk" > "$chunk.out" & done; fi',
             *(f"({command}) > {out}/{name} &" for name, command in reads.items()),
             f"if [ -e {ADDED} ]; then",
             *(f" ({command}) > {out}/{name} &" for name, command in added.items()),
             "fi",
             "wait",
-            f"cat {out}/detail.*.out",
-            _section("contexts", f"cat {out}/context.*.out"),
+            f"cat {out}/detail.*.out 2>/dev/null || true",
+            _section("contexts", f"cat {out}/context.*.out 2>/dev/null || true"),
             *(_section(name, f"cat {out}/{name}") for name in reads),
-            *(f"[ -e {out}/{name} ] && {_section(name, f'cat {out}/{name}')}" for name in added),
+            *(
+                f"if [ -e {out}/{name} ]; then {_section(name, f'cat {out}/{name}')}; fi"
+                for name in added
+            ),
             _section("hash", f"cat {STATE_DIR}/hash 2>/dev/null || true"),
             _section(
                 "files",
