@@ -47,6 +47,7 @@ from trunk_operator.render import (
     trunk_names,
 )
 from trunk_operator.status import CRView, PodDelivery, reduce_status, with_transition_times
+from trunk_operator.watchaudit import AUDIT_SECONDS, WatchAudit
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,7 @@ class Controller:
         self.api_calls = asyncio.Semaphore(16)  # API calls in flight (client-go bursts 10-30)
         self.finalizing: set[tuple[str, str]] = set()  # finalizer PATCHes in flight
         self.planning_since: float | None = None  # a plan in progress started then
+        self.watch_audit = WatchAudit()
         self.render_caches: dict[str, RenderCache] = defaultdict(RenderCache)
         # What Asterisk must show per CR version (pruned to the CRs of the current plans).
         self.expected_endpoints: dict[tuple[str, str], ExpectedEndpoint] = {}
@@ -386,11 +388,13 @@ class Controller:
         self.tasks = [
             asyncio.create_task(self._plan_loop(), name="plan"),
             asyncio.create_task(self._observe_loop(), name="observe"),
+            asyncio.create_task(self._watch_audit_loop(), name="watch-audit"),
         ]
 
     def health(self) -> dict[str, int]:
-        """For the liveness probe: raises when a loop died or a plan is stuck, so kubelet
-        restarts the pod instead of leaving a live process that does nothing."""
+        """For the liveness probe: raises when a loop died, a plan is stuck or a watch missed
+        changes, so kubelet restarts the pod instead of leaving a live process that does
+        nothing."""
         loops = self.tasks + [w.task for w in self.workers.values() if w.task]
         for task in loops:
             if task.done() and not task.cancelled():
@@ -398,7 +402,40 @@ class Controller:
         since = self.planning_since
         if since is not None and time.monotonic() - since > STUCK_PLAN_SECONDS:
             raise RuntimeError(f"a plan has been running for {time.monotonic() - since:.0f} s")
+        if missed := self.watch_audit.missed:
+            namespace, ref = missed[0]
+            raise RuntimeError(
+                f"the watches missed {len(missed)} change(s) for {AUDIT_SECONDS:.0f} s,"
+                f" e.g. {ref} in {namespace}"
+            )
         return dict(self.stats)
+
+    async def _watch_audit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(AUDIT_SECONDS)
+            try:
+                listed = await asyncio.to_thread(self._listed_versions)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # the API is down: that is not the watch's fault
+                log.info("watch audit: listing failed: %s", describe(error))
+                continue
+            known = {
+                (namespace, ref): tracked.resource_version
+                for namespace, tracked_crs in self.resources.items()
+                for ref, tracked in tracked_crs.items()
+            }
+            if missed := self.watch_audit.check(listed, known):
+                log.error("the watches missed changes of %d CRs: %s", len(missed), missed[:5])
+
+    def _listed_versions(self) -> dict[tuple[str, str], str]:
+        return {
+            (body["metadata"]["namespace"], f"{kind}/{body['metadata']['name']}"): body[
+                "metadata"
+            ].get("resourceVersion", "")
+            for kind in (TRUNK, SEGMENT)
+            for body in self.kube.list_custom(PLURALS[kind])
+        }
 
     async def stop(self) -> None:
         tasks = self.tasks + [w.task for w in self.workers.values() if w.task]

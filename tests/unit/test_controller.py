@@ -379,3 +379,12 @@ def test_a_pod_keeps_when_each_cr_arrived_across_deliveries(
         "TwilioTrunk/b": "t1",
         "DIDSegment/s": "t1",
     }
+
+
+def test_liveness_fails_when_the_watches_missed_a_change() -> None:
+    ctl = Controller(FakeKube({"username": "u", "password": "p"}))  # type: ignore[arg-type]
+    assert ctl.health() == {}
+    ctl.watch_audit.check({("ns", "TwilioTrunk/a"): "2"}, {("ns", "TwilioTrunk/a"): "1"})
+    ctl.watch_audit.check({("ns", "TwilioTrunk/a"): "3"}, {("ns", "TwilioTrunk/a"): "1"})
+    with pytest.raises(RuntimeError, match="watches missed 1 change"):
+        ctl.health()
