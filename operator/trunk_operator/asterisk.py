@@ -184,6 +184,15 @@ class Listing:
     auths: dict[str, str] = field(default_factory=dict)  # auth id -> username
     identifies: dict[str, str] = field(default_factory=dict)  # identify id -> endpoint
     contacts: list[Contact] = field(default_factory=list)
+    _by_aor: dict[str, list[Contact]] | None = field(default=None, repr=False)
+
+    def contacts_of(self, aor: str) -> list[Contact]:
+        """The contacts of one AOR (indexed once: a scan per endpoint is quadratic)."""
+        if self._by_aor is None:
+            self._by_aor = {}
+            for contact in self.contacts:
+                self._by_aor.setdefault(contact.aor, []).append(contact)
+        return self._by_aor.get(aor, [])
 
 
 _LISTED = {
@@ -289,16 +298,13 @@ class Observation:
     def attach(self, expected: Expected) -> Observation:
         """Fill `endpoints` from the listing: each endpoint with its state and the contacts
         of the AORs it should have (the listing does not link contacts to endpoints)."""
-        by_aor: dict[str, list[Contact]] = {}
-        for contact in self.listing.contacts:
-            by_aor.setdefault(contact.aor, []).append(contact)
         self.endpoints = {
             name: Endpoint(name, state) for name, state in self.listing.endpoints.items()
         }
         for want in expected.endpoints:
             if endpoint := self.endpoints.get(want.name):
                 endpoint.aors = [a for a in want.aors if a in self.listing.aors]
-                endpoint.contacts = [c for a in want.aors for c in by_aor.get(a, [])]
+                endpoint.contacts = [c for a in want.aors for c in self.listing.contacts_of(a)]
         return self
 
 
@@ -358,7 +364,7 @@ def _listed_mismatches(want: ExpectedEndpoint, listing: Listing) -> list[str]:
         for aor, uri in want.aors.items():
             if "aors" in listing.read and aor not in listing.aors:
                 continue  # reported above
-            if not any(c.aor == aor and contact_matches(c, uri) for c in listing.contacts):
+            if not any(contact_matches(c, uri) for c in listing.contacts_of(aor)):
                 problems.append(f"AOR {aor} has no contact {uri} (does the host resolve?)")
     if "identifies" in listing.read and listing.identifies.get(want.identify) != want.name:
         problems.append(f"identify {want.identify} is not loaded")

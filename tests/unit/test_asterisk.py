@@ -377,3 +377,9 @@ def test_without_added_endpoints_only_states_and_contacts_are_listed() -> None:
     assert [p.message for p in verify(Expected((moved,)), observation)] == [
         "AOR GLOBEX-aor has no contact sip:elsewhere (does the host resolve?)"
     ]
+
+
+def test_contacts_are_looked_up_by_aor_not_scanned_per_endpoint() -> None:
+    listing = parse_listing(LISTS)
+    assert [c.uri for c in listing.contacts_of("GLOBEX-aor")] == ["sip:globex.pstn.twilio.com"]
+    assert listing.contacts_of("NOPE-aor") == []
