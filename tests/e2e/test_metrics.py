@@ -71,7 +71,17 @@ def test_metrics_follow_the_work(
         before, f"{PREFIX}_delivery_duration_seconds_count"
     )
     ready = {"namespace": namespace, "name": "acme", "type": "Ready"}
-    assert value(after, f"{PREFIX}_resource_condition", status="True", **ready) == 1
+    # The operator records a status once its PATCH returned: a scrape right after the API
+    # shows Ready may come a moment before that.
+    after = wait_for(
+        lambda: (
+            (s := scrape(operator))
+            and value(s, f"{PREFIX}_resource_condition", status="True", **ready) == 1
+            and s
+        ),
+        timeout=10,
+        what="Ready in /metrics",
+    )
     assert value(after, f"{PREFIX}_resource_condition", status="False", **ready) == 0
 
     samples = wait_for(
