@@ -778,3 +778,19 @@ def healthz(ip: str, timeout: float = 5) -> dict[str, int]:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         data = json.loads(response.read())
     return dict(data.get("watching") or {})
+
+
+def update_latencies(
+    rig: Rig, watch: StatusWatch, name: str, count: int, timeout: float = 60
+) -> list[float]:
+    """`count` spec changes (codecs) of one trunk, each waited for: seconds to Ready."""
+    took = []
+    for _ in range(count):
+        with watch.lock:
+            current = (watch.objects.get(name) or {}).get("spec", {}).get("codecs")
+        codecs = ["alaw"] if current == ["ulaw"] else ["ulaw"]  # a change: a new generation
+        started = time.monotonic()
+        gen = rig.patch_spec(TRUNKS, name, {"codecs": codecs})
+        done = watch.wait_ready([(name, gen)], timeout, f"update {name}")
+        took.append(done[(name, gen)] - started)
+    return took

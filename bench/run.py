@@ -38,6 +38,7 @@ from rig import (
     log,
     percentile,
     trunk_spec,
+    update_latencies,
 )
 
 from testbed.asterisk import AsteriskContainer
@@ -618,20 +619,6 @@ def trunk_scenario(
     )  # fmt: skip
     sec.add(f"{who}: PJSIP reloads in the pod so far", pod.reloads(), "")
     return watch, names
-
-
-def update_latencies(rig: Rig, watch: StatusWatch, name: str, count: int) -> list[float]:
-    """`count` spec changes (codecs) of one trunk, each waited for: seconds to Ready."""
-    took = []
-    for _ in range(count):
-        with watch.lock:
-            current = (watch.objects.get(name) or {}).get("spec", {}).get("codecs")
-        codecs = ["alaw"] if current == ["ulaw"] else ["ulaw"]  # a change: a new generation
-        started = time.monotonic()
-        gen = rig.patch_spec(TRUNKS, name, {"codecs": codecs})
-        done = watch.wait_ready([(name, gen)], 60, f"update {name}")
-        took.append(done[(name, gen)] - started)
-    return took
 
 
 def after_restart(sec: Section, rig: Rig, watch: StatusWatch, who: str, name: str, n: int) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rig import ROOT, TRUNKS, AsteriskPod, Rig, StatusWatch, log, percentile, trunk_spec
+from rig import ROOT, TRUNKS, AsteriskPod, Rig, log, percentile, trunk_spec, update_latencies
 
 from trunk_operator.apiclient import load_config
 from trunk_operator.kube import Kube
@@ -120,7 +120,7 @@ def one_size(
         time.sleep(2)
         reloads_before = pod.reloads()
         changes = args.scale_changes if source is None or n <= 100 else args.scale_baseline_changes
-        updates = update_latencies(rig, watch, names[0], changes)
+        updates = update_latencies(rig, watch, names[0], changes, timeout=600)
         out["one change -> Ready p50"] = percentile(updates, 50)
         out["one change -> Ready max"] = max(updates)
         out["changes"] = len(updates)
@@ -162,17 +162,6 @@ def one_size(
             )
             out["Asterisk start with the files in place"] = time.monotonic() - started
     return out
-
-
-def update_latencies(rig: Rig, watch: StatusWatch, name: str, count: int) -> list[float]:
-    took = []
-    for i in range(count):
-        codecs = ["alaw"] if i % 2 == 0 else ["ulaw", "alaw"]
-        started = time.monotonic()
-        gen = rig.patch_spec(TRUNKS, name, {"codecs": codecs})
-        done = watch.wait_ready([(name, gen)], 600, f"update {name}")
-        took.append(done[(name, gen)] - started)
-    return took
 
 
 SIZE_FIGURES = (

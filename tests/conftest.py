@@ -259,8 +259,10 @@ def start_asterisk(
 ) -> Iterator[Callable[..., AsteriskContainer]]:
     started: list[AsteriskContainer] = []
 
-    def start(name: str, bind_ip: str, hosts: dict[str, str]) -> AsteriskContainer:
-        container = AsteriskContainer(name, bind_ip, hosts)
+    def start(
+        name: str, bind_ip: str, hosts: dict[str, str], tls: bool = True
+    ) -> AsteriskContainer:
+        container = AsteriskContainer(name, bind_ip, hosts, tls=tls)
         started.append(container)
         return container.start()
 
@@ -293,9 +295,13 @@ def start_asterisk_pod(
     pods: list[str] = []
 
     def start(
-        name: str, bind_ip: str, hosts: dict[str, str], labels: dict[str, str] | None = None
+        name: str,
+        bind_ip: str,
+        hosts: dict[str, str],
+        labels: dict[str, str] | None = None,
+        tls: bool = True,
     ) -> AsteriskContainer:
-        container = start_asterisk(name, bind_ip, hosts)
+        container = start_asterisk(name, bind_ip, hosts, tls)
         cluster.add_exec_pod(namespace, name, container.name, labels or {"app": "asterisk"})
         pods.append(name)
         return container

@@ -92,6 +92,7 @@ class PodWorker:
     pod: Pod
     state: PodDelivery
     owners: dict[str, Outcome] = field(default_factory=dict)  # CR ref -> what the pod should get
+    files: Files = field(default_factory=dict)  # files_of(owners)
     delivered_owners: dict[str, Outcome] = field(default_factory=dict)  # what it has
     delivered_files: Files = field(default_factory=dict)  # files_of(delivered_owners)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -173,10 +174,15 @@ def changed_refs(owners: Mapping[str, Outcome], delivered: Mapping[str, Outcome]
     }
 
 
+def user_contexts_of(owners: Mapping[str, Outcome]) -> frozenset[str]:
+    """The user's contexts these CRs send calls to: read on every delivery and observation."""
+    return frozenset(c for outcome in owners.values() for c in outcome.user_contexts)
+
+
 def probe_for(owners: Mapping[str, Outcome], delivered: Mapping[str, Outcome]) -> Probe:
     """What a delivery reads back beyond the listings: the endpoints it changes in depth, the
     contexts it changes, and every user context the pod's CRs send calls to."""
-    contexts = {c for outcome in owners.values() for c in outcome.user_contexts}
+    contexts = set(user_contexts_of(owners))
     for ref in changed_refs(owners, delivered):
         contexts |= owners[ref].defined_contexts
     return Probe(frozenset(changed_endpoints(owners, delivered)), frozenset(contexts))
@@ -574,8 +580,9 @@ class Controller:
                     owners[ref] = outcome
             worker = self._worker(namespace, pod)
             worker.owners = owners
+            worker.files = files_of(owners)
             worker.state.desired = {ref: outcome.digest for ref, outcome in owners.items()}
-            worker.state.desired_hash = files_hash(files_of(owners))
+            worker.state.desired_hash = files_hash(worker.files)
             if worker.state.desired_hash != worker.state.delivered_hash:
                 worker.wake.set()
         for (ns, name), worker in list(self.workers.items()):
@@ -621,14 +628,14 @@ class Controller:
             await self.sync_finalizers(namespace)  # a deleted CR may have just left this pod
 
     async def _deliver_once(self, namespace: str, worker: PodWorker) -> None:
-        owners = dict(worker.owners)
+        owners, files = dict(worker.owners), worker.files  # set together by _assign_pods
         desired_hash = worker.state.desired_hash  # of `owners`: both set by _assign_pods
         worker.settled_hash = None
         if worker.adoptable:
             worker.adoptable = False
-            if await self._adopt(namespace, worker, owners):
+            if await self._adopt(namespace, worker, owners, files):
                 return
-        result = await self._deliver(namespace, worker, owners)
+        result = await self._deliver(namespace, worker, owners, files)
         if result.ok:
             return
         # Keep the CRs Asterisk refused at their last delivered version; the others go ahead.
@@ -654,19 +661,19 @@ class Controller:
             # moved on while this round ran.
             worker.settled_hash = desired_hash
 
-    async def _adopt(self, namespace: str, worker: PodWorker, owners: dict[str, Outcome]) -> bool:
+    async def _adopt(
+        self, namespace: str, worker: PodWorker, owners: dict[str, Outcome], files: Files
+    ) -> bool:
         """Take over a pod that already serves exactly this set (the operator restarted):
         verified by content and by what Asterisk shows, so no reload is needed."""
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
-        files = files_of(owners)
         expected = expected_for(owners, self.expected_endpoints)
         # Every object's presence and every context; in depth a first batch of endpoints
         # (the observer audits the rest, AUDIT_BATCH per round): the files are byte for byte
         # a set that was verified in depth when it was delivered.
         probe = Probe(
             frozenset(self._audit_batch(worker, owners)),
-            frozenset(expected.contexts)
-            | {c for outcome in owners.values() for c in outcome.user_contexts},
+            frozenset(expected.contexts) | user_contexts_of(owners),
         )
         observation = await asyncio.to_thread(
             asterisk.observe, pod_exec, expected, self.settings.exec_timeout, probe
@@ -688,12 +695,16 @@ class Controller:
         return True
 
     async def _deliver(
-        self, namespace: str, worker: PodWorker, owners: dict[str, Outcome]
+        self,
+        namespace: str,
+        worker: PodWorker,
+        owners: dict[str, Outcome],
+        files: Files | None = None,
     ) -> asterisk.DeliveryResult:
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
         self.stats["reloads"] += 1
         started = time.monotonic()
-        files = files_of(owners)
+        files = files if files is not None else files_of(owners)
         before = worker.delivered_files if worker.state.delivered_hash is not None else None
         result = await asyncio.to_thread(
             asterisk.deliver,
@@ -781,7 +792,7 @@ class Controller:
             audited = Expected(tuple(e for e in expected.endpoints if e.name in batch))
             probe = Probe(
                 frozenset(e.name for e in audited.endpoints),
-                frozenset(c for outcome in delivered.values() for c in outcome.user_contexts),
+                user_contexts_of(delivered),
             )
             observation = await asyncio.to_thread(asterisk.observe, pod_exec, expected, 30, probe)
         worker.state.observation = observation

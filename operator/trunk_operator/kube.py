@@ -224,7 +224,9 @@ class Kube:
                 self.api.request("DELETE", _ns(owner.namespace, "configmaps", part))
         if secret and (written is None or written[1] != secret_files_hash(secret)):
             secret_body = {
-                "metadata": self._metadata(owner, f"{owner.base_name}-auth", _keyed_hash(secret)),
+                "metadata": self._metadata(
+                    owner, f"{owner.base_name}-auth", secret_files_hash(secret)
+                ),
                 "type": "Opaque",
                 "stringData": {file_key(p): t for p, t in secret.items()},
             }
@@ -321,7 +323,7 @@ class Kube:
 
 def secret_files_hash(files: Mapping[str, str]) -> str:
     """What annotates a rendered Secret: changes with its files, is not a plain hash of them."""
-    return _keyed_hash(files) if files else ""
+    return keyed_secret_hash(files_hash(files))
 
 
 def keyed_secret_hash(files_digest: str) -> str:
@@ -329,8 +331,3 @@ def keyed_secret_hash(files_digest: str) -> str:
     if files_digest == files_hash({}):
         return ""
     return hashlib.sha256(b"trunk-operator-secret\0" + files_digest.encode()).hexdigest()
-
-
-def _keyed_hash(files: Mapping[str, str]) -> str:
-    """A hash that changes with the secret files without being a plain hash of them."""
-    return keyed_secret_hash(files_hash(files))

@@ -62,28 +62,6 @@ def start_tls_standin() -> Iterator[Callable[..., TlsTwilioStandIn]]:
         standin.cleanup()
 
 
-@pytest.fixture
-def start_asterisk_pod_without_tls(
-    cluster: Any, namespace: str, asterisk_image: str
-) -> Iterator[Callable[..., AsteriskContainer]]:
-    """An Asterisk pod whose base configuration has transport-udp only (no transport-tls)."""
-    started: list[tuple[str, AsteriskContainer]] = []
-
-    def start(name: str, bind_ip: str, hosts: dict[str, str]) -> AsteriskContainer:
-        container = AsteriskContainer(name, bind_ip, hosts, tls=False)
-        started.append((name, container))
-        container.start()
-        cluster.add_exec_pod(namespace, name, container.name, {"app": "asterisk"})
-        return container
-
-    yield start
-    for name, container in started:
-        try:
-            cluster.delete_exec_pod(namespace, name)
-        finally:
-            container.stop()
-
-
 def sdp_media(message: SipMessage) -> list[str]:
     return re.findall(r"^m=audio \d+ (\S+) ", message.body, re.M)
 
@@ -193,11 +171,11 @@ def test_secure_trunk_without_a_tls_transport_is_reported_and_the_pod_keeps_its_
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
     apply: Callable[[dict[str, Any]], None],
-    start_asterisk_pod_without_tls: Callable[..., AsteriskContainer],
+    start_asterisk_pod: Callable[..., AsteriskContainer],
     start_standin: Callable[..., TwilioStandIn],
 ) -> None:
     globex_twilio = start_standin("globex-user", PASSWORD, ip=GLOBEX_IP)
-    pbx = start_asterisk_pod_without_tls("asterisk-0", "127.0.10.46", HOSTS)
+    pbx = start_asterisk_pod("asterisk-0", "127.0.10.46", HOSTS, tls=False)
     if transport != "transport-tls":  # a second UDP transport, added by the deployment
         pbx.write_file(
             "/etc/asterisk/pjsip.d/local-transports.conf", ALT_UDP_TRANSPORT.format(ip=pbx.bind_ip)
