@@ -85,6 +85,7 @@ class Pod:
     labels: dict[str, str]
     ready: bool
     incarnation: str  # changes when the container restarts
+    gate_open: bool = False  # our readiness gate is True in the pod's status
 
 
 @dataclass
@@ -267,6 +268,9 @@ class Controller:
         self.render_caches: dict[str, RenderCache] = defaultdict(RenderCache)
         # What Asterisk must show per CR version (pruned to the CRs of the current plans).
         self.expected_endpoints: dict[tuple[str, str], ExpectedEndpoint] = {}
+        # Readiness gates we closed (restarted containers) until a delivery reopens them; the
+        # closing is awaited before that.
+        self.gate_closing: dict[tuple[str, str], asyncio.Task[bool]] = {}
 
     # ---- inputs from Kopf ------------------------------------------------------------
 
@@ -336,9 +340,18 @@ class Controller:
             f"{ours[0].get('containerID', '')}/{ours[0].get('restartCount', 0)}" if ours else ""
         )
         namespace = meta["namespace"]
-        pod = Pod(meta["name"], meta["uid"], dict(meta.get("labels") or {}), ready, incarnation)
+        # Closed by us until a delivery reopens it, whatever a late event still shows.
+        gate_open = (namespace, meta["name"]) not in self.gate_closing and any(
+            c.get("type") == self.settings.readiness_condition and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
+        pod = Pod(
+            meta["name"], meta["uid"], dict(meta.get("labels") or {}), ready, incarnation, gate_open
+        )
         before = self.pods[namespace].get(pod.name)
         self.pods[namespace][pod.name] = pod
+        if before and before.incarnation not in ("", incarnation) and gate_open:
+            self._close_gate(namespace, pod)
         worker = self.workers.get((namespace, pod.name))
         if worker and before and (before.incarnation != incarnation or before.uid != pod.uid):
             worker.state.delivered_hash = None  # a new container starts empty
@@ -355,6 +368,7 @@ class Controller:
 
     def forget_pod(self, namespace: str, name: str) -> None:
         self.pods[namespace].pop(name, None)
+        self.gate_closing.pop((namespace, name), None)
         self.mark(namespace)
 
     def mark(self, namespace: str) -> None:
@@ -631,6 +645,9 @@ class Controller:
         owners, files = dict(worker.owners), worker.files  # set together by _assign_pods
         desired_hash = worker.state.desired_hash  # of `owners`: both set by _assign_pods
         worker.settled_hash = None
+        closing = self.gate_closing.get((namespace, worker.pod.name))
+        if closing is not None:
+            await closing  # before any reopening
         if worker.adoptable:
             worker.adoptable = False
             if await self._adopt(namespace, worker, owners, files):
@@ -722,7 +739,13 @@ class Controller:
             worker.state.problems = {}
             worker.state.last_reload_result = "Verified"
             worker.set_delivered(owners, files)
-            await asyncio.to_thread(self._set_readiness, namespace, worker.pod.name, True)
+            if not worker.pod.gate_open:  # a PATCH on every delivery would cost each one ~30 ms
+                pod = worker.pod
+                pod.gate_open = await asyncio.to_thread(
+                    self._set_readiness, namespace, pod.name, True
+                )
+                if pod.gate_open:
+                    self.gate_closing.pop((namespace, pod.name), None)
         else:
             worker.state.last_reload_result = "RolledBack" if result.rolled_back else "Failed"
         if not result.ok:
@@ -756,8 +779,18 @@ class Controller:
         start = worker.audit_cursor % len(names)
         return (names[start:] + names[:start])[:AUDIT_BATCH]
 
-    def _set_readiness(self, namespace: str, pod: str, ready: bool) -> None:
-        """The pod readiness gate: traffic waits until the trunks are delivered and verified."""
+    def _close_gate(self, namespace: str, pod: Pod) -> None:
+        """A restarted container serves nothing verified yet, and the condition outlives it:
+        closed at once (the container is not ready yet), reopened by its first delivery."""
+        pod.gate_open = False
+        self.gate_closing[(namespace, pod.name)] = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(self._set_readiness, namespace, pod.name, False)
+        )
+
+    def _set_readiness(self, namespace: str, pod: str, ready: bool) -> bool:
+        """The pod readiness gate: traffic waits until the trunks are delivered and verified.
+        Opened after a delivery, closed when the container restarts (the condition outlives
+        the container, and a new one serves nothing verified yet). True once written."""
         condition = {
             "type": self.settings.readiness_condition,
             "status": "True" if ready else "False",
@@ -765,8 +798,10 @@ class Controller:
         }
         try:
             self.kube.set_pod_condition(namespace, pod, condition)
+            return True
         except KubeError as error:
             log.debug("readiness gate on %s/%s not set: %s", namespace, pod, error)
+            return False
 
     # ---- observation -----------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from trunk_operator import controller
+from trunk_operator import asterisk, controller
 from trunk_operator.apiclient import KubeError
 from trunk_operator.controller import (
     Controller,
@@ -21,6 +21,7 @@ from trunk_operator.controller import (
 )
 from trunk_operator.kube import SecretRead
 from trunk_operator.plan import Inputs, Resource, plan_namespace
+from trunk_operator.render import files_hash
 from trunk_operator.status import PodDelivery
 
 
@@ -388,3 +389,65 @@ def test_liveness_fails_when_the_watches_missed_a_change() -> None:
     ctl.watch_audit.check({("ns", "TwilioTrunk/a"): "3"}, {("ns", "TwilioTrunk/a"): "1"})
     with pytest.raises(RuntimeError, match="watches missed 1 change"):
         ctl.health()
+
+
+class GateKube(FakeKube):
+    """Also records the pods' readiness-gate PATCHes."""
+
+    def __init__(self) -> None:
+        super().__init__({"username": "u", "password": "p"})
+        self.gates: list[tuple[str, str]] = []
+
+    def set_pod_condition(self, namespace: str, pod: str, condition: dict[str, Any]) -> None:
+        self.gates.append((pod, condition["status"]))
+
+    def pod_exec(self, namespace: str, pod: str, container: str) -> object:
+        return object()
+
+
+def test_the_readiness_gate_is_written_when_it_changes_and_closed_on_a_restart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def delivered(pod_exec, files, *args: Any) -> asterisk.DeliveryResult:  # type: ignore[no-untyped-def]
+        return asterisk.DeliveryResult(True, files_hash(files), [], None)
+
+    monkeypatch.setattr(asterisk, "deliver", delivered)
+
+    async def scenario() -> None:
+        kube = GateKube()
+        ctl = NoDelivery(kube)  # type: ignore[arg-type]
+        body = pod_body("asterisk-0")
+        body["status"]["containerStatuses"][0]["containerID"] = "containerd://one"
+        ctl.upsert_pod(body)
+        ctl.upsert("TwilioTrunk", trunk_body("acme"))
+        await ctl.reconcile_namespace("ns")
+        worker = ctl.workers[("ns", "asterisk-0")]
+        worker.adoptable = False
+        for _ in range(3):
+            worker.state.delivered_hash = None
+            await ctl._deliver_once("ns", worker)
+        assert kube.gates == [("asterisk-0", "True")]  # one PATCH, not one per delivery
+
+        # The pod event that shows the condition; then the container restarts.
+        body["status"]["conditions"] = [
+            {"type": ctl.settings.readiness_condition, "status": "True"}
+        ]
+        ctl.upsert_pod(body)
+        restarted = pod_body("asterisk-0")
+        restarted["status"]["conditions"] = body["status"]["conditions"]
+        restarted["status"]["containerStatuses"][0].update(
+            containerID="containerd://two", restartCount=1, ready=False
+        )
+        ctl.upsert_pod(restarted)
+        await asyncio.sleep(0.1)
+        assert kube.gates[1:] == [("asterisk-0", "False")]  # at once, while it is not ready
+        restarted["status"]["containerStatuses"][0]["ready"] = True
+        ctl.upsert_pod(restarted)
+        await ctl.reconcile_namespace("ns")
+        worker = ctl.workers[("ns", "asterisk-0")]
+        worker.adoptable = False
+        await ctl._deliver_once("ns", worker)
+        assert kube.gates[1:] == [("asterisk-0", "False"), ("asterisk-0", "True")]
+        await ctl.stop()
+
+    asyncio.run(scenario())
