@@ -6,8 +6,10 @@ first use) and sipp (apt-get install -y sip-tester). Skipped when podman or sipp
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +24,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (sip-tester) not installed"),
 ]
 
+ROOT = Path(__file__).resolve().parents[2]
 TWILIO_HOST = "acme.pstn.twilio.com"
 STANDIN_IP = "127.0.0.2"
 USERNAME = "trunkuser"
@@ -139,6 +142,25 @@ def test_core_show_version_is_asterisk_22(pbx):
     transports = pbx.rx("pjsip show transports")
     assert "transport-udp" in transports and "127.0.10.1:5060" in transports
     assert "Objects found: 2" in transports  # transport-udp and transport-tls
+
+
+def test_sorcery_keeps_the_types_no_trunk_uses_out_of_the_reload(pbx):
+    """examples/asterisk/config/sorcery.conf (the test image's copy is the same file): a PJSIP
+    reload parses pjsip.conf, with every trunk, once per object type it reads from there."""
+    examples = ROOT / "examples" / "asterisk" / "config" / "sorcery.conf"
+    assert (asterisk_mod.BASE_CONFIG / "sorcery.conf").read_text() == examples.read_text()
+    pbx.rx("logger add channel sorcery-check debug")
+    pbx.rx("core set debug 2 res_sorcery_config.so")
+    try:
+        pbx.rx("module reload res_pjsip.so")
+        time.sleep(0.5)
+        log = pbx.exec("cat", "/var/log/asterisk/sorcery-check").stdout
+    finally:
+        pbx.rx("core set debug off res_sorcery_config.so")
+        pbx.rx("logger remove channel sorcery-check")
+    parsed = set(re.findall(r"objects of type '([^']+)' from 'pjsip.conf'", log))
+    # What a trunk or the base configuration needs ('system' is read at start only).
+    assert parsed == {"endpoint", "aor", "auth", "identify", "transport", "global"}, log[-2000:]
 
 
 def test_trunk_qualifies_and_calls_with_401(request, pbx):
