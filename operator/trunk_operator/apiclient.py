@@ -189,7 +189,7 @@ class Api:
     def __init__(
         self,
         connection: Connection,
-        pool_size: int = 8,
+        pool_size: int = 16,  # as many as the controller's API calls at once (API_CALLS)
         *,
         retries: int = RETRIES,
         timeout: float = 60.0,

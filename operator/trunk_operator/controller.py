@@ -13,12 +13,14 @@ deletions. Work is level-based and coalesced:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from trunk_operator import asterisk, metrics
 from trunk_operator.apiclient import KubeError, describe
@@ -56,6 +58,14 @@ RETRY_SECONDS = 5.0  # after a failed write of one CR's rendered state
 STUCK_PLAN_SECONDS = 600.0  # API calls time out after 60 s each: a plan this old is stuck
 FINALIZER = "trunks.asterisk-operator.dev/delivered"
 AUDIT_BATCH = 10  # endpoints the observer re-checks in depth per pod and round
+# Threads for the controller's blocking calls: API calls (API_CALLS at once) plus one exec per
+# pod. Its own pool: asyncio's default one has min(32, cores + 4) threads (6 on 2 cores), so
+# 1,000 new CRs ran 6 API calls at a time, and deliveries that hang on slow pods would hold
+# back the Lease renewals and Kopf's probes, which use it.
+API_CALLS = 16  # client-go bursts 10-30
+IO_THREADS = 48
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -261,7 +271,8 @@ class Controller:
         # Credentials as last read; every watch event on a Secret drops its entry.
         self.secrets: dict[tuple[str, str], SecretRead | None] = {}
         self.secret_events: dict[tuple[str, str], int] = defaultdict(int)
-        self.api_calls = asyncio.Semaphore(16)  # API calls in flight (client-go bursts 10-30)
+        self.api_calls = asyncio.Semaphore(API_CALLS)  # API calls in flight
+        self.io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="trunkop-io")
         self.finalizing: set[tuple[str, str]] = set()  # finalizer PATCHes in flight
         self.planning_since: float | None = None  # a plan in progress started then
         self.watch_audit = WatchAudit()
@@ -392,7 +403,7 @@ class Controller:
                 self.kube.rendered_hashes(),
             )
 
-        trunks, segments, pods, hashes = await asyncio.to_thread(listing)
+        trunks, segments, pods, hashes = await self._io(listing)
         for body in trunks:
             self.upsert(TRUNK, body)
         for body in segments:
@@ -434,7 +445,7 @@ class Controller:
         while True:
             await asyncio.sleep(AUDIT_SECONDS)
             try:
-                listed = await asyncio.to_thread(self._listed_versions)
+                listed = await self._io(self._listed_versions)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # the API is down: that is not the watch's fault
@@ -456,6 +467,11 @@ class Controller:
             for kind in (TRUNK, SEGMENT)
             for body in self.kube.list_custom(PLURALS[kind])
         }
+
+    async def _io(self, call: Callable[..., _T], *args: Any) -> _T:
+        """A blocking call (API, exec) on the controller's own threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.io, functools.partial(call, *args))
 
     async def stop(self) -> None:
         tasks = self.tasks + [w.task for w in self.workers.values() if w.task]
@@ -559,7 +575,7 @@ class Controller:
             return self.secrets[key]
         seen = self.secret_events[key]
         async with self.api_calls:
-            secret = await asyncio.to_thread(self.kube.read_secret, namespace, name)
+            secret = await self._io(self.kube.read_secret, namespace, name)
         if self.secret_events[key] == seen:  # else it changed meanwhile: read again next time
             self.secrets[key] = secret
         return secret
@@ -568,7 +584,7 @@ class Controller:
         self, key: tuple[str, str], digest: tuple[str, str], owner: Owner, outcome: Outcome
     ) -> None:
         async with self.api_calls:
-            await asyncio.to_thread(
+            await self._io(
                 self.kube.write_rendered,
                 owner,
                 outcome.public,
@@ -692,7 +708,7 @@ class Controller:
             frozenset(self._audit_batch(worker, owners)),
             frozenset(expected.contexts) | user_contexts_of(owners),
         )
-        observation = await asyncio.to_thread(
+        observation = await self._io(
             asterisk.observe, pod_exec, expected, self.settings.exec_timeout, probe
         )
         if (
@@ -723,7 +739,7 @@ class Controller:
         started = time.monotonic()
         files = files if files is not None else files_of(owners)
         before = worker.delivered_files if worker.state.delivered_hash is not None else None
-        result = await asyncio.to_thread(
+        result = await self._io(
             asterisk.deliver,
             pod_exec,
             files,
@@ -741,9 +757,7 @@ class Controller:
             worker.set_delivered(owners, files)
             if not worker.pod.gate_open:  # a PATCH on every delivery would cost each one ~30 ms
                 pod = worker.pod
-                pod.gate_open = await asyncio.to_thread(
-                    self._set_readiness, namespace, pod.name, True
-                )
+                pod.gate_open = await self._io(self._set_readiness, namespace, pod.name, True)
                 if pod.gate_open:
                     self.gate_closing.pop((namespace, pod.name), None)
         else:
@@ -784,7 +798,7 @@ class Controller:
         closed at once (the container is not ready yet), reopened by its first delivery."""
         pod.gate_open = False
         self.gate_closing[(namespace, pod.name)] = asyncio.get_running_loop().create_task(
-            asyncio.to_thread(self._set_readiness, namespace, pod.name, False)
+            self._io(self._set_readiness, namespace, pod.name, False)
         )
 
     def _set_readiness(self, namespace: str, pod: str, ready: bool) -> bool:
@@ -829,7 +843,7 @@ class Controller:
                 frozenset(e.name for e in audited.endpoints),
                 user_contexts_of(delivered),
             )
-            observation = await asyncio.to_thread(asterisk.observe, pod_exec, expected, 30, probe)
+            observation = await self._io(asterisk.observe, pod_exec, expected, 30, probe)
         worker.state.observation = observation
         worker.audit_cursor += len(audited.endpoints)
         drift = (
@@ -908,7 +922,7 @@ class Controller:
             self._event_on_transition(namespace, cr, old, final)
 
         async with self.api_calls:
-            await asyncio.to_thread(write)
+            await self._io(write)
         key = (namespace, cr.resource.ref)
         if self.resources.get(namespace, {}).get(cr.resource.ref, cr).uid == cr.uid:
             self.patched[key] = status
@@ -1026,7 +1040,7 @@ class Controller:
         self.finalizing.add(key)
         try:
             async with self.api_calls:
-                await asyncio.to_thread(
+                await self._io(
                     self.kube.set_finalizers,
                     PLURALS[tracked.resource.kind],
                     namespace,

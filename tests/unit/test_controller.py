@@ -2,6 +2,7 @@
 status may claim while plans and deliveries interleave (with a fake API; no cluster)."""
 
 import asyncio
+import os
 import threading
 from dataclasses import replace
 from typing import Any
@@ -449,5 +450,27 @@ def test_the_readiness_gate_is_written_when_it_changes_and_closed_on_a_restart(
         await ctl._deliver_once("ns", worker)
         assert kube.gates[1:] == [("asterisk-0", "False"), ("asterisk-0", "True")]
         await ctl.stop()
+
+    asyncio.run(scenario())
+
+
+def test_hanging_deliveries_leave_the_default_executor_to_lease_renewals() -> None:
+    """Lease renewals (leader.py) and Kopf's probes run on asyncio's default executor; the
+    controller's blocking calls must not take all of its threads, whatever their number."""
+
+    async def scenario() -> None:
+        ctl = Controller(FakeKube({"username": "u", "password": "p"}))  # type: ignore[arg-type]
+        release = threading.Event()
+        default_threads = min(32, (os.cpu_count() or 1) + 4)
+        hanging = [
+            asyncio.ensure_future(ctl._io(release.wait, 30)) for _ in range(default_threads + 2)
+        ]
+        await asyncio.sleep(0.1)
+        try:
+            renewed = await asyncio.wait_for(asyncio.to_thread(lambda: "renewed"), 2)
+            assert renewed == "renewed"
+        finally:
+            release.set()
+            await asyncio.gather(*hanging)
 
     asyncio.run(scenario())
