@@ -717,6 +717,9 @@ def m8_scale(args: argparse.Namespace, workdir: Path) -> Section:
         " per-CR files from 1,000 trunks: a minute each), its own Secret rotated, a new pod"
         " added, `core restart now` with the files in place. Floor: one exec round trip"
         " through the API server with `pjsip show endpoint X` (the operator's exec client)."
+        f" Sizes {args.scale_node_sizes or 'none'} again with the chart's operator and an"
+        " examples/asterisk pod on the real kubelet node (exec through kubelet and containerd"
+        " instead of kwok's exec pod and podman), up to the rotation."
         f" Observer interval {args.observe_interval:g} s",
     )
     scale.run(args, workdir, sec)
@@ -764,6 +767,11 @@ def main(argv: list[str] | None = None) -> int:
         "--scale-baseline-sizes", default="10,100,1000", help="(8) sizes run with per-CR files"
     )
     p.add_argument("--scale-changes", type=int, default=10, help="(8) changes of one trunk")
+    p.add_argument(
+        "--scale-node-sizes",
+        default="1000",
+        help="(8) sizes run again with the chart's operator and Asterisk on the real node",
+    )
     p.add_argument(
         "--scale-baseline-changes", type=int, default=2, help="(8) per-CR files, >= 1,000 trunks"
     )

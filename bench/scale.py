@@ -12,6 +12,12 @@ For each size: one Asterisk pod, one shared credentials Secret, N trunks created
 its own Secret rotated, a new pod added (what a restarted pod gets), and Asterisk restarted
 with the operator's files in place. The floor of one change is an exec round trip through the API
 server with `pjsip show endpoint X`, timed with the operator's own exec client.
+
+Sizes in `--scale-node-sizes` run again as users run them (bench/rig.py InClusterRig): the
+operator installed with the chart on the real kubelet node, one Asterisk pod of
+examples/asterisk there, exec through the API server to kubelet and containerd (on the kwok
+rig an exec goes through kwok's exec pod to `podman exec`, which costs more). The same steps
+up to the rotation (one real node: no second pod, and kubelet restarts Asterisk itself).
 """
 
 from __future__ import annotations
@@ -25,8 +31,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rig import ROOT, TRUNKS, AsteriskPod, Rig, log, percentile, trunk_spec, update_latencies
+from rig import (
+    ROOT,
+    TRUNKS,
+    AsteriskPod,
+    ClusterAsteriskPod,
+    InClusterRig,
+    Rig,
+    log,
+    percentile,
+    trunk_spec,
+    update_latencies,
+)
 
+from testbed.release import build_operator_image
 from trunk_operator.apiclient import load_config
 from trunk_operator.kube import Kube
 
@@ -68,13 +86,16 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> float:
     raise TimeoutError(f"{what}: not after {timeout:.0f} s")
 
 
-def _listed_endpoints(pod: AsteriskPod) -> int:
-    out = pod.container.rx("pjsip list endpoints", check=False)
+def _listed_endpoints(pod: AsteriskPod | ClusterAsteriskPod) -> int:
+    rx = pod.rx if isinstance(pod, ClusterAsteriskPod) else pod.container.rx
+    out = rx("pjsip list endpoints", check=False)
     found = re.search(r"Objects found: (\d+)", out)
     return int(found.group(1)) if found else 0
 
 
-def floor_seconds(rig: Rig, pod: AsteriskPod, endpoint: str, count: int = 7) -> float:
+def floor_seconds(
+    rig: Rig, pod: AsteriskPod | ClusterAsteriskPod, endpoint: str, count: int = 7
+) -> float:
     """Median of one exec round trip through the API server with `pjsip show endpoint X`."""
     assert rig.cluster and rig.cluster.kubeconfig
     kube = Kube(load_config(rig.cluster.kubeconfig))
@@ -88,61 +109,75 @@ def floor_seconds(rig: Rig, pod: AsteriskPod, endpoint: str, count: int = 7) -> 
     return percentile(took, 50)
 
 
+def _steps(
+    args: argparse.Namespace,
+    rig: Rig,
+    pod: AsteriskPod | ClusterAsteriskPod,
+    label: str,
+    n: int,
+    changes: int,
+) -> dict[str, Any]:
+    """The steps every rig runs: `n` trunks at once, `changes` changes of one, the floor, and
+    from 1,000 trunks one rotation of that trunk's Secret; figures by name."""
+    out: dict[str, Any] = {}
+    watch = rig.watch()
+    rig.create_secret(SHARED_SECRET)
+    rig.core.create_namespaced_secret(
+        rig.namespace,
+        {
+            "metadata": {"name": OWN_SECRET},
+            "stringData": {"username": "first-user", "password": "p0"},
+        },
+    )
+    names = [f"s{i:05d}" for i in range(n)]
+    started = time.monotonic()
+
+    def create(i: int) -> int:
+        secret = OWN_SECRET if i == 0 else SHARED_SECRET
+        return rig.create(TRUNKS, "TwilioTrunk", names[i], trunk_spec(i, names[i], secret))
+
+    gens = rig.parallel(create, range(n), workers=16)
+    done = watch.wait_ready(list(zip(names, gens, strict=True)), args.timeout, f"{label} all")
+    out["applied at once -> all Ready"] = max(done.values()) - started
+    log(f"[{label}] {n} trunks Ready after {out['applied at once -> all Ready']:.1f} s")
+    time.sleep(2)
+    reloads_before = pod.reloads()
+    updates = update_latencies(rig, watch, names[0], changes, timeout=600)
+    out["one change -> Ready p50"] = percentile(updates, 50)
+    out["one change -> Ready max"] = max(updates)
+    out["changes"] = len(updates)
+    out["PJSIP reloads per change"] = (pod.reloads() - reloads_before) / len(updates)
+    out["floor: exec + pjsip show endpoint"] = floor_seconds(rig, pod, names[0].upper())
+    if n >= 1000:
+        version = _rotate(rig, "rotated-1")
+        rotated = time.monotonic()
+        _wait(
+            lambda: (
+                watch.conditions(names[0]).get("status") == "True"
+                and (watch.objects.get(names[0]) or {})
+                .get("status", {})
+                .get("secretResourceVersion")
+                == version
+            ),
+            args.timeout,
+            "rotation served",
+        )
+        out["password rotation -> Ready (served)"] = time.monotonic() - rotated
+    return out
+
+
 def one_size(
     args: argparse.Namespace, workdir: Path, variant: str, source: Path | None, n: int
 ) -> dict[str, Any]:
-    """The steps for `n` trunks with one operator; figures by name."""
-    out: dict[str, Any] = {}
+    """The steps for `n` trunks with one operator process on the kwok rig; figures by name."""
     label = f"scale-{'new' if source is None else 'old'}-{n}"
     with Rig(label, workdir, args.observe_interval) as rig:
         [pod] = rig.add_pods(1, {"bench.pstn.twilio.com": "127.0.0.21"})
         operator = rig.start_operator(source)
-        watch = rig.watch()
-        rig.create_secret(SHARED_SECRET)
-        rig.core.create_namespaced_secret(
-            rig.namespace,
-            {
-                "metadata": {"name": OWN_SECRET},
-                "stringData": {"username": "first-user", "password": "p0"},
-            },
-        )
-        names = [f"s{i:05d}" for i in range(n)]
-        started = time.monotonic()
-
-        def create(i: int) -> int:
-            secret = OWN_SECRET if i == 0 else SHARED_SECRET
-            return rig.create(TRUNKS, "TwilioTrunk", names[i], trunk_spec(i, names[i], secret))
-
-        gens = rig.parallel(create, range(n), workers=16)
-        done = watch.wait_ready(list(zip(names, gens, strict=True)), args.timeout, f"{label} all")
-        out["applied at once -> all Ready"] = max(done.values()) - started
-        log(f"[{label}] {n} trunks Ready after {out['applied at once -> all Ready']:.1f} s")
-        time.sleep(2)
-        reloads_before = pod.reloads()
         changes = args.scale_changes if source is None or n <= 100 else args.scale_baseline_changes
-        updates = update_latencies(rig, watch, names[0], changes, timeout=600)
-        out["one change -> Ready p50"] = percentile(updates, 50)
-        out["one change -> Ready max"] = max(updates)
-        out["changes"] = len(updates)
-        out["PJSIP reloads per change"] = (pod.reloads() - reloads_before) / len(updates)
-        out["floor: exec + pjsip show endpoint"] = floor_seconds(rig, pod, names[0].upper())
+        out = _steps(args, rig, pod, label, n, changes)
         out["operator VmHWM MiB"] = operator.memory().get("VmHWM", 0) / 1024
-        out["operator VmRSS MiB"] = operator.memory().get("VmRSS", 0) / 1024
         if n >= 1000:
-            version = _rotate(rig, "rotated-1")
-            rotated = time.monotonic()
-            _wait(
-                lambda: (
-                    watch.conditions(names[0]).get("status") == "True"
-                    and (watch.objects.get(names[0]) or {})
-                    .get("status", {})
-                    .get("secretResourceVersion")
-                    == version
-                ),
-                args.timeout,
-                "rotation served",
-            )
-            out["password rotation -> Ready (served)"] = time.monotonic() - rotated
             # What a restarted pod gets (kubelet reports the restart at once; kwok pods do not
             # restart): a new pod, its full set delivered and verified.
             added = time.monotonic()
@@ -164,6 +199,26 @@ def one_size(
     return out
 
 
+NODE_ASTERISK_IP = "127.0.20.71"  # asterisk-0 of examples/asterisk (hostNetwork) binds here
+
+
+def real_node_size(args: argparse.Namespace, workdir: Path, n: int) -> dict[str, Any]:
+    """The common steps for `n` trunks as users run them: the chart's operator and an
+    examples/asterisk pod on the real kubelet node."""
+    label = f"scale-node-{n}"
+    with InClusterRig(label, workdir, args.observe_interval, build_operator_image()) as rig:
+        # The chart's limit is for ~1,500 trunks (values.yaml): raised as a user would.
+        memory = "256Mi" if n <= 1500 else "2Gi"
+        rig.install_operator(
+            observeIntervalSeconds=args.observe_interval,
+            resources={"limits": {"memory": memory}},
+        )
+        pod = rig.add_asterisk(NODE_ASTERISK_IP, {"bench.pstn.twilio.com": "127.0.0.21"})
+        out = _steps(args, rig, pod, label, n, args.scale_changes)
+        out["operator VmHWM MiB"] = rig.operator_memory().get("VmHWM", 0) / 1024
+    return out
+
+
 SIZE_FIGURES = (
     ("applied at once -> all Ready", "s", {1000: 30.0}),
     ("one change -> Ready p50", "s", {1000: 0.7, 10000: 3.0}),
@@ -182,8 +237,9 @@ def run(args: argparse.Namespace, workdir: Path, section: Any) -> None:
     sizes = [int(x) for x in args.scale_sizes.split(",") if x]
     baseline_sizes = {int(x) for x in args.scale_baseline_sizes.split(",") if x}
     source = baseline_source()
+    kwok: dict[int, dict[str, Any]] = {}
     for n in sizes:
-        new = one_size(args, workdir, "pod file", None, n)
+        new = kwok[n] = one_size(args, workdir, "pod file", None, n)
         old = one_size(args, workdir, "per-CR files", source, n) if n in baseline_sizes else {}
         floor = new.get("floor: exec + pjsip show endpoint")
         for name, unit, targets in SIZE_FIGURES:
@@ -210,3 +266,22 @@ def run(args: argparse.Namespace, workdir: Path, section: Any) -> None:
             f"{n} trunks: {new['changes']} changes (pod file), "
             f"{old.get('changes', 0)} (per-CR files)"
         )
+    for n in [int(x) for x in args.scale_node_sizes.split(",") if x]:
+        real = real_node_size(args, workdir, n)
+        floor = real.get("floor: exec + pjsip show endpoint")
+        for name, unit, targets in SIZE_FIGURES:
+            if name not in real:
+                continue
+            notes = []
+            if (on_kwok := kwok.get(n, {}).get(name)) is not None:
+                notes.append(f"kwok rig {on_kwok:.2f}")
+            if unit == "s" and floor and name.startswith("one change"):
+                notes.append(f"{real[name] / floor:.1f}x the floor")
+            section.add(
+                f"{n} trunks on the real node: {name}",
+                real[name],
+                unit,
+                targets.get(n),
+                note=", ".join(notes),
+            )
+        section.notes.append(f"{n} trunks on the real node: {real['changes']} changes")

@@ -135,15 +135,17 @@ class Release:
         ]
 
     def operator_log(self) -> str:
+        return "\n".join(self.pod_log(p["metadata"]["name"]) for p in self.operator_pods())
+
+    def pod_log(self, name: str) -> str:
+        """One operator pod's log: its previous container's (if it restarted), then its own."""
         logs = []
-        for pod in self.operator_pods():
-            name = pod["metadata"]["name"]
-            for previous in (True, False):
-                out = self.cluster.kubectl(
-                    "logs", "-n", self.namespace, name, *(["--previous"] if previous else []),
-                    check=False,
-                )  # fmt: skip
-                logs.append(out.stdout)
+        for previous in (True, False):
+            out = self.cluster.kubectl(
+                "logs", "-n", self.namespace, name, *(["--previous"] if previous else []),
+                check=False,
+            )  # fmt: skip
+            logs.append(out.stdout)
         return "\n".join(logs)
 
     @property

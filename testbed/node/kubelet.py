@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -115,6 +116,33 @@ class KubeletNode:
         self, *args: str, check: bool = True, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
         return images.ctr(self.socket, *args, check=check, timeout=timeout)
+
+    def container_pid(self, container_id: str) -> int:
+        """The host PID of a running container (``containerd://<id>`` from a pod's status)."""
+        wanted = container_id.removeprefix("containerd://")
+        for line in self.ctr("tasks", "ls").stdout.splitlines()[1:]:
+            task, pid, *_ = line.split()
+            if task == wanted:
+                return int(pid)
+        raise NodeError(f"no running task {wanted} on {self.name}")
+
+    @contextlib.contextmanager
+    def cut_off(self, container_id: str, ip: str, port: int) -> Iterator[None]:
+        """A network partition of one pod: while the block runs, TCP from the pod to ip:port
+        is refused (reset). An iptables rule in the pod's own network namespace, entered
+        through a handle held meanwhile (the container may exit and restart in the same
+        namespace), and deleted afterwards, also when the block fails. The host's rules are
+        not touched; the namespace goes with the pod if it is deleted first."""
+        handle = os.open(f"/proc/{self.container_pid(container_id)}/ns/net", os.O_RDONLY)
+        enter = ["nsenter", f"--net=/proc/{os.getpid()}/fd/{handle}", "iptables"]
+        rule = ["OUTPUT", "-p", "tcp", "-d", ip, "--dport", str(port),
+                "-j", "REJECT", "--reject-with", "tcp-reset"]  # fmt: skip
+        try:
+            subprocess.run([*enter, "-I", *rule], check=True, capture_output=True, timeout=30)
+            yield
+        finally:
+            subprocess.run([*enter, "-D", *rule], check=False, capture_output=True, timeout=30)
+            os.close(handle)
 
     def import_image(self, ref: str) -> float:
         """Copy a podman image into containerd (skipped when that image id is there already).
