@@ -6,8 +6,8 @@ import hashlib
 from dataclasses import dataclass, field
 
 from trunk_operator.asterisk import Expected
-from trunk_operator.controller import expected_endpoint
 from trunk_operator.models import DIDSegmentSpec, TwilioTrunkSpec
+from trunk_operator.podset import expected_endpoint
 from trunk_operator.render import (
     Files,
     contexts_in,

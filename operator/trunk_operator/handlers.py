@@ -15,11 +15,12 @@ import kopf
 
 from trunk_operator import metrics
 from trunk_operator.apiclient import Api, Connection, load_config
-from trunk_operator.controller import Controller, Settings
+from trunk_operator.controller import Controller
 from trunk_operator.kube import LABEL_MANAGED_BY, MANAGER, Kube
 from trunk_operator.leader import LeaderElector
 from trunk_operator.models import GROUP
 from trunk_operator.plan import SEGMENT, TRUNK
+from trunk_operator.pods import Settings
 
 controller: Controller | None = None
 

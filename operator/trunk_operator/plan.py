@@ -33,6 +33,7 @@ from trunk_operator.render import (
 
 TRUNK = "TwilioTrunk"
 SEGMENT = "DIDSegment"
+PLURALS = {TRUNK: "twiliotrunks", SEGMENT: "didsegments"}
 MAX_LISTED_CONFLICTS = 20
 
 
@@ -60,6 +61,17 @@ class Resource:
     @property
     def order(self) -> tuple[str, str]:
         return (self.created, self.name)
+
+
+@dataclass
+class Tracked:
+    """A CR as the controller knows it: the Resource, and the API's metadata of it."""
+
+    resource: Resource
+    uid: str
+    deleting: bool = False
+    finalizers: tuple[str, ...] = ()
+    resource_version: str = ""
 
 
 @dataclass

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from trunk_operator.asterisk import Observation
 from trunk_operator.plan import Outcome, Problem
+
+
+def timestamp() -> str:
+    """Now, as status times are written (RFC 3339, seconds)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 @dataclass

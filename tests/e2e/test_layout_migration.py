@@ -15,8 +15,8 @@ from testbed.asterisk import AsteriskContainer
 from tests.e2e.conftest import podman_exec
 from tests.e2e.test_operator import HOSTS, PASSWORD, SID_A, SID_B, credentials, trunk, wait_ready
 from trunk_operator import asterisk
-from trunk_operator.controller import expected_for
 from trunk_operator.plan import TRUNK, Inputs, Resource, plan_namespace
+from trunk_operator.podset import expected_for
 from trunk_operator.render import POD_FILES
 
 pytestmark = pytest.mark.e2e

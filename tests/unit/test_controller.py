@@ -9,19 +9,13 @@ from typing import Any
 
 import pytest
 
-from trunk_operator import asterisk, controller
+from trunk_operator import asterisk, pods
 from trunk_operator.apiclient import KubeError
-from trunk_operator.controller import (
-    Controller,
-    Pod,
-    PodWorker,
-    expected_for,
-    files_of,
-    probe_for,
-    reloads_for,
-)
+from trunk_operator.controller import Controller
 from trunk_operator.kube import SecretRead
 from trunk_operator.plan import Inputs, Resource, plan_namespace
+from trunk_operator.pods import AsteriskPods, Pod, PodWorker
+from trunk_operator.podset import expected_for, files_of, probe_for, reloads_for
 from trunk_operator.render import files_hash
 from trunk_operator.status import PodDelivery
 
@@ -123,8 +117,13 @@ def trunk_body(name: str, generation: int = 1, **spec: Any) -> dict:
 class NoDelivery(Controller):
     """Pod workers that never run: the test plays the deliveries itself."""
 
-    async def _deliver_loop(self, namespace: str, worker: PodWorker) -> None:
-        await asyncio.Event().wait()
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+
+        async def idle(namespace: str, worker: PodWorker) -> None:
+            await asyncio.Event().wait()
+
+        self.pods._deliver_loop = idle  # type: ignore[method-assign]
 
 
 def pod_body(name: str) -> dict:
@@ -354,11 +353,11 @@ def test_the_observer_audits_every_endpoint_in_depth_over_the_rounds(
 ) -> None:
     outcomes = plan_with_two_trunks().outcomes
     worker = PodWorker(Pod("p", "u", {}, True, ""), PodDelivery("p"))
-    assert Controller._audit_batch(worker, outcomes) == ["A", "B"]  # all fit in one batch
-    monkeypatch.setattr(controller, "AUDIT_BATCH", 1)
+    assert AsteriskPods._audit_batch(worker, outcomes) == ["A", "B"]  # all fit in one batch
+    monkeypatch.setattr(pods, "AUDIT_BATCH", 1)
     seen = []
     for _ in range(3):
-        batch = Controller._audit_batch(worker, outcomes)
+        batch = AsteriskPods._audit_batch(worker, outcomes)
         seen += batch
         worker.audit_cursor += len(batch)
     assert seen == ["A", "B", "A"]
@@ -369,12 +368,12 @@ def test_a_pod_keeps_when_each_cr_arrived_across_deliveries(
 ) -> None:
     outcomes = plan_with_two_trunks().outcomes
     worker = PodWorker(Pod("p", "u", {}, True, ""), PodDelivery("p"))
-    monkeypatch.setattr(controller, "_now", lambda: "t1")
+    monkeypatch.setattr(pods, "timestamp", lambda: "t1")
     worker.set_delivered(dict(outcomes))
     changed = dict(outcomes)
     a = changed["TwilioTrunk/a"]
     changed["TwilioTrunk/a"] = replace(a, public={p: t + ";\n" for p, t in a.public.items()})
-    monkeypatch.setattr(controller, "_now", lambda: "t2")
+    monkeypatch.setattr(pods, "timestamp", lambda: "t2")
     worker.set_delivered(changed)
     assert worker.state.delivered_at == {
         "TwilioTrunk/a": "t2",
@@ -426,7 +425,7 @@ def test_the_readiness_gate_is_written_when_it_changes_and_closed_on_a_restart(
         worker.adoptable = False
         for _ in range(3):
             worker.state.delivered_hash = None
-            await ctl._deliver_once("ns", worker)
+            await ctl.pods.deliver_once("ns", worker)
         assert kube.gates == [("asterisk-0", "True")]  # one PATCH, not one per delivery
 
         # The pod event that shows the condition; then the container restarts.
@@ -447,7 +446,7 @@ def test_the_readiness_gate_is_written_when_it_changes_and_closed_on_a_restart(
         await ctl.reconcile_namespace("ns")
         worker = ctl.workers[("ns", "asterisk-0")]
         worker.adoptable = False
-        await ctl._deliver_once("ns", worker)
+        await ctl.pods.deliver_once("ns", worker)
         assert kube.gates[1:] == [("asterisk-0", "False"), ("asterisk-0", "True")]
         await ctl.stop()
 
@@ -463,7 +462,8 @@ def test_hanging_deliveries_leave_the_default_executor_to_lease_renewals() -> No
         release = threading.Event()
         default_threads = min(32, (os.cpu_count() or 1) + 4)
         hanging = [
-            asyncio.ensure_future(ctl._io(release.wait, 30)) for _ in range(default_threads + 2)
+            asyncio.ensure_future(ctl.calls.run(release.wait, 30))
+            for _ in range(default_threads + 2)
         ]
         await asyncio.sleep(0.1)
         try:

@@ -1,0 +1,454 @@
+"""The Asterisk pods: what each should serve, one delivery worker per pod, their readiness
+gates, and the observer that reads back what each serves.
+
+Each pod's worker always delivers the newest desired set, so a burst of changes becomes one
+exec round (changes arriving during a reload fold into the next); the observer execs once per
+pod per interval for all its CRs, to refresh live status and detect drift (files changed by
+hand, a restarted container) by content hashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from trunk_operator import asterisk, metrics
+from trunk_operator.apiclient import KubeError, describe
+from trunk_operator.asterisk import Expected, ExpectedEndpoint, Probe
+from trunk_operator.kube import Kube
+from trunk_operator.models import TwilioTrunkSpec
+from trunk_operator.plan import TRUNK, Outcome
+from trunk_operator.podset import (
+    changed_endpoints,
+    expected_for,
+    files_of,
+    probe_for,
+    reloads_for,
+    user_contexts_of,
+)
+from trunk_operator.render import Files, files_hash
+from trunk_operator.status import PodDelivery, timestamp
+from trunk_operator.threads import BlockingCalls
+
+log = logging.getLogger(__name__)
+
+AUDIT_BATCH = 10  # endpoints the observer re-checks in depth per pod and round
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the operator finds and talks to Asterisk pods (from the environment: handlers)."""
+
+    default_selector: Mapping[str, str] = field(default_factory=lambda: {"app": "asterisk"})
+    container: str = "asterisk"
+    observe_interval: float = 5.0
+    exec_timeout: float = 180.0
+    readiness_condition: str = "trunks.asterisk-operator.dev/delivered"
+
+
+@dataclass
+class Pod:
+    name: str
+    uid: str
+    labels: dict[str, str]
+    ready: bool
+    incarnation: str  # changes when the container restarts
+    gate_open: bool = False  # our readiness gate is True in the pod's status
+
+
+@dataclass
+class PodWorker:
+    pod: Pod
+    state: PodDelivery
+    owners: dict[str, Outcome] = field(default_factory=dict)  # CR ref -> what the pod should get
+    files: Files = field(default_factory=dict)  # files_of(owners)
+    delivered_owners: dict[str, Outcome] = field(default_factory=dict)  # what it has
+    delivered_files: Files = field(default_factory=dict)  # files_of(delivered_owners)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # One exec conversation with a pod at a time: an observation that overlaps a delivery
+    # would read the old hash and report drift that is not there.
+    busy: asyncio.Lock = field(default_factory=asyncio.Lock)
+    task: asyncio.Task[None] | None = None
+    adoptable: bool = True  # first delivery: the pod may already hold this set (restart)
+    # The desired set of the last round that ended with some CRs refused: nothing more to do
+    # for it (the others were delivered) until the desired set changes again.
+    settled_hash: str | None = None
+    audit_cursor: int = 0  # where the observer's in-depth audit of the endpoints goes on
+
+    def set_delivered(self, owners: dict[str, Outcome], files: Files | None = None) -> None:
+        """What the pod has now: these CRs, as `files` (from `files_of(owners)`)."""
+        before, now = self.state.delivered, timestamp()
+        self.delivered_owners = owners
+        self.delivered_files = files if files is not None else files_of(owners)
+        self.state.delivered = {ref: outcome.digest for ref, outcome in owners.items()}
+        self.state.delivered_at = {
+            ref: self.state.delivered_at.get(ref, now) if before.get(ref) == digest else now
+            for ref, digest in self.state.delivered.items()
+        }
+
+
+def _selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+class AsteriskPods:
+    """The pods of every watched namespace, and a worker for each ready one."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        settings: Settings,
+        calls: BlockingCalls,
+        stats: dict[str, int],
+        expected_endpoints: dict[tuple[str, str], ExpectedEndpoint],
+        after_delivery: Callable[[str], Awaitable[None]],
+        after_observation: Callable[[str], Awaitable[None]],
+    ) -> None:
+        """`expected_endpoints`: the controller's cache, pruned to its plans' CRs; the two
+        callbacks write statuses (and release finalizers) for the namespace."""
+        self.kube = kube
+        self.settings = settings
+        self.calls = calls
+        self.stats = stats
+        self.expected_endpoints = expected_endpoints
+        self.after_delivery = after_delivery
+        self.after_observation = after_observation
+        self.known: dict[str, dict[str, Pod]] = defaultdict(dict)  # namespace -> name -> pod
+        self.workers: dict[tuple[str, str], PodWorker] = {}
+        # Readiness gates we closed (restarted containers) until a delivery reopens them; the
+        # closing is awaited before that.
+        self.gate_closing: dict[tuple[str, str], asyncio.Task[bool]] = {}
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return [w.task for w in self.workers.values() if w.task]
+
+    async def observe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.observe_interval)
+            for (namespace, _), worker in list(self.workers.items()):
+                try:
+                    await self.observe(namespace, worker)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:
+                    text = str(error) if isinstance(error, asterisk.ExecError) else describe(error)
+                    log.info("observing %s/%s failed: %s", namespace, worker.pod.name, text)
+
+    def upsert(self, body: Mapping[str, Any]) -> bool:
+        """A pod event; True when the namespace needs a new plan (a pod came, went ready or
+        not, changed labels or restarted its container)."""
+        meta, status = body["metadata"], body.get("status") or {}
+        containers = status.get("containerStatuses") or []
+        ours = [c for c in containers if c.get("name") == self.settings.container]
+        if not any(c.get("name") == self.settings.container for c in body["spec"]["containers"]):
+            return False
+        # A pod being deleted is done: no new deliveries, and it holds no trunk's Ready (its
+        # containers stay ready while a preStop lets calls finish).
+        ready = (
+            status.get("phase") == "Running"
+            and bool(ours and ours[0].get("ready"))
+            and not meta.get("deletionTimestamp")
+        )
+        incarnation = (
+            f"{ours[0].get('containerID', '')}/{ours[0].get('restartCount', 0)}" if ours else ""
+        )
+        namespace = meta["namespace"]
+        # Closed by us until a delivery reopens it, whatever a late event still shows.
+        gate_open = (namespace, meta["name"]) not in self.gate_closing and any(
+            c.get("type") == self.settings.readiness_condition and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
+        pod = Pod(
+            meta["name"], meta["uid"], dict(meta.get("labels") or {}), ready, incarnation, gate_open
+        )
+        before = self.known[namespace].get(pod.name)
+        self.known[namespace][pod.name] = pod
+        if before and before.incarnation not in ("", incarnation) and gate_open:
+            self.close_gate(namespace, pod)
+        worker = self.workers.get((namespace, pod.name))
+        if worker and before and (before.incarnation != incarnation or before.uid != pod.uid):
+            worker.state.delivered_hash = None  # a new container starts empty
+            worker.set_delivered({})
+        if worker:
+            worker.pod = pod
+        return (
+            before is None
+            or before.ready != ready
+            or before.labels != pod.labels
+            or before.incarnation != incarnation
+        )
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.known[namespace].pop(name, None)
+        self.gate_closing.pop((namespace, name), None)
+
+    def _trunk_selector(self, spec: TwilioTrunkSpec) -> Mapping[str, str]:
+        selector = spec.asterisk_selector
+        return (selector.match_labels if selector else None) or self.settings.default_selector
+
+    def assign(self, namespace: str, outcomes: Mapping[str, Outcome]) -> None:
+        """Give every ready pod the union of the last good files of the CRs that select it."""
+        pods = [p for p in self.known.get(namespace, {}).values() if p.ready]
+        for pod in pods:
+            owners: dict[str, Outcome] = {}
+            for ref, outcome in sorted(outcomes.items()):
+                trunk = outcomes.get(f"{TRUNK}/{outcome.trunk}")
+                spec = trunk.trunk_spec if trunk else None
+                if spec is not None and _selector_matches(self._trunk_selector(spec), pod.labels):
+                    owners[ref] = outcome
+            worker = self.worker(namespace, pod)
+            worker.owners = owners
+            worker.files = files_of(owners)
+            worker.state.desired = {ref: outcome.digest for ref, outcome in owners.items()}
+            worker.state.desired_hash = files_hash(worker.files)
+            if worker.state.desired_hash != worker.state.delivered_hash:
+                worker.wake.set()
+        for (ns, name), worker in list(self.workers.items()):
+            if ns == namespace and name not in {p.name for p in pods}:
+                if worker.task:
+                    worker.task.cancel()
+                del self.workers[(ns, name)]
+
+    def worker(self, namespace: str, pod: Pod) -> PodWorker:
+        worker = self.workers.get((namespace, pod.name))
+        if worker is None:
+            worker = PodWorker(pod, PodDelivery(pod.name))
+            self.workers[(namespace, pod.name)] = worker
+            worker.task = asyncio.create_task(
+                self._deliver_loop(namespace, worker), name=f"deliver-{namespace}/{pod.name}"
+            )
+        return worker
+
+    # ---- delivery --------------------------------------------------------------------
+
+    async def _deliver_loop(self, namespace: str, worker: PodWorker) -> None:
+        backoff = 1.0
+        while True:
+            await worker.wake.wait()
+            worker.wake.clear()
+            if worker.state.desired_hash in (worker.state.delivered_hash, worker.settled_hash):
+                continue
+            try:
+                async with worker.busy:
+                    await self.deliver_once(namespace, worker)
+                backoff = 1.0
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                text = str(error) if isinstance(error, asterisk.ExecError) else describe(error)
+                log.warning("delivery to %s/%s failed: %s", namespace, worker.pod.name, text)
+                metrics.DELIVERIES.labels(result="Error").inc()
+                worker.state.last_reload_result = f"error: {text[:200]}"
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30)
+                worker.wake.set()
+            await self.after_delivery(namespace)  # statuses; a deleted CR may have left
+
+    async def deliver_once(self, namespace: str, worker: PodWorker) -> None:
+        owners, files = dict(worker.owners), worker.files  # set together by _assign_pods
+        desired_hash = worker.state.desired_hash  # of `owners`: both set by _assign_pods
+        worker.settled_hash = None
+        closing = self.gate_closing.get((namespace, worker.pod.name))
+        if closing is not None:
+            await closing  # before any reopening
+        if worker.adoptable:
+            worker.adoptable = False
+            if await self._adopt(namespace, worker, owners, files):
+                return
+        result = await self._deliver(namespace, worker, owners, files)
+        if result.ok:
+            return
+        # Keep the CRs Asterisk refused at their last delivered version; the others go ahead.
+        culprits = {owner for problem in result.problems for owner in problem.owners}
+        worker.state.problems = {
+            ref: [p.message for p in result.problems if ref in p.owners or not p.owners]
+            for ref in (culprits or owners)
+        }
+        if not culprits or culprits >= set(owners):
+            worker.state.delivered_hash = None
+            return
+        retry = {
+            ref: worker.delivered_owners[ref] if ref in culprits else outcome
+            for ref, outcome in owners.items()
+            if ref not in culprits or ref in worker.delivered_owners
+        }
+        problems = worker.state.problems
+        if (await self._deliver(namespace, worker, retry)).ok:
+            worker.state.problems = problems  # the refused CRs still need fixing
+            worker.state.last_reload_result = "PartiallyApplied"
+            # Nothing more to do until something changes: a fixed CR changes the desired hash.
+            # Not `delivered_hash`: that is what the pod has, and the desired set may have
+            # moved on while this round ran.
+            worker.settled_hash = desired_hash
+
+    async def _adopt(
+        self, namespace: str, worker: PodWorker, owners: dict[str, Outcome], files: Files
+    ) -> bool:
+        """Take over a pod that already serves exactly this set (the operator restarted):
+        verified by content and by what Asterisk shows, so no reload is needed."""
+        pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
+        expected = expected_for(owners, self.expected_endpoints)
+        # Every object's presence and every context; in depth a first batch of endpoints
+        # (the observer audits the rest, AUDIT_BATCH per round): the files are byte for byte
+        # a set that was verified in depth when it was delivered.
+        probe = Probe(
+            frozenset(self._audit_batch(worker, owners)),
+            frozenset(expected.contexts) | user_contexts_of(owners),
+        )
+        observation = await self.calls.run(
+            asterisk.observe, pod_exec, expected, self.settings.exec_timeout, probe
+        )
+        if (
+            observation.delivered_hash != files_hash(files)
+            or asterisk.drifted(files, observation)
+            or asterisk.verify(expected, observation)
+        ):
+            return False
+        worker.state.delivered_hash = observation.delivered_hash
+        worker.state.observation = observation
+        worker.state.problems = {}
+        worker.state.last_reload_result = "Verified"
+        worker.set_delivered(owners, files)
+        log.info(
+            "%s/%s already serves %d resources: adopted", namespace, worker.pod.name, len(owners)
+        )
+        return True
+
+    async def _deliver(
+        self,
+        namespace: str,
+        worker: PodWorker,
+        owners: dict[str, Outcome],
+        files: Files | None = None,
+    ) -> asterisk.DeliveryResult:
+        pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
+        self.stats["reloads"] += 1
+        started = time.monotonic()
+        files = files if files is not None else files_of(owners)
+        before = worker.delivered_files if worker.state.delivered_hash is not None else None
+        result = await self.calls.run(
+            asterisk.deliver,
+            pod_exec,
+            files,
+            expected_for(owners, self.expected_endpoints),
+            self.settings.exec_timeout,
+            probe_for(owners, worker.delivered_owners),
+            reloads_for(files, before),
+        )
+        worker.state.last_reload_time = timestamp()
+        worker.state.observation = result.observation
+        if result.ok:
+            worker.state.delivered_hash = result.hash
+            worker.state.problems = {}
+            worker.state.last_reload_result = "Verified"
+            worker.set_delivered(owners, files)
+            if not worker.pod.gate_open:  # a PATCH on every delivery would cost each one ~30 ms
+                pod = worker.pod
+                pod.gate_open = await self.calls.run(self._set_readiness, namespace, pod.name, True)
+                if pod.gate_open:
+                    self.gate_closing.pop((namespace, pod.name), None)
+        else:
+            worker.state.last_reload_result = "RolledBack" if result.rolled_back else "Failed"
+        if not result.ok:
+            log.warning(
+                "%s/%s refused: %s",
+                namespace,
+                worker.pod.name,
+                "; ".join(p.message for p in result.problems[:3]),
+            )
+        metrics.DELIVERIES.labels(result=worker.state.last_reload_result).inc()
+        metrics.DELIVERY_SECONDS.observe(time.monotonic() - started)
+        log.info(
+            "%s/%s: %d resources, hash %s: %s in %.2f s (%s)",
+            namespace,
+            worker.pod.name,
+            len(owners),
+            result.hash[:12],
+            worker.state.last_reload_result,
+            time.monotonic() - started,
+            ", ".join(f"{name} {took:.2f} s" for name, took in result.phases.items()),
+        )
+        return result
+
+    @staticmethod
+    def _audit_batch(worker: PodWorker, owners: Mapping[str, Outcome]) -> list[str]:
+        """The next AUDIT_BATCH endpoints of the pod, round robin: over the rounds, every
+        endpoint is read back in depth again (Asterisk's memory can change without files)."""
+        names = sorted(changed_endpoints(owners, {}))
+        if not names:
+            return []
+        start = worker.audit_cursor % len(names)
+        return (names[start:] + names[:start])[:AUDIT_BATCH]
+
+    def close_gate(self, namespace: str, pod: Pod) -> None:
+        """A restarted container serves nothing verified yet, and the condition outlives it:
+        closed at once (the container is not ready yet), reopened by its first delivery."""
+        pod.gate_open = False
+        self.gate_closing[(namespace, pod.name)] = asyncio.get_running_loop().create_task(
+            self.calls.run(self._set_readiness, namespace, pod.name, False)
+        )
+
+    def _set_readiness(self, namespace: str, pod: str, ready: bool) -> bool:
+        """The pod readiness gate: traffic waits until the trunks are delivered and verified.
+        Opened after a delivery, closed when the container restarts (the condition outlives
+        the container, and a new one serves nothing verified yet). True once written."""
+        condition = {
+            "type": self.settings.readiness_condition,
+            "status": "True" if ready else "False",
+            "lastTransitionTime": timestamp(),
+        }
+        try:
+            self.kube.set_pod_condition(namespace, pod, condition)
+            return True
+        except KubeError as error:
+            log.debug("readiness gate on %s/%s not set: %s", namespace, pod, error)
+            return False
+
+    # ---- observation -----------------------------------------------------------------
+
+    async def observe(self, namespace: str, worker: PodWorker) -> None:
+        pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
+        async with worker.busy:
+            # Read under the lock: a delivery that held it has just changed what the pod has.
+            delivered, delivered_files = worker.delivered_owners, worker.delivered_files
+            expected = expected_for(delivered, self.expected_endpoints)
+            batch = set(self._audit_batch(worker, delivered))
+            audited = Expected(tuple(e for e in expected.endpoints if e.name in batch))
+            probe = Probe(
+                frozenset(e.name for e in audited.endpoints),
+                user_contexts_of(delivered),
+            )
+            observation = await self.calls.run(asterisk.observe, pod_exec, expected, 30, probe)
+        worker.state.observation = observation
+        worker.audit_cursor += len(audited.endpoints)
+        drift = (
+            "the delivered hash changed"
+            if observation.delivered_hash != worker.state.delivered_hash
+            else "its files changed"
+            if asterisk.drifted(delivered_files, observation)
+            else "; ".join(p.message for p in asterisk.verify(audited, observation)[:3])
+        )
+        if (
+            drift
+            and worker.delivered_owners is delivered
+            and worker.state.delivered_hash == worker.state.desired_hash
+            and worker.state.last_reload_result == "Verified"
+        ):
+            log.info("drift in %s/%s (%s): redelivering", namespace, worker.pod.name, drift)
+            worker.state.delivered_hash = None  # whatever is there, it is not our set
+            worker.set_delivered({})
+            worker.wake.set()
+        await self.after_observation(namespace)
+
+    def removed_everywhere(self, namespace: str, ref: str) -> bool:
+        """No pod serves, or is to get, this CR's files (pods that went away count)."""
+        return all(
+            ref not in w.delivered_owners and ref not in w.owners
+            for (ns, _), w in self.workers.items()
+            if ns == namespace
+        )

@@ -1,0 +1,172 @@
+"""Each CR's status: reduced from the plan and what every selected pod serves, written only
+when it changed, with an Event when Ready or Degraded changes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from trunk_operator import metrics
+from trunk_operator.kube import Kube, Owner
+from trunk_operator.plan import PLURALS, SEGMENT, TRUNK, Outcome, Plan, Tracked
+from trunk_operator.pods import PodWorker
+from trunk_operator.status import CRView, reduce_status, timestamp, with_transition_times
+from trunk_operator.threads import BlockingCalls
+
+
+class StatusWriter:
+    def __init__(
+        self,
+        kube: Kube,
+        calls: BlockingCalls,
+        plans: Mapping[str, Plan],
+        resources: Mapping[str, Mapping[str, Tracked]],
+        workers: Mapping[tuple[str, str], PodWorker],
+    ) -> None:
+        """`plans`, `resources`, `workers`: the controller's, read at each write."""
+        self.kube = kube
+        self.calls = calls
+        self.plans = plans
+        self.resources = resources
+        self.workers = workers
+        # The status of each CR as we last wrote it (as first seen, before that), and what it
+        # was computed from. Kept here, not on Tracked: watch events replace Tracked objects
+        # while a write is in flight, and a transition compared with a stale status is
+        # announced twice.
+        self.statuses: dict[tuple[str, str], dict[str, Any]] = {}
+        self.patched: dict[tuple[str, str], dict[str, Any]] = {}
+        self.served_secret: dict[tuple[str, str], str] = {}  # Secret version last Ready with
+        self.locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    def seen(self, key: tuple[str, str], status: dict[str, Any]) -> None:
+        """A CR seen for the first time (or a new one under the same name): its status as it
+        is, until we write one; afterwards watch events lag behind our own writes."""
+        self.statuses[key] = status
+        self.patched.pop(key, None)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self.statuses.pop(key, None)
+        self.served_secret.pop(key, None)
+        self.patched.pop(key, None)
+
+    async def write(self, namespace: str) -> None:
+        # Serialized per namespace: two writers computing transitions from the same old
+        # status would both record the transition (and both emit its Event).
+        async with self.locks[namespace]:
+            await self._write(namespace)
+
+    async def _write(self, namespace: str) -> None:
+        plan = self.plans.get(namespace)
+        if plan is None:
+            return
+        tracked = self.resources.get(namespace, {})
+        workers = [w for (ns, _), w in sorted(self.workers.items()) if ns == namespace]
+        dids_by_trunk: dict[str, int] = defaultdict(int)
+        for r, o in plan.outcomes.items():
+            if r.startswith(SEGMENT + "/") and o.trunk:
+                dids_by_trunk[o.trunk] += o.did_count
+        writes = []
+        for ref, outcome in plan.outcomes.items():
+            cr = tracked.get(ref)
+            if cr is None or cr.deleting:
+                continue
+            view = self._view(ref, cr, outcome, plan)
+            did_count = (
+                dids_by_trunk[cr.resource.name] if cr.resource.kind == TRUNK else outcome.did_count
+            )
+            pods = [w.state for w in workers if ref in w.owners]
+            if not pods and outcome.trunk:
+                pods = [w.state for w in workers if f"{TRUNK}/{outcome.trunk}" in w.owners]
+            status = reduce_status(view, outcome, pods, did_count)
+            if outcome.conflicts:
+                status["conflicts"] = outcome.conflicts
+                status["conflictCount"] = outcome.conflict_count
+            key = (namespace, ref)
+            if self.patched.get(key) == status:
+                continue
+            old = self.statuses.get(key, {})
+            final = with_transition_times(
+                {**status, "conditions": [dict(c) for c in status["conditions"]]}, old, timestamp()
+            )
+            writes.append(self._write_status(namespace, cr, status, old, final))
+        await asyncio.gather(*writes)
+
+    async def _write_status(
+        self,
+        namespace: str,
+        cr: Tracked,
+        status: dict[str, Any],
+        old: dict[str, Any],
+        final: dict[str, Any],
+    ) -> None:
+        def write() -> None:
+            self.kube.patch_status(PLURALS[cr.resource.kind], namespace, cr.resource.name, final)
+            self._event_on_transition(namespace, cr, old, final)
+
+        async with self.calls.api:
+            await self.calls.run(write)
+        key = (namespace, cr.resource.ref)
+        if self.resources.get(namespace, {}).get(cr.resource.ref, cr).uid == cr.uid:
+            self.patched[key] = status
+            self.statuses[key] = final
+        self._count_rotation(key, final)
+
+    def _view(self, ref: str, cr: Tracked, outcome: Outcome, plan: Plan) -> CRView:
+        # The generation this plan rendered, and the files a pod must have for it: never the
+        # newest generation seen, which a later plan has yet to render.
+        served = (outcome.generation, None if outcome.blocked else outcome.digest)
+        if cr.resource.kind == TRUNK:
+            trunk = plan.trunk_specs.get(cr.resource.name)
+            contexts = frozenset({trunk.inbound.context}) if trunk else frozenset()
+            endpoint = trunk.endpoint(cr.resource.name) if trunk else None
+            qualify = bool(trunk and trunk.qualify_frequency_seconds > 0)
+            return CRView(ref, *served, endpoint, contexts, qualify)
+        return CRView(ref, *served, None, outcome.user_contexts, False)
+
+    def _event_on_transition(
+        self, namespace: str, cr: Tracked, old: Mapping[str, Any], new: Mapping[str, Any]
+    ) -> None:
+        """An Event when Ready or Degraded changes (status or reason), not for `Delivering`."""
+
+        def conditions(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+            return {c.get("type", ""): c for c in status.get("conditions", [])}
+
+        before, after = conditions(old), conditions(new)
+        owner = Owner(cr.resource.kind, cr.resource.name, namespace, cr.uid)
+        for kind, good in (("Ready", "True"), ("Degraded", "False")):
+            now = after.get(kind)
+            was = before.get(kind, {})
+            if now is None or (was.get("status"), was.get("reason")) == (
+                now["status"],
+                now["reason"],
+            ):
+                continue
+            if now["reason"] == "Delivering" or (kind == "Degraded" and now["status"] == good):
+                continue  # transient, or the all-clear Ready already announces
+            event_type = "Normal" if now["status"] == good else "Warning"
+            self.kube.event(owner, event_type, now["reason"], now["message"] or kind)
+
+    def _count_rotation(self, key: tuple[str, str], status: Mapping[str, Any]) -> None:
+        """A trunk Ready again with credentials of another Secret version than when it was
+        last Ready: a rotation served in every selected pod."""
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in status.get("conditions", [])
+        )
+        version = status.get("secretResourceVersion")
+        if not ready or not version:
+            return
+        if self.served_secret.get(key, version) != version:
+            metrics.ROTATIONS.inc()
+        self.served_secret[key] = version
+
+    def condition_states(self) -> list[metrics.ConditionState]:
+        """Each CR's conditions as last written, one-hot."""
+        states = []
+        for (namespace, ref), status in list(self.statuses.items()):
+            kind, _, name = ref.partition("/")
+            for type_, value in metrics.conditions_of(status):
+                states.append(metrics.ConditionState(namespace, kind, name, type_, value))
+        return states

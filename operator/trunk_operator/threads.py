@@ -1,0 +1,29 @@
+"""The controller's threads for its blocking calls: API calls and execs into pods.
+
+A pool of their own, not asyncio's default executor: that one has min(32, cores + 4)
+threads (6 on 2 cores), so 1,000 new CRs ran 6 API calls at a time, and deliveries hanging on
+slow pods would hold back the Lease renewals and Kopf's probes, which use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+API_CALLS = 16  # API calls in flight at once (client-go bursts 10-30)
+THREADS = 48  # those, plus one exec per pod
+
+_T = TypeVar("_T")
+
+
+class BlockingCalls:
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(THREADS, thread_name_prefix="trunkop-io")
+        self.api = asyncio.Semaphore(API_CALLS)  # held around each API call
+
+    async def run(self, call: Callable[..., _T], *args: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, functools.partial(call, *args))
