@@ -1,8 +1,9 @@
-"""What External Secrets Operator and Vault Secrets Operator really do to a Secret, and how
-the trunk follows: a key removed at the provider (ESO drops it from the Secret), the Secret
-deleted and recreated (ESO at the next refresh), the same data written again (every refresh),
+"""What vault-fed Secrets go through, played on the Secret itself: a key removed (ESO with
+`dataFrom` drops a key removed at the provider and stays synced, external-secrets#1049), the
+Secret deleted and recreated later, the same data written again (tools that rewrite on every sync),
 and a burst of rotations (a vault rotating fast). The last good password keeps serving, a
-problem is reported, nothing reloads for nothing, and bursts coalesce."""
+problem is reported, nothing reloads for nothing, and bursts coalesce. External Secrets
+Operator itself runs in test_external_secrets.py."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def test_vault_fed_secret_changes(
     wait_ready(custom, namespace, "acme")
     assert served_password(pbx) == "first;pw"
 
-    # The same data written again (ESO on every refresh): a new resourceVersion, no reload.
+    # The same data written again (a tool rewriting on every sync): a new resourceVersion, no
+    # reload.
     before = reloads(pbx)
     core.replace_namespaced_secret(
         "acme-sip", namespace, credentials(namespace, "acme", "first;pw")
@@ -56,7 +58,7 @@ def test_vault_fed_secret_changes(
     assert reloads(pbx) == before
     assert condition(status(custom, namespace, "acme"), "Ready")["status"] == "True"
 
-    # A key removed at the provider: ESO drops it. The last good password keeps serving.
+    # A key removed at the provider (ESO's `dataFrom`). The last good password keeps serving.
     core.replace_namespaced_secret(
         "acme-sip",
         namespace,
@@ -75,7 +77,7 @@ def test_vault_fed_secret_changes(
     assert "password" in condition(st, "Ready")["message"]
     assert served_password(pbx) == "first;pw"  # never an empty password
 
-    # Deleted, then recreated with a new password (ESO's next refresh).
+    # Deleted, then recreated later with a new password.
     core.delete_namespaced_secret("acme-sip", namespace)
     wait_for(
         lambda: (
