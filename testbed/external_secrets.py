@@ -9,6 +9,7 @@ handle holds; its CRDs are removed again by `uninstall_crds()`.
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 from pathlib import Path
@@ -17,6 +18,20 @@ from testbed.operator_process import stop_pid
 
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build-external-secrets.sh"
+
+_started: list[subprocess.Popen[bytes]] = []
+
+
+def running_pids() -> list[int]:
+    """Controllers this process started that still run (the test session checks for none)."""
+    return [proc.pid for proc in _started if proc.poll() is None]
+
+
+@atexit.register
+def _stop_all() -> None:
+    for proc in _started:
+        if proc.poll() is None:
+            stop_pid(proc.pid, proc)
 
 
 def build() -> tuple[Path, Path]:
@@ -55,6 +70,7 @@ class ExternalSecretsOperator:
             self.proc = subprocess.Popen(
                 command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
+        _started.append(self.proc)
         return self
 
     def stop(self) -> None:

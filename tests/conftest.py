@@ -201,9 +201,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def leftovers() -> list[str]:
     """Everything this test process started that still exists."""
     from testbed import asterisk as asterisk_mod
+    from testbed import external_secrets
     from testbed import sipp as sipp_mod
 
     found = [f"sipp pid {pid}" for pid in sorted(sipp_mod.running_pids())]
+    found += [f"external-secrets pid {pid}" for pid in external_secrets.running_pids()]
     if subprocess.run(["which", "podman"], capture_output=True).returncode == 0:
         listed = subprocess.run(
             [
