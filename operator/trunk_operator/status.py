@@ -145,9 +145,9 @@ def reduce_status(
                 if endpoint is not None:
                     states.append(endpoint.state)
                     entry["endpointState"] = endpoint.state
+                    # No RTT: it changes at every qualify (it is in /metrics).
                     entry["contacts"] = [
-                        {"uri": c.uri, "status": c.status, "rttMs": c.rtt_ms}
-                        for c in endpoint.contacts
+                        {"uri": c.uri, "status": c.status} for c in endpoint.contacts
                     ]
                     avail = any(c.status == "Avail" for c in endpoint.contacts)
                     reachable = avail if reachable is None else (reachable and avail)

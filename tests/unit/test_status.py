@@ -10,9 +10,9 @@ def conditions(status: dict) -> dict[str, tuple[str, str]]:
 
 
 def pod(
-    delivered: str | None = "h", contact: str = "Avail", contexts=("from-twilio",)
+    delivered: str | None = "h", contact: str = "Avail", contexts=("from-twilio",), rtt: float = 5.0
 ) -> PodDelivery:
-    endpoint = Endpoint("ACME", "Not in use", contacts=[Contact("ACME-aor", "sip:x", contact, 5.0)])
+    endpoint = Endpoint("ACME", "Not in use", contacts=[Contact("ACME-aor", "sip:x", contact, rtt)])
     return PodDelivery(
         "asterisk-0",
         desired_hash="h",
@@ -42,7 +42,14 @@ def test_delivered_everywhere_and_reachable_is_ready() -> None:
     }
     assert status["observedGeneration"] == 3
     assert status["endpointState"] == "Not in use"
-    assert status["pods"][0]["contacts"] == [{"uri": "sip:x", "status": "Avail", "rttMs": 5.0}]
+    assert status["pods"][0]["contacts"] == [{"uri": "sip:x", "status": "Avail"}]
+
+
+def test_a_new_qualify_rtt_alone_does_not_change_the_status() -> None:
+    """Each status change is an API write: RTTs change at every qualify of every trunk."""
+    assert reduce_status(TRUNK, Outcome(), [pod(rtt=5.0)]) == reduce_status(
+        TRUNK, Outcome(), [pod(rtt=7.5)]
+    )
 
 
 def test_blocking_problem_wins_the_ready_reason_and_keeps_last_good_config() -> None:
