@@ -314,6 +314,7 @@ class AsteriskPods:
         worker.state.problems = {}
         worker.state.last_reload_result = "Verified"
         worker.set_delivered(owners, files)
+        await self._open_gate(namespace, worker)  # closed if its container restarted
         log.info(
             "%s/%s already serves %d resources: adopted", namespace, worker.pod.name, len(owners)
         )
@@ -347,11 +348,7 @@ class AsteriskPods:
             worker.state.problems = {}
             worker.state.last_reload_result = "Verified"
             worker.set_delivered(owners, files)
-            if not worker.pod.gate_open:  # a PATCH on every delivery would cost each one ~30 ms
-                pod = worker.pod
-                pod.gate_open = await self.calls.run(self._set_readiness, namespace, pod.name, True)
-                if pod.gate_open:
-                    self.gate_closing.pop((namespace, pod.name), None)
+            await self._open_gate(namespace, worker)
         else:
             worker.state.last_reload_result = "RolledBack" if result.rolled_back else "Failed"
         if not result.ok:
@@ -385,6 +382,14 @@ class AsteriskPods:
         start = worker.audit_cursor % len(names)
         return (names[start:] + names[:start])[:AUDIT_BATCH]
 
+    async def _open_gate(self, namespace: str, worker: PodWorker) -> None:
+        """After a verified set; only when it is not open (a PATCH per delivery ~30 ms)."""
+        pod = worker.pod
+        if not pod.gate_open:
+            pod.gate_open = await self.calls.run(self._set_readiness, namespace, pod.name, True)
+            if pod.gate_open:
+                self.gate_closing.pop((namespace, pod.name), None)
+
     def close_gate(self, namespace: str, pod: Pod) -> None:
         """A restarted container serves nothing verified yet, and the condition outlives it:
         closed at once (the container is not ready yet), reopened by its first delivery."""
@@ -406,7 +411,7 @@ class AsteriskPods:
             self.kube.set_pod_condition(namespace, pod, condition)
             return True
         except KubeError as error:
-            log.debug("readiness gate on %s/%s not set: %s", namespace, pod, error)
+            log.warning("readiness gate on %s/%s not set: %s", namespace, pod, error)
             return False
 
     # ---- observation -----------------------------------------------------------------

@@ -15,6 +15,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -27,12 +28,14 @@ from tests.conftest import ROOT, wait_for
 from tests.integration.test_leader_election import LEASE, stamp
 from tests.packaging.test_chart import PERMISSIONS
 from trunk_operator.asterisk import parse_endpoints
+from trunk_operator.pods import Settings
 
 pytestmark = pytest.mark.incluster
 
 STANDIN_IP = "127.0.0.16"
 ASTERISK_IP = "127.0.10.40"
 HOST = "acme.pstn.twilio.com"
+GATE = Settings().readiness_condition
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +183,29 @@ def test_install_use_restart_upgrade_uninstall(
     )  # fmt: skip
     standin.wait_for(lambda msgs: len([m for m in msgs if m.method == "INVITE"]) >= 2)
     assert standin.verify_digest("s3cret;with#chars")
+
+    # ---- Asterisk's container restarts: its gate closes until the new one is verified ----
+    def gate() -> dict[str, Any]:
+        pod = kubectl_json(cluster, "get", "pod", "asterisk-0", "-n", telephony)
+        conditions = pod["status"].get("conditions") or []
+        return next((c for c in conditions if c["type"] == GATE), {})
+
+    opened = gate()
+    restarted = datetime.now(UTC).replace(microsecond=0)
+    asterisk_rx(cluster, telephony, "core stop now", check=False)
+    wait_for(
+        lambda: (
+            (g := gate()).get("status") == "True"
+            and datetime.fromisoformat(g["lastTransitionTime"]) >= restarted
+        ),
+        timeout=120,
+        what="the gate written again after the container restarted",
+    )
+    print(f"gate before the restart {opened}, after {gate()}")
+    cluster.kubectl("wait", "-n", telephony, "--for=condition=Ready", "pod/asterisk-0",
+                    "--timeout=60s")  # fmt: skip
+    assert "ACME" in parse_endpoints(asterisk_rx(cluster, telephony, "pjsip show endpoints"))
+    assert "readiness gate on" not in release.operator_log()  # no failed gate write
 
     # ---- the leader goes: the other replica takes over, adopting the pod without a reload ----
     leader = lease_holder(cluster, release.namespace)

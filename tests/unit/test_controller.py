@@ -408,10 +408,20 @@ class GateKube(FakeKube):
 def test_the_readiness_gate_is_written_when_it_changes_and_closed_on_a_restart(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    delivered_files = []
+
     def delivered(pod_exec, files, *args: Any) -> asterisk.DeliveryResult:  # type: ignore[no-untyped-def]
+        delivered_files.append(files)
         return asterisk.DeliveryResult(True, files_hash(files), [], None)
 
+    def serving(pod_exec, expected, timeout, probe) -> asterisk.Observation:  # type: ignore[no-untyped-def]
+        return asterisk.Observation(asterisk.Listing(), files_hash(worker_files[0]))
+
     monkeypatch.setattr(asterisk, "deliver", delivered)
+    monkeypatch.setattr(asterisk, "observe", serving)
+    monkeypatch.setattr(asterisk, "drifted", lambda files, observation: False)
+    monkeypatch.setattr(asterisk, "verify", lambda expected, observation, *more: [])
+    worker_files: list[dict[str, str]] = []
 
     async def scenario() -> None:
         kube = GateKube()
@@ -423,6 +433,7 @@ def test_the_readiness_gate_is_written_when_it_changes_and_closed_on_a_restart(
         await ctl.reconcile_namespace("ns")
         worker = ctl.workers[("ns", "asterisk-0")]
         worker.adoptable = False
+        worker_files.append(worker.files)
         for _ in range(3):
             worker.state.delivered_hash = None
             await ctl.pods.deliver_once("ns", worker)
@@ -439,14 +450,17 @@ def test_the_readiness_gate_is_written_when_it_changes_and_closed_on_a_restart(
             containerID="containerd://two", restartCount=1, ready=False
         )
         ctl.upsert_pod(restarted)
+        await ctl.reconcile_namespace("ns")  # not ready: its worker goes
         await asyncio.sleep(0.1)
+        assert ("ns", "asterisk-0") not in ctl.workers
         assert kube.gates[1:] == [("asterisk-0", "False")]  # at once, while it is not ready
         restarted["status"]["containerStatuses"][0]["ready"] = True
         ctl.upsert_pod(restarted)
         await ctl.reconcile_namespace("ns")
         worker = ctl.workers[("ns", "asterisk-0")]
-        worker.adoptable = False
-        await ctl.pods.deliver_once("ns", worker)
+        deliveries = len(delivered_files)
+        await ctl.pods.deliver_once("ns", worker)  # the new container kept the files: adopted
+        assert len(delivered_files) == deliveries and worker.state.delivered_hash
         assert kube.gates[1:] == [("asterisk-0", "False"), ("asterisk-0", "True")]
         await ctl.stop()
 
