@@ -75,10 +75,21 @@ def external_secrets(
         eso.start()
         yield eso
     finally:
+        # The store and the ExternalSecret while ESO still runs (should it hold finalizers),
+        # then ESO, then its CRDs without waiting (the namespace's deletion takes the rest).
+        cluster.kubectl(
+            "delete", "externalsecrets.external-secrets.io", "--all", "-n", namespace,
+            "--ignore-not-found", "--timeout=30s", check=False,
+        )  # fmt: skip
+        cluster.kubectl(
+            "delete", "clustersecretstore", STORE, "--ignore-not-found", "--timeout=30s",
+            check=False,
+        )  # fmt: skip
         eso.stop()
         print(f"\n---- ESO log (tail) ----\n{eso.log()[-3000:]}")
-        cluster.kubectl("delete", "clustersecretstore", STORE, "--ignore-not-found", check=False)
-        cluster.kubectl("delete", "-f", str(crds), "--ignore-not-found", check=False)
+        cluster.kubectl(
+            "delete", "-f", str(crds), "--ignore-not-found", "--wait=false", check=False
+        )
 
 
 def test_external_secrets_operator_feeds_a_trunk(
