@@ -250,8 +250,8 @@ class AsteriskPods:
             await self.after_delivery(namespace)  # statuses; a deleted CR may have left
 
     async def deliver_once(self, namespace: str, worker: PodWorker) -> None:
-        owners, files = dict(worker.owners), worker.files  # set together by _assign_pods
-        desired_hash = worker.state.desired_hash  # of `owners`: both set by _assign_pods
+        owners, files = dict(worker.owners), worker.files  # set together by assign()
+        desired_hash = worker.state.desired_hash  # of `owners`: both set by assign()
         worker.settled_hash = None
         closing = self.gate_closing.get((namespace, worker.pod.name))
         if closing is not None:
@@ -289,8 +289,9 @@ class AsteriskPods:
     async def _adopt(
         self, namespace: str, worker: PodWorker, owners: dict[str, Outcome], files: Files
     ) -> bool:
-        """Take over a pod that already serves exactly this set (the operator restarted):
-        verified by content and by what Asterisk shows, so no reload is needed."""
+        """Take over a pod that already serves exactly this set (the operator restarted, or the
+        container did and kept its files): verified by content and by what Asterisk shows, so
+        no reload is needed."""
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
         expected = expected_for(owners, self.expected_endpoints)
         # Every object's presence and every context; in depth a first batch of endpoints
