@@ -216,7 +216,33 @@ def real_node_size(args: argparse.Namespace, workdir: Path, n: int) -> dict[str,
         pod = rig.add_asterisk(NODE_ASTERISK_IP, {"bench.pstn.twilio.com": "127.0.0.21"})
         out = _steps(args, rig, pod, label, n, args.scale_changes)
         out["operator VmHWM MiB"] = rig.operator_memory().get("VmHWM", 0) / 1024
+        # Asterisk's container restarts (kubelet restarts it; its files stay in the pod's
+        # emptyDir): the operator closes the readiness gate and reopens it once it verified
+        # the new container's set.
+        before = _restarts(rig, pod)
+        started = time.monotonic()
+        pod.rx("core stop now")
+        _wait(
+            lambda: (
+                _restarts(rig, pod) > before
+                and _pod_ready(rig, pod)
+                and _listed_endpoints(pod) == n
+            ),
+            args.timeout,
+            "the restarted pod Ready with its set",
+        )
+        out["Asterisk restart -> pod Ready with its set"] = time.monotonic() - started
     return out
+
+
+def _restarts(rig: Rig, pod: ClusterAsteriskPod) -> int:
+    status = rig.core.read_namespaced_pod(pod.name, pod.namespace).status
+    return sum(c.restart_count for c in status.container_statuses or [])
+
+
+def _pod_ready(rig: Rig, pod: ClusterAsteriskPod) -> bool:
+    conditions = rig.core.read_namespaced_pod(pod.name, pod.namespace).status.conditions or []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
 
 
 SIZE_FIGURES = (
@@ -228,6 +254,7 @@ SIZE_FIGURES = (
     ("password rotation -> Ready (served)", "s", {1000: 1.0}),
     ("new pod -> full set loaded", "s", {1000: 5.0}),
     ("Asterisk start with the files in place", "s", {}),
+    ("Asterisk restart -> pod Ready with its set", "s", {1000: 5.0}),
     ("operator VmHWM MiB", "MiB", {}),
 )
 
