@@ -14,8 +14,9 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := podman runc sip-tester debootstrap uidmap containerd containernetworking-plugins \
                 lua5.1 lua-cjson stunnel4
 
-.PHONY: help deps venv binaries image operator-image platform crds chart-crds manifests lint \
-        test test-unit test-packaging test-integration test-e2e demo demo-down bench clean
+.PHONY: help deps venv binaries external-secrets image operator-image platform crds chart-crds \
+        manifests lint test test-unit test-packaging test-integration test-e2e demo demo-down \
+        bench clean
 
 help:
 	@echo "make demo       cluster + real node, helm install of the chart, Asterisk pod, Twilio"
@@ -44,6 +45,9 @@ venv: $(VENV)/.installed
 
 binaries:  ## etcd, kube-*, kubectl, kubelet, kwok, kwokctl, helm from pinned Go modules
 	@bash testbed/build-binaries.sh >/dev/null
+
+external-secrets:  ## ESO's controller for its e2e test (first time ~9 min, 4.6 GB of Go cache)
+	@bash testbed/build-external-secrets.sh >/dev/null
 
 image: deps  ## localhost/asterisk:22 from Debian sid's asterisk package
 	@bash testbed/asterisk/build-image.sh
@@ -79,10 +83,10 @@ test-packaging: venv binaries  ## the chart and manifests/ (helm only, no cluste
 test-integration: platform
 	$(VENV)/bin/pytest tests/integration tests/platform -m "integration"
 
-test-e2e: platform
+test-e2e: platform external-secrets
 	$(VENV)/bin/pytest tests/e2e tests/platform -m "e2e"
 
-test: platform lint
+test: platform external-secrets lint
 	$(VENV)/bin/pytest tests
 
 # The real node (containerd + kubelet) runs the operator image and localhost/asterisk:22.
