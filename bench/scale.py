@@ -219,15 +219,16 @@ def real_node_size(args: argparse.Namespace, workdir: Path, n: int) -> dict[str,
         # Asterisk's container restarts (kubelet restarts it; its files stay in the pod's
         # emptyDir): the operator closes the readiness gate and reopens it once it verified
         # the new container's set.
-        before = _restarts(rig, pod)
+        before, _ = _restarts_and_ready(rig, pod)
         started = time.monotonic()
         pod.rx("core stop now")
+
+        def back() -> bool:
+            restarts, ready = _restarts_and_ready(rig, pod)
+            return restarts > before and ready and _listed_endpoints(pod) == n
+
         _wait(
-            lambda: (
-                _restarts(rig, pod) > before
-                and _pod_ready(rig, pod)
-                and _listed_endpoints(pod) == n
-            ),
+            back,
             args.timeout,
             "the restarted pod Ready with its set",
         )
@@ -235,14 +236,12 @@ def real_node_size(args: argparse.Namespace, workdir: Path, n: int) -> dict[str,
     return out
 
 
-def _restarts(rig: Rig, pod: ClusterAsteriskPod) -> int:
+def _restarts_and_ready(rig: Rig, pod: ClusterAsteriskPod) -> tuple[int, bool]:
+    """The pod's container restarts, and whether it is Ready (one read)."""
     status = rig.core.read_namespaced_pod(pod.name, pod.namespace).status
-    return sum(c.restart_count for c in status.container_statuses or [])
-
-
-def _pod_ready(rig: Rig, pod: ClusterAsteriskPod) -> bool:
-    conditions = rig.core.read_namespaced_pod(pod.name, pod.namespace).status.conditions or []
-    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+    restarts = sum(c.restart_count for c in status.container_statuses or [])
+    ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions or [])
+    return restarts, ready
 
 
 SIZE_FIGURES = (

@@ -14,12 +14,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/versions.env"
 : "${KUBERNETES_VERSION:?}" "${ETCD_VERSION:?}" "${KWOK_VERSION:?}" "${HELM_VERSION:?}"
 
-CACHE="${TRUNKOP_CACHE:-$HOME/.cache/asterisk-trunk-operator}"
-export GOMODCACHE="$CACHE/go/mod"
-export GOCACHE="$CACHE/go/build"
-export GOTOOLCHAIN=local
-export GOWORK=off
-export CGO_ENABLED=0
+# shellcheck source=go-env.sh
+source "$HERE/go-env.sh"
 BUILD_FLAGS=(-p "${TRUNKOP_BUILD_JOBS:-2}" -trimpath)
 mkdir -p "$GOMODCACHE" "$GOCACHE" "$CACHE/bin"
 

@@ -11,12 +11,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/versions.env"
 : "${EXTERNAL_SECRETS_VERSION:?}"
 
-CACHE="${TRUNKOP_CACHE:-$HOME/.cache/asterisk-trunk-operator}"
-export GOMODCACHE="$CACHE/go/mod"
-export GOCACHE="$CACHE/go/build"
-export GOTOOLCHAIN=local
-export GOWORK=off
-export CGO_ENABLED=0
+# shellcheck source=go-env.sh
+source "$HERE/go-env.sh"
 
 module=github.com/external-secrets/external-secrets
 grep -q "^require $module ${EXTERNAL_SECRETS_VERSION}\$" "$HERE/go/external-secrets/go.mod" ||

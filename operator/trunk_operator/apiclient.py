@@ -35,6 +35,7 @@ import websocket
 import yaml
 
 from trunk_operator.asterisk import ExecError, ExecResult
+from trunk_operator.threads import API_CALLS
 
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 TOKEN_REREAD_SECONDS = 60.0  # client-go's cached file token source re-reads about as often
@@ -189,7 +190,7 @@ class Api:
     def __init__(
         self,
         connection: Connection,
-        pool_size: int = 16,  # as many as the controller's API calls at once (API_CALLS)
+        pool_size: int = API_CALLS,  # one connection per API call in flight
         *,
         retries: int = RETRIES,
         timeout: float = 60.0,

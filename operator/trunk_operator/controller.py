@@ -76,8 +76,7 @@ class Controller:
             after_delivery=self._after_delivery,
             after_observation=self.write_statuses,
         )
-        self.workers = self.pods.workers
-        self.status = StatusWriter(kube, self.calls, self.plans, self.resources, self.workers)
+        self.status = StatusWriter(kube, self.calls, self.plans, self.resources, self.pods.workers)
 
     # ---- inputs from Kopf ------------------------------------------------------------
 
@@ -323,8 +322,7 @@ class Controller:
         if key in self.secrets:
             return self.secrets[key]
         seen = self.secret_events[key]
-        async with self.calls.api:
-            secret = await self.calls.run(self.kube.read_secret, namespace, name)
+        secret = await self.calls.api_call(self.kube.read_secret, namespace, name)
         if self.secret_events[key] == seen:  # else it changed meanwhile: read again next time
             self.secrets[key] = secret
         return secret
@@ -332,14 +330,9 @@ class Controller:
     async def _write_rendered(
         self, key: tuple[str, str], digest: tuple[str, str], owner: Owner, outcome: Outcome
     ) -> None:
-        async with self.calls.api:
-            await self.calls.run(
-                self.kube.write_rendered,
-                owner,
-                outcome.public,
-                outcome.secret,
-                self.written.get(key),
-            )
+        await self.calls.api_call(
+            self.kube.write_rendered, owner, outcome.public, outcome.secret, self.written.get(key)
+        )
         self.written[key] = digest
 
     # ---- status -----------------------------------------------------------------------
@@ -360,7 +353,7 @@ class Controller:
         if not self.tasks:
             return []
         states = []
-        for (namespace, pod), worker in list(self.workers.items()):
+        for (namespace, pod), worker in list(self.pods.workers.items()):
             observation = worker.state.observation
             for endpoint in (observation.endpoints if observation else {}).values():
                 states += [
@@ -389,22 +382,21 @@ class Controller:
                 continue
             if (namespace, ref) not in self.finalizing:  # another loop's PATCH is in flight
                 changes.append(self._set_finalizers(namespace, tracked, wanted))
-        # Concurrently (bounded by calls.api): 1,000 new CRs are 1,000 PATCHes.
+        # Concurrently (bounded by calls.api_call): 1,000 new CRs are 1,000 PATCHes.
         await asyncio.gather(*changes)
 
     async def _set_finalizers(self, namespace: str, tracked: Tracked, wanted: list[str]) -> None:
         key = (namespace, tracked.resource.ref)
         self.finalizing.add(key)
         try:
-            async with self.calls.api:
-                await self.calls.run(
-                    self.kube.set_finalizers,
-                    PLURALS[tracked.resource.kind],
-                    namespace,
-                    tracked.resource.name,
-                    wanted,
-                    tracked.resource_version,
-                )
+            await self.calls.api_call(
+                self.kube.set_finalizers,
+                PLURALS[tracked.resource.kind],
+                namespace,
+                tracked.resource.name,
+                wanted,
+                tracked.resource_version,
+            )
             tracked.finalizers = tuple(wanted)
         finally:
             self.finalizing.discard(key)

@@ -105,8 +105,7 @@ class StatusWriter:
             self.kube.patch_status(PLURALS[cr.resource.kind], namespace, cr.resource.name, final)
             self._event_on_transition(namespace, cr, old, final)
 
-        async with self.calls.api:
-            await self.calls.run(write)
+        await self.calls.api_call(write)
         key = (namespace, cr.resource.ref)
         if self.resources.get(namespace, {}).get(cr.resource.ref, cr).uid == cr.uid:
             self.patched[key] = status

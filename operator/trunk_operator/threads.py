@@ -25,5 +25,11 @@ class BlockingCalls:
         self.api = asyncio.Semaphore(API_CALLS)  # held around each API call
 
     async def run(self, call: Callable[..., _T], *args: Any) -> _T:
+        """A blocking call that is not an API call (an exec), or that takes `api` itself."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, functools.partial(call, *args))
+
+    async def api_call(self, call: Callable[..., _T], *args: Any) -> _T:
+        """An API call, at most API_CALLS at once."""
+        async with self.api:
+            return await self.run(call, *args)

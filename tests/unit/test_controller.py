@@ -149,7 +149,7 @@ def test_status_never_claims_a_generation_no_pod_serves() -> None:
         controller.upsert_pod(pod_body("asterisk-0"))
         controller.upsert("TwilioTrunk", trunk_body("acme", 1, codecs=["alaw"]))
         await controller.reconcile_namespace("ns")
-        worker = controller.workers[("ns", "asterisk-0")]
+        worker = controller.pods.workers[("ns", "asterisk-0")]
         worker.set_delivered(dict(worker.owners))  # generation 1 delivered and verified
         worker.state.delivered_hash = worker.state.desired_hash
         await controller.write_statuses("ns")
@@ -224,7 +224,7 @@ def test_each_transition_posts_one_event_when_watch_echoes_race_the_write() -> N
             handled.wait(5)
 
         kube.during_status = echo
-        worker = controller.workers[("ns", "asterisk-0")]
+        worker = controller.pods.workers[("ns", "asterisk-0")]
         # The inbound context was looked for and is missing.
         worker.state.observation = Observation(
             Listing(), contexts_checked=frozenset({"from-twilio"})
@@ -248,7 +248,7 @@ def test_a_pod_being_deleted_gets_nothing_new_and_holds_no_ready() -> None:
             controller.upsert_pod(pod_body(name))
         controller.upsert("TwilioTrunk", trunk_body("acme"))
         await controller.reconcile_namespace("ns")
-        staying = controller.workers[("ns", "asterisk-1")]
+        staying = controller.pods.workers[("ns", "asterisk-1")]
         staying.set_delivered(dict(staying.owners))
         staying.state.delivered_hash = staying.state.desired_hash
         await controller.write_statuses("ns")
@@ -258,7 +258,7 @@ def test_a_pod_being_deleted_gets_nothing_new_and_holds_no_ready() -> None:
         leaving["metadata"]["deletionTimestamp"] = "2026-11-27T00:00:00Z"
         controller.upsert_pod(leaving)
         await controller.reconcile_namespace("ns")
-        assert ("ns", "asterisk-0") not in controller.workers
+        assert ("ns", "asterisk-0") not in controller.pods.workers
         status = kube.statuses["acme"]
         assert ready(status)[:2] == ("True", "Ready")
         assert [p["pod"] for p in status["pods"]] == ["asterisk-1"]
@@ -306,7 +306,7 @@ def test_a_cr_whose_rendered_state_is_refused_does_not_hold_back_the_others() ->
             }
             controller.upsert("TwilioTrunk", trunk_body(name, **spec))
         await controller.reconcile_namespace("ns")  # does not raise
-        worker = controller.workers[("ns", "asterisk-0")]
+        worker = controller.pods.workers[("ns", "asterisk-0")]
         assert set(worker.owners) == {"TwilioTrunk/good"}
         assert ready(kube.statuses["good"])[:2] == ("False", "Delivering")
         assert ready(kube.statuses["bad"])[:2] == ("False", "RenderedStateNotStored")
@@ -431,7 +431,7 @@ def test_the_readiness_gate_is_written_when_it_changes_and_closed_on_a_restart(
         ctl.upsert_pod(body)
         ctl.upsert("TwilioTrunk", trunk_body("acme"))
         await ctl.reconcile_namespace("ns")
-        worker = ctl.workers[("ns", "asterisk-0")]
+        worker = ctl.pods.workers[("ns", "asterisk-0")]
         worker.adoptable = False
         worker_files.append(worker.files)
         for _ in range(3):
@@ -452,12 +452,12 @@ def test_the_readiness_gate_is_written_when_it_changes_and_closed_on_a_restart(
         ctl.upsert_pod(restarted)
         await ctl.reconcile_namespace("ns")  # not ready: its worker goes
         await asyncio.sleep(0.1)
-        assert ("ns", "asterisk-0") not in ctl.workers
+        assert ("ns", "asterisk-0") not in ctl.pods.workers
         assert kube.gates[1:] == [("asterisk-0", "False")]  # at once, while it is not ready
         restarted["status"]["containerStatuses"][0]["ready"] = True
         ctl.upsert_pod(restarted)
         await ctl.reconcile_namespace("ns")
-        worker = ctl.workers[("ns", "asterisk-0")]
+        worker = ctl.pods.workers[("ns", "asterisk-0")]
         deliveries = len(delivered_files)
         await ctl.pods.deliver_once("ns", worker)  # the new container kept the files: adopted
         assert len(delivered_files) == deliveries and worker.state.delivered_hash
