@@ -154,7 +154,7 @@ class Controller:
                 self.kube.rendered_hashes(),
             )
 
-        trunks, segments, pods, hashes = await self.calls.run(listing)
+        trunks, segments, pods, hashes = await self.calls.api_call(listing)
         for body in trunks:
             self.upsert(TRUNK, body)
         for body in segments:
@@ -196,7 +196,7 @@ class Controller:
         while True:
             await asyncio.sleep(AUDIT_SECONDS)
             try:
-                listed = await self.calls.run(self._listed_versions)
+                listed = await self.calls.api_call(self._listed_versions)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # the API is down: that is not the watch's fault
