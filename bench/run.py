@@ -219,7 +219,7 @@ class EndpointSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from trunk_operator.asterisk import parse_endpoints
+        from trunk_operator.asterisk_output import parse_endpoints
 
         while not self._stop.is_set():
             text = self.container.rx("pjsip show endpoints", timeout=60, check=False)

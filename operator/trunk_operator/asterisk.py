@@ -5,7 +5,7 @@ command, which is part of the URL), framed by length so the shell needs no stdin
 script stages them, keeps the previous set, swaps, reloads what changed, and prints what
 Asterisk loaded between markers. Success is decided by comparing that output with what was
 rendered, never by the reload commands' own words (they report success even when they kept
-the old configuration). On a mismatch the previous set is restored and reloaded.
+the old configuration; `verify`). On a mismatch the previous set is restored and reloaded.
 
 What is read back costs about the same at 10 trunks as at 10,000 (`pjsip show endpoints` and
 `dialplan show` grow with the square of the set; reference twilio-and-asterisk, section 5):
@@ -27,7 +27,6 @@ brings the new file in, before one reload, so service has no gap. Nothing else i
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import re
 import shlex
@@ -36,7 +35,17 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from trunk_operator.asterisk_output import (
+    ADDED_LISTS,
+    LISTS,
+    parse_contexts,
+    parse_endpoint_detail,
+    parse_endpoints,
+    parse_listing,
+    parse_transports,
+)
 from trunk_operator.render import EXTENSIONS_DIR, PJSIP_DIR, POD_FILES, Files, files_hash
+from trunk_operator.verify import Expected, Mismatch, Observation, Probe, verify
 
 CONFIG_DIR = "/etc/asterisk"
 STATE_DIR = f"{CONFIG_DIR}/.trunk-operator"
@@ -50,9 +59,7 @@ OWNED_GLOBS = (*POD_FILES, *LEGACY_GLOBS)
 MARK = "=====trunk-operator:"
 # Above this many contexts to check, one full `dialplan show` costs less than one each.
 FULL_DIALPLAN_AT = 40
-LISTS = ("endpoints", "contacts")  # always read: endpoint states and contacts are the status
-# Read when a delivery adds endpoints (the only ones neither unchanged nor read in depth).
-ADDED_LISTS = ("aors", "auths", "identifies")
+LISTINGS_ONLY = Probe()  # nothing read in depth
 RELOAD_COMMANDS = {PJSIP_DIR: "module reload res_pjsip.so", EXTENSIONS_DIR: "dialplan reload"}
 
 
@@ -69,362 +76,6 @@ Exec = Callable[[list[str], bytes | None, float], ExecResult]
 
 class ExecError(RuntimeError):
     """The pod could not be reached or the command did not run (retryable)."""
-
-
-# ---- parsing of CLI output --------------------------------------------------------------
-
-
-@dataclass
-class Contact:
-    aor: str
-    uri: str
-    status: str
-    rtt_ms: float | None
-
-
-@dataclass
-class Endpoint:
-    name: str
-    state: str
-    out_auths: list[str] = field(default_factory=list)
-    auth_users: dict[str, str] = field(default_factory=dict)  # outbound auth id -> username
-    aors: list[str] = field(default_factory=list)
-    contacts: list[Contact] = field(default_factory=list)
-    transport: str | None = None
-    identifies: list[str] = field(default_factory=list)
-    matches: list[str] = field(default_factory=list)
-
-
-def contact_matches(contact: Contact, uri: str) -> bool:
-    """The CLI cuts long contact URIs; a loaded contact matches when it is a prefix."""
-    return bool(contact.uri) and uri.startswith(contact.uri)
-
-
-_ENDPOINT = re.compile(r"^Endpoint:\s+(?P<name>[^\s/]+)(?:/\S*)?\s+(?P<state>.+?)\s+\d+ of \S+$")
-# The Aor/ContactUri column is cut at a fixed width: `uri` may be a prefix of the real URI.
-_CONTACT = re.compile(
-    r"^Contact:\s+(?P<aor>[^/\s]+)/(?P<uri>\S+)\s+[0-9a-f]+\s+(?P<status>\S+)\s+(?P<rtt>\S+)$"
-)
-
-
-def parse_endpoints(text: str) -> dict[str, Endpoint]:
-    """`pjsip show endpoints` / `pjsip show endpoint X` -> endpoints by name."""
-    endpoints: dict[str, Endpoint] = {}
-    current: Endpoint | None = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if "<" in line and ">" in line:  # the legend at the top
-            continue
-        if m := _ENDPOINT.match(line):
-            current = endpoints[m["name"]] = Endpoint(m["name"], m["state"].strip())
-            continue
-        if current is None or ":" not in line:
-            continue
-        key, _, value = line.partition(":")
-        value = value.strip()
-        if key == "OutAuth":
-            auth, _, user = value.partition("/")
-            current.out_auths.append(auth)
-            current.auth_users[auth] = user.strip()
-        elif key == "Aor":
-            current.aors.append(value.split()[0])
-        elif key == "Contact" and (m := _CONTACT.match(line)):
-            rtt = m["rtt"]
-            current.contacts.append(
-                Contact(
-                    m["aor"],
-                    m["uri"],
-                    m["status"],
-                    float(rtt) if re.fullmatch(r"[0-9.]+", rtt) else None,
-                )
-            )
-        elif key == "Transport":
-            current.transport = value.split()[0]
-        elif key == "Identify":
-            current.identifies.append(value.split("/", 1)[0])
-        elif key in ("Match", "Header"):  # Header: match_header criteria
-            current.matches.append(value)
-    return endpoints
-
-
-_CONTEXT = re.compile(r"^\[ Context '(?P<name>[^']+)' created by '(?P<registrar>[^']+)' \]")
-
-
-def parse_contexts(text: str) -> set[str]:
-    """Context names from `dialplan show` (or its `[ Context` lines)."""
-    return {m["name"] for line in text.splitlines() if (m := _CONTEXT.match(line.strip()))}
-
-
-_DETAIL = re.compile(r"^\s*(?P<key>[a-z_0-9]+)\s+:\s?(?P<value>.*)$")
-
-
-def parse_endpoint_detail(text: str) -> dict[str, str]:
-    """The `ParameterName : ParameterValue` table of `pjsip show endpoint X`."""
-    lines = (_DETAIL.match(line) for line in text.splitlines())
-    return {m["key"]: m["value"].strip() for m in lines if m}
-
-
-def parse_transports(text: str) -> dict[str, str]:
-    """Transport id -> its type (udp, tcp, tls, ws, wss) from `pjsip show transports`."""
-    types = {}
-    for line in text.splitlines():
-        words = line.split()
-        if len(words) >= 3 and words[0] == "Transport:" and "<" not in line:
-            types[words[1]] = words[2]
-    return types
-
-
-@dataclass
-class Listing:
-    """The `pjsip list` tables: every object by id, cheap at any size."""
-
-    read: set[str] = field(default_factory=set)  # which of LISTS + ADDED_LISTS were read
-    endpoints: dict[str, str] = field(default_factory=dict)  # name -> state
-    aors: set[str] = field(default_factory=set)
-    auths: dict[str, str] = field(default_factory=dict)  # auth id -> username
-    identifies: dict[str, str] = field(default_factory=dict)  # identify id -> endpoint
-    contacts: list[Contact] = field(default_factory=list)
-    _by_aor: dict[str, list[Contact]] | None = field(default=None, repr=False)
-
-    def contacts_of(self, aor: str) -> list[Contact]:
-        """The contacts of one AOR (indexed once: a scan per endpoint is quadratic)."""
-        if self._by_aor is None:
-            self._by_aor = {}
-            for contact in self.contacts:
-                self._by_aor.setdefault(contact.aor, []).append(contact)
-        return self._by_aor.get(aor, [])
-
-
-_LISTED = {
-    "Aor": re.compile(r"^Aor:\s+(?P<id>\S+)\s+\d+$"),
-    "Auth": re.compile(r"^Auth:\s+(?P<id>[^/\s]+)/(?P<value>.*)$"),
-    "Identify": re.compile(r"^Identify:\s+(?P<id>[^/\s]+)/(?P<value>\S+)$"),
-}
-
-
-def parse_listing(parts: Mapping[str, str]) -> Listing:
-    """The `list-*` sections (`pjsip list endpoints`, `... aors` and so on) of a script run."""
-    names = (*LISTS, *ADDED_LISTS)
-    listing = Listing(read={key for key in names if f"list-{key}" in parts})
-    for line in (raw.strip() for key in names for raw in parts.get(f"list-{key}", "").splitlines()):
-        if "<" in line and ">" in line:  # the legends
-            continue
-        if m := _ENDPOINT.match(line):
-            listing.endpoints[m["name"]] = m["state"].strip()
-        elif m := _CONTACT.match(line):
-            rtt = m["rtt"]
-            rtt_ms = float(rtt) if re.fullmatch(r"[0-9.]+", rtt) else None
-            listing.contacts.append(Contact(m["aor"], m["uri"], m["status"], rtt_ms))
-        elif m := _LISTED["Aor"].match(line):
-            listing.aors.add(m["id"])
-        elif m := _LISTED["Auth"].match(line):
-            listing.auths[m["id"]] = m["value"].strip()
-        elif m := _LISTED["Identify"].match(line):
-            listing.identifies[m["id"]] = m["value"]
-    return listing
-
-
-# ---- what must be there after a reload ----------------------------------------------------
-
-
-# What the specs set that verification does not read back from Asterisk: the dialplan's
-# extensions beyond each context's presence (number normalisation, caller-ID pool, dial
-# timeout, failover order, DID destinations). They are in the delivered files, whose content
-# hashes are checked, and a dialplan that does not parse loses its contexts, which is checked
-# for every context a delivery changes. Objects a delivery does not change, and objects it
-# adds, are checked for presence (and their auth's username) only: the first have the text
-# they had when they were checked in depth; the second cannot be kept at an older version
-# (Asterisk creates an object as rendered or refuses it, and a refused one is missing).
-UNVERIFIED = ("outbound.*", "DIDSegment.numbers/ranges/destination/overrides/callerIdPool")
-
-
-@dataclass(frozen=True)
-class ExpectedEndpoint:
-    """One trunk's PJSIP objects as Asterisk must show them after a reload."""
-
-    owner: str  # the resource these objects come from, e.g. "TwilioTrunk/acme"
-    name: str
-    auth: str
-    aors: dict[str, str]  # aor id -> contact URI as Asterisk lists it
-    identify: str
-    matches: frozenset[str]  # identify criteria: CIDRs, or `Header: value` when by header
-    username: str = ""
-    transport: str = ""
-    # Shown only by `pjsip show endpoint X`: checked for the endpoints a delivery changes.
-    codecs: tuple[str, ...] = ()
-    media_encryption: str = "no"
-    context: str = ""
-    # sha256 of the password as `pjsip show auth` prints it (plus a newline): hashed inside
-    # the pod, so the password is never carried back out of it.
-    password_sha256: str = ""
-
-
-@dataclass(frozen=True)
-class Expected:
-    endpoints: tuple[ExpectedEndpoint, ...] = ()
-    contexts: dict[str, str] = field(default_factory=dict)  # context -> owner
-    transports: dict[str, tuple[str, ...]] = field(default_factory=dict)  # -> owners
-
-
-@dataclass(frozen=True)
-class Probe:
-    """What to read back beyond the listings: endpoints in depth, contexts by name."""
-
-    details: frozenset[str] = frozenset()
-    contexts: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
-class Mismatch:
-    """One way Asterisk's loaded state differs from the rendered one, and whose it is."""
-
-    owners: tuple[str, ...]
-    message: str
-
-
-@dataclass
-class Observation:
-    """What one pod's Asterisk has loaded, as far as one script run read it."""
-
-    listing: Listing
-    delivered_hash: str | None = None
-    file_digests: dict[str, str] = field(default_factory=dict)  # path -> sha256 in the pod
-    shown: dict[str, Endpoint] = field(default_factory=dict)  # `pjsip show endpoint X`
-    details: dict[str, dict[str, str]] = field(default_factory=dict)  # its parameter table
-    contexts: set[str] = field(default_factory=set)  # found, of those checked
-    contexts_checked: frozenset[str] = frozenset()
-    endpoints: dict[str, Endpoint] = field(default_factory=dict)  # state and contacts
-
-    def attach(self, expected: Expected) -> Observation:
-        """Fill `endpoints` from the listing: each endpoint with its state and the contacts
-        of the AORs it should have (the listing does not link contacts to endpoints)."""
-        self.endpoints = {
-            name: Endpoint(name, state) for name, state in self.listing.endpoints.items()
-        }
-        for want in expected.endpoints:
-            if endpoint := self.endpoints.get(want.name):
-                endpoint.aors = [a for a in want.aors if a in self.listing.aors]
-                endpoint.contacts = [c for a in want.aors for c in self.listing.contacts_of(a)]
-        return self
-
-
-def verify(
-    expected: Expected, observation: Observation, transports: Mapping[str, str] | None = None
-) -> list[Mismatch]:
-    """What is missing or different; empty when Asterisk loaded exactly what was rendered.
-
-    Endpoints shown in depth (`observation.shown`) are checked field by field, the others
-    for presence in the listings; contexts as far as they were checked."""
-    problems: list[Mismatch] = [
-        Mismatch(owners, f"transport {t} does not exist in Asterisk (adding one needs a restart)")
-        for t, owners in sorted(expected.transports.items())
-        if transports is not None and t not in transports
-    ]
-    for want in expected.endpoints:
-        kind = (transports or {}).get(want.transport)
-        if want.media_encryption == "sdes" and kind not in (None, "tls"):
-            # Asterisk loads it and then fails every call (PJSIP_ETPNOTSUITABLE).
-            problems.append(
-                Mismatch(
-                    (want.owner,),
-                    f"transport {want.transport} is {kind}: a secure trunk needs a TLS transport",
-                )
-            )
-        shown = observation.shown.get(want.name)
-        messages = (
-            _shown_mismatches(want, shown, observation.details.get(want.name))
-            if shown is not None
-            else _listed_mismatches(want, observation.listing)
-        )
-        problems += [Mismatch((want.owner,), message) for message in messages]
-    missing: dict[str, list[str]] = {}
-    for context, owner in sorted(expected.contexts.items()):
-        if context in observation.contexts_checked and context not in observation.contexts:
-            missing.setdefault(owner, []).append(context)
-    for owner, names in missing.items():
-        shown_names = ", ".join(names[:5])
-        problems.append(
-            Mismatch((owner,), f"{len(names)} dialplan contexts are not loaded ({shown_names})")
-        )
-    return problems
-
-
-def _listed_mismatches(want: ExpectedEndpoint, listing: Listing) -> list[str]:
-    """Presence in the listings that were read (ADDED_LISTS only when endpoints were added)."""
-    if want.name not in listing.endpoints:
-        return [f"endpoint {want.name} is not loaded"]
-    problems = []
-    if "auths" in listing.read and want.auth not in listing.auths:
-        problems.append(f"endpoint {want.name} has no outbound auth {want.auth}")
-    elif "auths" in listing.read and want.username and listing.auths[want.auth] != want.username:
-        problems.append(f"auth {want.auth} has another username than the Secret's")
-    if "aors" in listing.read and (missing := sorted(set(want.aors) - listing.aors)):
-        problems.append(f"endpoint {want.name} lacks AORs {missing}")
-    if "contacts" in listing.read:
-        for aor, uri in want.aors.items():
-            if "aors" in listing.read and aor not in listing.aors:
-                continue  # reported above
-            if not any(contact_matches(c, uri) for c in listing.contacts_of(aor)):
-                problems.append(f"AOR {aor} has no contact {uri} (does the host resolve?)")
-    if "identifies" in listing.read and listing.identifies.get(want.identify) != want.name:
-        problems.append(f"identify {want.identify} is not loaded")
-    return problems
-
-
-def _shown_mismatches(
-    want: ExpectedEndpoint, got: Endpoint, detail: Mapping[str, str] | None
-) -> list[str]:
-    problems = []
-    if want.auth not in got.out_auths:
-        problems.append(f"endpoint {want.name} has no outbound auth {want.auth}")
-    elif want.username and got.auth_users.get(want.auth) != want.username:
-        problems.append(f"auth {want.auth} has another username than the Secret's")
-    # No `Transport:` line at all: the transport does not exist, reported above.
-    if want.transport and got.transport not in (None, want.transport):
-        problems.append(
-            f"endpoint {want.name} uses transport {got.transport}, not {want.transport}"
-        )
-    if set(got.aors) != set(want.aors):
-        problems.append(
-            f"endpoint {want.name} has AORs {sorted(got.aors)}, not {sorted(want.aors)}"
-        )
-    for aor, uri in want.aors.items():
-        if not any(c.aor == aor and contact_matches(c, uri) for c in got.contacts):
-            problems.append(f"AOR {aor} has no contact {uri} (does the host resolve?)")
-    if want.identify not in got.identifies:
-        problems.append(f"identify {want.identify} is not loaded")
-    elif not want.matches <= set(got.matches):
-        problems.append(
-            f"identify {want.identify} lacks matches {sorted(want.matches - set(got.matches))}"
-        )
-    return problems + (_detail_mismatches(want, detail) if detail else [])
-
-
-def _detail_mismatches(want: ExpectedEndpoint, detail: Mapping[str, str]) -> list[str]:
-    got_codecs = tuple(c for c in detail.get("allow", "").strip("()").split("|") if c)
-    shown: dict[str, tuple[object, object]] = {
-        "media_encryption": (detail.get("media_encryption"), want.media_encryption)
-    }
-    if want.codecs:
-        shown["codecs"] = (got_codecs, want.codecs)
-    if want.context:
-        shown["context"] = (detail.get("context"), want.context)
-    if want.transport:
-        shown["transport"] = (detail.get("transport"), want.transport)
-    # The source ACL keeps requests from outside the trunk's ranges out (a header anyone can
-    # send may identify them); its addresses are not shown, its presence is.
-    if "deny" not in detail.get("acl", ""):
-        shown["acl"] = (detail.get("acl"), "deny/permit")
-    problems = [
-        f"endpoint {want.name} has {name} {got!r}, not {wanted!r} (Asterisk kept another version)"
-        for name, (got, wanted) in shown.items()
-        if got != wanted
-    ]
-    if want.password_sha256 and detail.get("password_sha256") != want.password_sha256:
-        problems.append(
-            f"auth {want.auth} has another password than the Secret's (Asterisk kept the old one)"
-        )
-    return problems
 
 
 # ---- the delivery script ------------------------------------------------------------------
@@ -694,12 +345,6 @@ def _observation(parts: Mapping[str, str], probe: Probe, expected: Expected) -> 
     ).attach(expected)
 
 
-def drifted(files: Files, observation: Observation) -> bool:
-    """Whether the pod's operator-owned files differ from the delivered set (hand edits)."""
-    wanted = {path: hashlib.sha256(text.encode()).hexdigest() for path, text in files.items()}
-    return wanted != observation.file_digests
-
-
 def _run(exec_: Exec, script: str, stdin: bytes | None, timeout: float) -> ExecResult:
     return exec_(["sh", "-c", script], stdin, timeout)
 
@@ -723,7 +368,7 @@ def deliver(
     files: Files,
     expected: Expected,
     timeout: float = 120,
-    probe: Probe = Probe(),
+    probe: Probe = LISTINGS_ONLY,
     reload: Iterable[str] = (PJSIP_DIR, EXTENSIONS_DIR),
 ) -> DeliveryResult:
     """Deliver, reload what `reload` names and verify; `probe` names what to check beyond
@@ -753,13 +398,15 @@ def deliver(
     problems += [Mismatch((), line) for line in _error_lines(parts)]
     back = _run(exec_, rollback_script(), None, timeout)
     restored = (
-        _observation(sections(back.stdout), Probe(), expected) if back.returncode == 0 else None
+        _observation(sections(back.stdout), LISTINGS_ONLY, expected)
+        if back.returncode == 0
+        else None
     )
     return DeliveryResult(False, digest, problems, restored, rolled_back=back.returncode == 0)
 
 
 def observe(
-    exec_: Exec, expected: Expected, timeout: float = 30, probe: Probe = Probe()
+    exec_: Exec, expected: Expected, timeout: float = 30, probe: Probe = LISTINGS_ONLY
 ) -> Observation:
     """What the pod serves now; `expected` links listed contacts to their endpoints."""
     details, contexts = _lines(probe.details), _lines(probe.contexts)

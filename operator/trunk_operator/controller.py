@@ -18,7 +18,6 @@ from typing import Any
 
 from trunk_operator import metrics
 from trunk_operator.apiclient import KubeError, describe
-from trunk_operator.asterisk import ExpectedEndpoint
 from trunk_operator.kube import Kube, Owner, SecretRead, keyed_secret_hash
 from trunk_operator.plan import (
     PLURALS,
@@ -36,6 +35,7 @@ from trunk_operator.plan import (
 from trunk_operator.pods import AsteriskPods, Settings
 from trunk_operator.statuswriter import StatusWriter
 from trunk_operator.threads import BlockingCalls
+from trunk_operator.verify import ExpectedEndpoint
 from trunk_operator.watchaudit import AUDIT_SECONDS, WatchAudit
 
 log = logging.getLogger(__name__)

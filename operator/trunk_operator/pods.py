@@ -19,7 +19,6 @@ from typing import Any
 
 from trunk_operator import asterisk, metrics
 from trunk_operator.apiclient import KubeError, describe
-from trunk_operator.asterisk import Expected, ExpectedEndpoint, Probe
 from trunk_operator.kube import Kube
 from trunk_operator.models import TwilioTrunkSpec
 from trunk_operator.plan import TRUNK, Outcome
@@ -34,6 +33,7 @@ from trunk_operator.podset import (
 from trunk_operator.render import Files, files_hash
 from trunk_operator.status import PodDelivery, timestamp
 from trunk_operator.threads import BlockingCalls
+from trunk_operator.verify import Expected, ExpectedEndpoint, Probe, drifted, verify
 
 log = logging.getLogger(__name__)
 
@@ -306,8 +306,8 @@ class AsteriskPods:
         )
         if (
             observation.delivered_hash != files_hash(files)
-            or asterisk.drifted(files, observation)
-            or asterisk.verify(expected, observation)
+            or drifted(files, observation)
+            or verify(expected, observation)
         ):
             return False
         worker.state.delivered_hash = observation.delivered_hash
@@ -438,8 +438,8 @@ class AsteriskPods:
             "the delivered hash changed"
             if observation.delivered_hash != worker.state.delivered_hash
             else "its files changed"
-            if asterisk.drifted(delivered_files, observation)
-            else "; ".join(p.message for p in asterisk.verify(audited, observation)[:3])
+            if drifted(delivered_files, observation)
+            else "; ".join(p.message for p in verify(audited, observation)[:3])
         )
         if (
             drift

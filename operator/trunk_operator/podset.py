@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 
-from trunk_operator.asterisk import Expected, ExpectedEndpoint, Probe
 from trunk_operator.models import TwilioTrunkSpec
 from trunk_operator.plan import TRUNK, Outcome
 from trunk_operator.render import (
@@ -18,6 +17,7 @@ from trunk_operator.render import (
     pod_files,
     trunk_names,
 )
+from trunk_operator.verify import Expected, ExpectedEndpoint, Probe
 
 
 def _with_mask(source: str) -> str:

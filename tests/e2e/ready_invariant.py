@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from kubernetes import client, watch
 
-from trunk_operator.asterisk import parse_endpoint_detail
+from trunk_operator.asterisk_output import parse_endpoint_detail
 from trunk_operator.models import GROUP, VERSION
 
 PLURAL = "twiliotrunks"

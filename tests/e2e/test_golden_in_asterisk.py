@@ -17,7 +17,7 @@ from testbed.sipp import SipMessage, TwilioCaller, TwilioStandIn
 from tests.cases import ACCOUNT_SID_B, PASSWORD, Case, cases, large_case, trunk
 from tests.conftest import STANDIN_IP
 from tests.e2e.conftest import podman_exec
-from trunk_operator import asterisk
+from trunk_operator import asterisk, asterisk_output, verify
 from trunk_operator.render import POD_FILES, aors, contexts_in
 
 pytestmark = pytest.mark.e2e
@@ -31,7 +31,7 @@ def deliver(pbx: AsteriskContainer, case: Case) -> asterisk.DeliveryResult:
     """Verified in depth (codecs, encryption, context, username, password) for every trunk."""
     files = case.pod_files()
     expected = case.expected(files)
-    probe = asterisk.Probe(
+    probe = verify.Probe(
         frozenset(e.name for e in expected.endpoints), frozenset(expected.contexts)
     )
     return asterisk.deliver(podman_exec(pbx.name), files, expected, probe=probe)
@@ -45,7 +45,7 @@ def test_golden_config_loads_exactly_as_rendered(
     pbx = start_asterisk(f"golden-{name}", "127.0.10.21", hosts_of(case))
     result = deliver(pbx, case)
     assert result.ok, result.problems
-    endpoints = asterisk.parse_endpoints(pbx.rx("pjsip show endpoints"))
+    endpoints = asterisk_output.parse_endpoints(pbx.rx("pjsip show endpoints"))
     assert set(endpoints) == {spec.endpoint(n) for n, spec in case.trunks.items()}
     for trunk_name, spec in case.trunks.items():
         loaded = endpoints[spec.endpoint(trunk_name)]
@@ -60,7 +60,7 @@ def test_golden_config_loads_exactly_as_rendered(
             assert loaded.matches == [f"X-Twilio-AccountSid: {spec.inbound.account_sid}"]
         else:
             assert len(loaded.matches) == 8
-    contexts = asterisk.parse_contexts(pbx.rx("dialplan show"))
+    contexts = asterisk_output.parse_contexts(pbx.rx("dialplan show"))
     assert contexts_in(case.files()) <= contexts
 
 
@@ -101,7 +101,7 @@ def test_broken_trunk_is_rolled_back_and_the_previous_set_keeps_serving(
     assert not result.ok and result.rolled_back
     [refused] = [p for p in result.problems if "transport-missing does not exist" in p.message]
     assert refused.owners == ("TwilioTrunk/broken",)
-    endpoints = asterisk.parse_endpoints(pbx.rx("pjsip show endpoints"))
+    endpoints = asterisk_output.parse_endpoints(pbx.rx("pjsip show endpoints"))
     assert set(endpoints) == {"ACME"}
 
 
@@ -112,7 +112,7 @@ def test_files_the_operator_does_not_own_are_left_alone(
     pbx = start_asterisk("golden-owned", "127.0.10.24", hosts_of(case))
     pbx.write_file("/etc/asterisk/extensions.d/local.conf", "[local-ctx]\nexten => 1,1,Hangup()\n")
     assert deliver(pbx, case).ok
-    assert "local-ctx" in asterisk.parse_contexts(pbx.rx("dialplan show"))
+    assert "local-ctx" in asterisk_output.parse_contexts(pbx.rx("dialplan show"))
     assert pbx.read_file("/etc/asterisk/extensions.d/local.conf").startswith("[local-ctx]")
 
 
@@ -176,10 +176,10 @@ def test_an_endpoint_asterisk_keeps_at_its_old_version_is_caught_and_rolled_back
     assert "dtmf_mode = rfc4733" in files[path]
     files[path] = files[path].replace("dtmf_mode = rfc4733", "dtmf_mode = rfc2833")  # refused
     expected = changed.expected(files)
-    probe = asterisk.Probe(frozenset({"ACME"}))
+    probe = verify.Probe(frozenset({"ACME"}))
     result = asterisk.deliver(podman_exec(pbx.name), files, expected, probe=probe)
     assert not result.ok and result.rolled_back
     assert any("codecs ('ulaw', 'alaw'), not ('alaw',)" in p.message for p in result.problems)
     # Without the in-depth check the same delivery passes: the listing alone cannot tell.
     assert result.observation is not None
-    assert not asterisk.verify(expected, replace(result.observation, shown={}, details={}))
+    assert not verify.verify(expected, replace(result.observation, shown={}, details={}))

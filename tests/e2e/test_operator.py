@@ -13,7 +13,7 @@ from testbed.asterisk import AsteriskContainer
 from testbed.sipp import TwilioStandIn
 from tests.conftest import wait_for
 from tests.kstatus import kstatus
-from trunk_operator.asterisk import parse_contexts, parse_endpoints
+from trunk_operator.asterisk_output import parse_contexts, parse_endpoints
 from trunk_operator.models import GROUP, VERSION
 from trunk_operator.render import POD_FILES
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from trunk_operator import asterisk, pods
+from trunk_operator import asterisk, asterisk_output, pods, verify
 from trunk_operator.apiclient import KubeError
 from trunk_operator.controller import Controller
 from trunk_operator.kube import SecretRead
@@ -204,7 +204,8 @@ def test_each_transition_posts_one_event_when_watch_echoes_race_the_write() -> N
     """Our own status write comes back as a watch event, which may be handled while the
     write is still in flight; the next transition must still be compared with what we wrote
     (it was compared with the status from before, and ContextMissing was announced again)."""
-    from trunk_operator.asterisk import Listing, Observation
+    from trunk_operator.asterisk_output import Listing
+    from trunk_operator.verify import Observation
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
@@ -414,13 +415,13 @@ def test_the_readiness_gate_is_written_when_it_changes_and_closed_on_a_restart(
         delivered_files.append(files)
         return asterisk.DeliveryResult(True, files_hash(files), [], None)
 
-    def serving(pod_exec, expected, timeout, probe) -> asterisk.Observation:  # type: ignore[no-untyped-def]
-        return asterisk.Observation(asterisk.Listing(), files_hash(worker_files[0]))
+    def serving(pod_exec, expected, timeout, probe) -> verify.Observation:  # type: ignore[no-untyped-def]
+        return verify.Observation(asterisk_output.Listing(), files_hash(worker_files[0]))
 
     monkeypatch.setattr(asterisk, "deliver", delivered)
     monkeypatch.setattr(asterisk, "observe", serving)
-    monkeypatch.setattr(asterisk, "drifted", lambda files, observation: False)
-    monkeypatch.setattr(asterisk, "verify", lambda expected, observation, *more: [])
+    monkeypatch.setattr(pods, "drifted", lambda files, observation: False)
+    monkeypatch.setattr(pods, "verify", lambda expected, observation, *more: [])
     worker_files: list[dict[str, str]] = []
 
     async def scenario() -> None:

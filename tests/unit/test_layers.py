@@ -11,6 +11,8 @@ PURE = [
     "trunk_operator.plan",
     "trunk_operator.status",
     "trunk_operator.podset",
+    "trunk_operator.asterisk_output",
+    "trunk_operator.verify",
     "trunk_operator.asterisk",
     "trunk_operator.cli",
 ]
@@ -26,12 +28,15 @@ def test_pure_modules_import_no_cluster_client() -> None:
 
 
 # Lowest first; a module may import its own layer and the ones before it, never a later one.
-# `asterisk` (the exec channel's scripts and parsers) comes before `status`: the reducer reads
-# its Observations. Every module must be listed: a new one is placed on purpose.
+# `verify` (with `asterisk_output`, the CLI parsers) comes before `status`: the reducer reads
+# its Observations; `asterisk`, the exec channel, delivers and reads them. Every module must
+# be listed: a new one is placed on purpose.
 LAYERS = [
     {"models", "metrics", "threads", "watchaudit"},
     {"render", "crdgen"},
     {"plan"},
+    {"asterisk_output"},
+    {"verify"},
     {"asterisk"},
     {"status", "podset"},
     {"apiclient", "kube", "leader"},

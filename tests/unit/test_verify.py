@@ -1,0 +1,75 @@
+"""Verification: what Asterisk shows against what was rendered, each difference with its CR."""
+
+from tests.unit.asterisk_samples import ENDPOINTS, detailed, shown
+from trunk_operator.asterisk_output import Endpoint, Listing, parse_endpoints
+from trunk_operator.verify import Expected, ExpectedEndpoint, Observation, verify
+
+
+def test_cut_contact_uris_still_verify_but_wrong_ones_do_not() -> None:
+    want = ExpectedEndpoint(
+        "TwilioTrunk/acme",
+        "ACME",
+        "ACME-auth",
+        {
+            "ACME-ashburn": "sip:acme.pstn.ashburn.twilio.com",
+            "ACME-umatilla": "sip:acme.pstn.umatilla.twilio.com",
+        },
+        "ACME-identify",
+        frozenset({"X-Twilio-AccountSid: AC" + "a" * 32}),
+    )
+    loaded = shown(parse_endpoints(ENDPOINTS))
+    assert verify(Expected((want,)), loaded) == []
+    other = ExpectedEndpoint(
+        "TwilioTrunk/acme",
+        "ACME",
+        "ACME-auth",
+        {"ACME-ashburn": "sip:x.pstn.twilio.com"},
+        "ACME-identify",
+        frozenset(),
+    )
+    problems = [p.message for p in verify(Expected((other,)), loaded)]
+    assert any("AORs" in p for p in problems)
+    assert any("no contact sip:x.pstn.twilio.com" in p for p in problems)
+
+
+def test_every_mismatch_names_the_resource_it_belongs_to() -> None:
+    want = ExpectedEndpoint("TwilioTrunk/new", "NEW", "NEW-auth", {}, "NEW-identify", frozenset())
+    expected = Expected(
+        (want,),
+        {"ctx-a": "DIDSegment/a", "ctx-b": "DIDSegment/b"},
+        {"transport-x": ("TwilioTrunk/new",)},
+    )
+    observation = Observation(
+        Listing(endpoints={"OLD": "Unavailable"}),
+        contexts={"ctx-a"},
+        contexts_checked=frozenset({"ctx-a", "ctx-b"}),
+    )
+    problems = verify(expected, observation, {})
+    assert [(p.owners, p.message) for p in problems] == [
+        (
+            ("TwilioTrunk/new",),
+            "transport transport-x does not exist in Asterisk (adding one needs a restart)",
+        ),
+        (("TwilioTrunk/new",), "endpoint NEW is not loaded"),
+        (("DIDSegment/b",), "1 dialplan contexts are not loaded (ctx-b)"),
+    ]
+    loaded = shown({"NEW": Endpoint("NEW", "Unavailable", aors=[])})
+    messages = [p.message for p in verify(Expected((want,)), loaded)]
+    assert "endpoint NEW has no outbound auth NEW-auth" in messages
+    assert "identify NEW-identify is not loaded" in messages
+
+
+def test_a_secure_trunk_on_a_transport_that_is_not_tls_is_refused() -> None:
+    secure = detailed(transport="transport-udp-alt", media_encryption="sdes")
+    listed = Observation(
+        Listing(
+            endpoints={"ACME": "Not in use"},
+            auths={"ACME-auth": "acme-user"},
+            identifies={"ACME-identify": "ACME"},
+        )
+    )
+    found = verify(Expected((secure,)), listed, {"transport-udp-alt": "udp"})
+    assert [p.message for p in found] == [
+        "transport transport-udp-alt is udp: a secure trunk needs a TLS transport"
+    ]
+    assert verify(Expected((secure,)), listed, {"transport-udp-alt": "tls"}) == []
