@@ -1,0 +1,290 @@
+"""What one trunk change costs inside Asterisk with many trunks loaded, by delivery layout.
+
+    .venv/bin/python bench/pjsip_delivery.py --trunks 10000 --repeat 4
+
+Why one change at 10,000 trunks is not Ready in 3 s with configuration files, and what ARI
+push would change (issue 11). In fresh Asterisk containers (testbed/asterisk), with the
+operator's own rendering of N trunks (bench/rig.py's trunk_spec), timed inside Asterisk, no
+operator and no API server:
+- `pod file`: what the operator delivers (one pjsip.d file): `module reload res_pjsip.so`
+  after the file is rewritten with one trunk's codecs changed, and with nothing changed;
+- `per type`: each trunk object type in a file of its own, mapped in sorcery.conf
+  (`endpoint=config,pjsip_endpoint.conf,criteria=type=endpoint`, that file including
+  pjsip.conf and the trunks' endpoints), so a change rebuilds one type only;
+- `ARI push`: the same objects sent one by one to `PUT /ari/asterisk/config/dynamic/res_pjsip/
+  <type>/<id>` into sorcery `memory` wizards (HTTP/1.1 keep-alive, `--connections` at once);
+  a change is one endpoint PUT; a start is Asterisk's start plus the push of every object
+  (they live in memory only);
+- `none`: Asterisk without trunks: the floor of a reload.
+Medians of `--repeat` (the first reload after a start is left out), one second apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rig import trunk_spec
+
+from testbed.asterisk import AsteriskContainer, ensure_image
+from tests.cases import Case
+from trunk_operator.models import TwilioTrunkSpec
+from trunk_operator.render import PJSIP_DIR, POD_FILE
+
+TYPES = ("auth", "aor", "endpoint", "identify")  # creation order: references resolve
+SORCERY_SECTION = {"identify": "res_pjsip_endpoint_identifier_ip"}  # others: res_pjsip
+ARI_PORT = 8088
+ARI_USER, ARI_PASSWORD = "bench", "bench-only-password"
+PjsipObject = tuple[str, str, list[tuple[str, str]]]  # type, id, fields
+
+
+def pjsip_text(count: int) -> str:
+    trunks = {
+        f"t{i:05d}": TwilioTrunkSpec.model_validate(trunk_spec(i, f"t{i:05d}", "s"))
+        for i in range(count)
+    }
+    return Case(trunks).pod_files("secret")[f"{PJSIP_DIR}/{POD_FILE}"]
+
+
+def sections_of(text: str) -> list[PjsipObject]:
+    objects = []
+    for section in re.split(r"(?m)^(?=\[)", text):
+        if not (m := re.match(r"\[([^\]]+)\]\n", section)):
+            continue
+        lines = (line for line in section.splitlines()[1:] if line and not line.startswith(";"))
+        fields = [(k.strip(), v.strip()) for k, _, v in (line.partition(" = ") for line in lines)]
+        kind = dict(fields)["type"]
+        objects.append((kind, m[1], [(k, v) for k, v in fields if k != "type"]))
+    return sorted(objects, key=lambda o: TYPES.index(o[0]))
+
+
+def changed(text: str, k: int) -> str:
+    """The first trunk's codecs swapped (k even) or as rendered (k odd)."""
+    return text.replace("allow = ulaw,alaw", "allow = alaw,ulaw", 1) if k % 2 == 0 else text
+
+
+def reload_seconds(ast: AsteriskContainer) -> float:
+    out = ast.exec(
+        "sh",
+        "-c",
+        "s=$(date +%s%N); asterisk -rx 'module reload res_pjsip.so' >/dev/null;"
+        " e=$(date +%s%N); echo $(( (e - s) / 1000000 ))",
+        timeout=600,
+    )
+    return int(out.stdout.strip()) / 1000
+
+
+def write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.rename(path)  # whole files only, as the operator swaps them
+
+
+def restart(ast: AsteriskContainer) -> float:
+    started = time.monotonic()
+    subprocess.run(["podman", "restart", "-t", "2", ast.name], check=True, capture_output=True)
+    ast.wait_ready(timeout=600)
+    return time.monotonic() - started
+
+
+def endpoints_loaded(ast: AsteriskContainer) -> int:
+    return ast.rx("pjsip list endpoints").count("Endpoint:")
+
+
+def map_types(cfg: Path, wizard: str) -> None:
+    """sorcery.conf: the trunk types mapped per type (`wizard` names each one's source)."""
+    sections: dict[str, list[str]] = defaultdict(list)
+    for kind in TYPES:
+        lines = sections[SORCERY_SECTION.get(kind, "res_pjsip")]
+        if wizard == "memory":
+            lines += [f"{kind}=config,pjsip.conf,criteria=type={kind}", f"{kind}=memory"]
+        else:
+            lines.append(f"{kind}=config,pjsip_{kind}.conf,criteria=type={kind}")
+    sorcery = cfg / "sorcery.conf"
+    text = sorcery.read_text()
+    for section, lines in sections.items():
+        # Into the section if it exists: sorcery reads the first one of a name only.
+        header = f"[{section}]\n"
+        added = header + "\n".join(lines) + "\n"
+        text = text.replace(header, added, 1) if header in text else f"{text}\n{added}"
+    sorcery.write_text(text)
+
+
+def measure_files(layout: str, text: str, repeat: int, bind_ip: str) -> dict[str, float]:
+    with AsteriskContainer(
+        f"delivery-{layout.replace(' ', '')}", bind_ip=bind_ip, tls=False
+    ) as ast:
+        cfg = ast.config_dir
+        target, body = cfg / PJSIP_DIR / POD_FILE, text
+        if layout == "per type":
+            pjsip = cfg / "pjsip.conf"
+            pjsip.write_text(pjsip.read_text().replace("#tryinclude pjsip.d/*.conf", ""))
+            map_types(cfg, "config")
+            parts: dict[str, list[str]] = defaultdict(list)
+            for section in re.split(r"(?m)^(?=\[)", text):
+                if m := re.search(r"(?m)^type = (\S+)$", section):
+                    parts[m[1]].append(section)
+            for kind in TYPES:
+                (cfg / f"pjsip_{kind}.conf").write_text(
+                    f"#include pjsip.conf\n#include {PJSIP_DIR}/trunks-{kind}.conf\n"
+                )
+                write(cfg / PJSIP_DIR / f"trunks-{kind}.conf", "".join(parts[kind]))
+            target, body = cfg / PJSIP_DIR / "trunks-endpoint.conf", "".join(parts["endpoint"])
+        elif text:
+            write(target, body)
+        start = restart(ast)
+        if text and endpoints_loaded(ast) < text.count("type = endpoint"):
+            raise RuntimeError(f"{layout}: Asterisk loaded {endpoints_loaded(ast)} endpoints")
+        reload_seconds(ast)  # the first reload after a start is slower: not counted
+        unchanged, after_change = [], []
+        for k in range(repeat):
+            time.sleep(1)
+            unchanged.append(reload_seconds(ast))
+            if text:
+                write(target, changed(body, k))
+                time.sleep(1)
+                after_change.append(reload_seconds(ast))
+        return {
+            "change": statistics.median(after_change) if after_change else float("nan"),
+            "unchanged": statistics.median(unchanged),
+            "start": start,
+        }
+
+
+class Ari:
+    """Keep-alive connections to Asterisk's ARI, PUT/DELETE of sorcery objects."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        token = base64.b64encode(f"{ARI_USER}:{ARI_PASSWORD}".encode()).decode()
+        self.headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+
+    def connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.host, ARI_PORT, timeout=60)
+
+    def put(self, conn: http.client.HTTPConnection, obj: PjsipObject) -> None:
+        kind, name, fields = obj
+        body = json.dumps({"fields": [{"attribute": k, "value": v} for k, v in fields]})
+        path = f"/ari/asterisk/config/dynamic/res_pjsip/{kind}/{name}"
+        conn.request("PUT", path, body, self.headers)
+        response = conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"PUT {kind}/{name}: {response.status} {data[:200]!r}")
+
+    def push(self, objects: list[PjsipObject], connections: int) -> None:
+        """Every object, type by type (auths and AORs exist before the endpoints)."""
+
+        def send(chunk: list[PjsipObject]) -> None:
+            conn = self.connect()
+            for obj in chunk:
+                self.put(conn, obj)
+            conn.close()
+
+        for kind in TYPES:
+            batch = [o for o in objects if o[0] == kind]
+            with ThreadPoolExecutor(connections) as pool:
+                list(pool.map(send, [batch[i::connections] for i in range(connections)]))
+
+
+def measure_ari(text: str, repeat: int, bind_ip: str, connections: int) -> dict[str, float]:
+    objects = sections_of(text)
+    with AsteriskContainer("delivery-ari", bind_ip=bind_ip, tls=False) as ast:
+        cfg = ast.config_dir
+        modules = (cfg / "modules.conf").read_text().splitlines()
+        keep = [m for m in modules if not re.search(r"noload => .*(ari|stasis|http|websocket)", m)]
+        (cfg / "modules.conf").write_text("\n".join(keep) + "\n")
+        (cfg / "http.conf").write_text(
+            f"[general]\nenabled = yes\nbindaddr = {bind_ip}\nbindport = {ARI_PORT}\n"
+        )
+        (cfg / "ari.conf").write_text(
+            f"[general]\nenabled = yes\n\n[{ARI_USER}]\ntype = user\nread_only = no\n"
+            f"password = {ARI_PASSWORD}\n"
+        )
+        map_types(cfg, "memory")
+        booted = restart(ast)
+        ari = Ari(bind_ip)
+        started = time.monotonic()
+        ari.push(objects, connections)
+        pushed = time.monotonic() - started
+        if endpoints_loaded(ast) < text.count("type = endpoint"):
+            raise RuntimeError(f"ARI push: Asterisk has {endpoints_loaded(ast)} endpoints")
+        endpoint = next(o for o in objects if o[0] == "endpoint")
+        conn, puts = ari.connect(), []
+        for k in range(repeat * 2):  # ends on an odd k: the rendered order
+            swapped = [(a, changed(f"{a} = {v}", k).partition(" = ")[2]) for a, v in endpoint[2]]
+            began = time.monotonic()
+            ari.put(conn, (endpoint[0], endpoint[1], swapped))
+            puts.append(time.monotonic() - began)
+        shown = ast.rx(f"pjsip show endpoint {endpoint[1]}")
+        allow = re.search(r"(?m)^\s*allow\s+:\s*(\S+)", shown)
+        if not allow or allow[1] != "(ulaw|alaw)":  # the last PUT (k odd) has the rendered order
+            raise RuntimeError(f"ARI PUT not served: allow {allow and allow[1]}")
+        reload_seconds(ast)
+        with_pushed = [reload_seconds(ast) for _ in range(repeat)]
+        if endpoints_loaded(ast) < text.count("type = endpoint"):
+            raise RuntimeError("pushed objects lost on reload")
+        return {
+            "change": statistics.median(puts),
+            "unchanged": statistics.median(with_pushed),
+            "start": booted + pushed,
+            "push": pushed,
+        }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trunks", type=int, default=10000)
+    parser.add_argument("--repeat", type=int, default=4)
+    parser.add_argument("--connections", type=int, default=4, help="ARI connections at once")
+    args = parser.parse_args()
+    ensure_image()
+    text = pjsip_text(args.trunks)
+    count = len(sections_of(text))
+    print(f"{args.trunks} trunks: {count} PJSIP objects, {len(text) / 1e6:.1f} MB", flush=True)
+    results = {}
+    for i, layout in enumerate(("none", "pod file", "per type", "ARI push")):
+        ip = f"127.0.10.{90 + i}"
+        if layout == "ARI push":
+            results[layout] = measure_ari(text, args.repeat, ip, args.connections)
+        else:
+            results[layout] = measure_files(
+                layout, "" if layout == "none" else text, args.repeat, ip
+            )
+        print(layout, {k: round(v, 3) for k, v in results[layout].items()}, flush=True)
+    floor = results["none"]["unchanged"]
+    base = results["pod file"]
+    print(
+        f"\n{args.trunks} trunks, medians of {args.repeat}; a reload with no trunks: {floor:.2f} s"
+    )
+    print(
+        "| layout | one change applied | pod file / this | reload, none changed | start, full set |"
+    )
+    print("|---|---|---|---|---|")
+    for layout in ("pod file", "per type", "ARI push"):
+        r = results[layout]
+        print(
+            f"| {layout} | {r['change']:.3f} s | {base['change'] / r['change']:.1f}x"
+            f" | {r['unchanged']:.2f} s | {r['start']:.1f} s |"
+        )
+    ari = results["ARI push"]
+    print(
+        f"ARI push of all {count} objects over {args.connections} connections: {ari['push']:.1f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
