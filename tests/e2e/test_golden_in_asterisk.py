@@ -53,7 +53,9 @@ def test_golden_config_loads_exactly_as_rendered(
         assert loaded.aors == [a.id for a in aors(trunk_name, spec)]
         expected_contacts = {a.id: a.contact for a in aors(trunk_name, spec)}
         assert sorted(c.aor for c in loaded.contacts) == sorted(expected_contacts)
-        assert all(asterisk.contact_matches(c, expected_contacts[c.aor]) for c in loaded.contacts)
+        assert all(
+            asterisk_output.contact_matches(c, expected_contacts[c.aor]) for c in loaded.contacts
+        )
         assert loaded.transport == spec.transport
         assert loaded.identifies == [f"{spec.endpoint(trunk_name)}-identify"]
         if spec.inbound.account_sid:
