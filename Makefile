@@ -73,6 +73,7 @@ lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check operator tests tools $(wildcard bench)
 	$(VENV)/bin/mypy operator/trunk_operator
+	$(VENV)/bin/mypy tests testbed tools $(wildcard bench)
 
 test-unit: venv
 	$(VENV)/bin/pytest tests/unit

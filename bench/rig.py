@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 from kubernetes import client, config, watch
@@ -382,7 +382,7 @@ class Rig:
 
     # ---- lifecycle --------------------------------------------------------------------
 
-    def __enter__(self) -> Rig:
+    def __enter__(self) -> Self:
         try:
             self._start()
         except BaseException:

@@ -244,7 +244,7 @@ def _restarts_and_ready(rig: Rig, pod: ClusterAsteriskPod) -> tuple[int, bool]:
     return restarts, ready
 
 
-SIZE_FIGURES = (
+SIZE_FIGURES: tuple[tuple[str, str, dict[int, float]], ...] = (
     ("applied at once -> all Ready", "s", {1000: 30.0}),
     ("one change -> Ready p50", "s", {1000: 0.7, 10000: 3.0}),
     ("one change -> Ready max", "s", {}),

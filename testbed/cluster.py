@@ -127,7 +127,9 @@ def pid_alive(pid: int) -> bool:
 class KubectlHelpers:
     """`apply` and `get` for any cluster handle that has `kubectl`."""
 
-    def kubectl(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[Any]:
         raise NotImplementedError
 
     def apply(self, *objs: dict[str, Any] | str, check: bool = True) -> Any:

@@ -205,10 +205,11 @@ def test_restarted_pod_gets_its_set_back_and_deletion_cleans_every_pod(
     second.rx("dialplan reload")
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "twiliotrunks", "acme")
     for pbx in (first, second):
-        wait_for(
-            lambda pbx=pbx: "ACME" not in parse_endpoints(pbx.rx("pjsip show endpoints")),
-            what=f"ACME gone from {pbx.name}",
-        )
+
+        def acme_gone(pbx: AsteriskContainer = pbx) -> bool:
+            return "ACME" not in parse_endpoints(pbx.rx("pjsip show endpoints"))
+
+        wait_for(acme_gone, what=f"ACME gone from {pbx.name}")
         served = pbx.exec("sh", "-c", "cat /etc/asterisk/pjsip.d/*.conf 2>/dev/null; true").stdout
         assert "TwilioTrunk/acme" not in served and "[ACME]" not in served
     assert "local-ctx" in parse_contexts(second.rx("dialplan show"))

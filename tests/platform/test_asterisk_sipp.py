@@ -85,6 +85,7 @@ def _standin(request, mode="401", password=PASSWORD, **kw) -> TwilioStandIn:
     s = TwilioStandIn(STANDIN_IP, 5060, USERNAME, password, mode=mode, **kw)
     request.addfinalizer(s.cleanup)
     s.start()
+    assert s.pid is not None
     _CREATED_SIPP.add(s.pid)
     return s
 

@@ -20,7 +20,7 @@ from trunk_operator.render import files_hash
 from trunk_operator.status import PodDelivery
 
 
-def plan_with_two_trunks():  # type: ignore[no-untyped-def]
+def plan_with_two_trunks():
     def trunk(name: str, sid: str) -> Resource:
         spec = {
             "terminationHost": f"{name}.pstn.twilio.com",
@@ -87,7 +87,7 @@ class FakeKube:
         self.during_read()
         return SecretRead(dict(self.secret), str(self.reads))
 
-    def write_rendered(self, owner, public, secret, written=None) -> None:  # type: ignore[no-untyped-def]
+    def write_rendered(self, owner, public, secret, written=None) -> None:
         self.during_write()
         if owner.name in self.refuse_writes:
             raise KubeError("POST /api/v1/namespaces/ns/configmaps: API error 422", 422)
@@ -99,7 +99,7 @@ class FakeKube:
     def event(self, owner: object, event_type: str, reason: str, message: str) -> None:
         self.events.append(reason)
 
-    def set_finalizers(self, plural: str, namespace: str, name: str, finalizers, rv) -> None:  # type: ignore[no-untyped-def]
+    def set_finalizers(self, plural: str, namespace: str, name: str, finalizers, rv) -> None:
         self.finalizers[name] = finalizers
 
 
@@ -145,7 +145,7 @@ def test_status_never_claims_a_generation_no_pod_serves() -> None:
 
     async def scenario() -> None:
         kube = FakeKube({"username": "u", "password": "p"})
-        controller = NoDelivery(kube)  # type: ignore[arg-type]
+        controller = NoDelivery(kube)
         controller.upsert_pod(pod_body("asterisk-0"))
         controller.upsert("TwilioTrunk", trunk_body("acme", 1, codecs=["alaw"]))
         await controller.reconcile_namespace("ns")
@@ -162,7 +162,12 @@ def test_status_never_claims_a_generation_no_pod_serves() -> None:
 
         # Generation 2 planned, its rendered state being written: no status may be Ready 2.
         writing, release = threading.Event(), threading.Event()
-        kube.during_write = lambda: (writing.set(), release.wait(5))
+
+        def pause_write() -> None:
+            writing.set()
+            release.wait(5)
+
+        kube.during_write = pause_write
         plan = asyncio.create_task(controller.reconcile_namespace("ns"))
         await asyncio.to_thread(writing.wait, 5)
         await controller.write_statuses("ns")
@@ -210,7 +215,7 @@ def test_each_transition_posts_one_event_when_watch_echoes_race_the_write() -> N
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         kube = FakeKube({"username": "u", "password": "p"})
-        controller = NoDelivery(kube)  # type: ignore[arg-type]
+        controller = NoDelivery(kube)
         controller.upsert_pod(pod_body("asterisk-0"))
         controller.upsert("TwilioTrunk", trunk_body("acme"))
         await controller.reconcile_namespace("ns")
@@ -219,9 +224,12 @@ def test_each_transition_posts_one_event_when_watch_echoes_race_the_write() -> N
         def echo(name: str) -> None:  # the watch event of this very write, handled meanwhile
             handled = threading.Event()
             body = {**trunk_body(name), "status": {}}
-            loop.call_soon_threadsafe(
-                lambda: (controller.upsert("TwilioTrunk", body), handled.set())
-            )
+
+            def upsert(body: dict[str, Any] = body) -> None:
+                controller.upsert("TwilioTrunk", body)
+                handled.set()
+
+            loop.call_soon_threadsafe(upsert)
             handled.wait(5)
 
         kube.during_status = echo
@@ -244,7 +252,7 @@ def test_each_transition_posts_one_event_when_watch_echoes_race_the_write() -> N
 def test_a_pod_being_deleted_gets_nothing_new_and_holds_no_ready() -> None:
     async def scenario() -> None:
         kube = FakeKube({"username": "u", "password": "p"})
-        controller = NoDelivery(kube)  # type: ignore[arg-type]
+        controller = NoDelivery(kube)
         for name in ("asterisk-0", "asterisk-1"):
             controller.upsert_pod(pod_body(name))
         controller.upsert("TwilioTrunk", trunk_body("acme"))
@@ -275,7 +283,7 @@ def test_health_fails_when_a_loop_died_or_a_plan_is_stuck() -> None:
     from trunk_operator import controller as controller_mod
 
     async def scenario() -> None:
-        controller = NoDelivery(FakeKube({"username": "u", "password": "p"}))  # type: ignore[arg-type]
+        controller = NoDelivery(FakeKube({"username": "u", "password": "p"}))
         assert controller.health() == {}
 
         async def crash() -> None:
@@ -298,10 +306,10 @@ def test_a_cr_whose_rendered_state_is_refused_does_not_hold_back_the_others() ->
     async def scenario() -> None:
         kube = FakeKube({"username": "u", "password": "p"})
         kube.refuse_writes = {"bad"}
-        controller = NoDelivery(kube)  # type: ignore[arg-type]
+        controller = NoDelivery(kube)
         controller.upsert_pod(pod_body("asterisk-0"))
         for name, sid in (("good", "a"), ("bad", "b")):
-            spec = {
+            spec: dict[str, Any] = {
                 "inbound": {"accountSid": "AC" + sid * 32},
                 "outbound": {"context": f"to-{name}"},
             }
@@ -411,11 +419,11 @@ def test_the_readiness_gate_is_written_when_it_changes_and_closed_on_a_restart(
 ) -> None:
     delivered_files = []
 
-    def delivered(pod_exec, files, *args: Any) -> asterisk.DeliveryResult:  # type: ignore[no-untyped-def]
+    def delivered(pod_exec, files, *args: Any) -> asterisk.DeliveryResult:
         delivered_files.append(files)
         return asterisk.DeliveryResult(True, files_hash(files), [], None)
 
-    def serving(pod_exec, expected, timeout, probe) -> verify.Observation:  # type: ignore[no-untyped-def]
+    def serving(pod_exec, expected, timeout, probe) -> verify.Observation:
         return verify.Observation(asterisk_output.Listing(), files_hash(worker_files[0]))
 
     monkeypatch.setattr(asterisk, "deliver", delivered)
@@ -426,7 +434,7 @@ def test_the_readiness_gate_is_written_when_it_changes_and_closed_on_a_restart(
 
     async def scenario() -> None:
         kube = GateKube()
-        ctl = NoDelivery(kube)  # type: ignore[arg-type]
+        ctl = NoDelivery(kube)
         body = pod_body("asterisk-0")
         body["status"]["containerStatuses"][0]["containerID"] = "containerd://one"
         ctl.upsert_pod(body)

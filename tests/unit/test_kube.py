@@ -34,7 +34,7 @@ def test_a_100k_did_segment_fits_configmaps_under_the_1mib_limit() -> None:
     assert restored == files["extensions.d/didsegment-bulk-all.conf"]
 
 
-def test_delivery_archive_is_deterministic(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_delivery_archive_is_deterministic(monkeypatch) -> None:
     files = {"pjsip.d/twiliotrunk-a.conf": "[A]\n", "extensions.d/twiliotrunk-a.conf": "[c]\n"}
     first = pack(files)
     monkeypatch.setattr("time.time", lambda: 2_000_000_000.0)  # a later clock changes nothing

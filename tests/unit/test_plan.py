@@ -16,7 +16,7 @@ def segment(name: str, trunk_name: str, created: str, **spec: object) -> Resourc
     return Resource("DIDSegment", name, created, {"trunkRef": {"name": trunk_name}, **spec})
 
 
-def reasons(plan, ref: str) -> list[str]:  # type: ignore[no-untyped-def]
+def reasons(plan, ref: str) -> list[str]:
     return [p.reason for p in plan.outcomes[ref].problems]
 
 
