@@ -13,8 +13,8 @@ operator and no API server:
   pjsip.conf and the trunks' endpoints), so a change rebuilds one type only;
 - `ARI push`: the same objects sent one by one to `PUT /ari/asterisk/config/dynamic/res_pjsip/
   <type>/<id>` into sorcery `memory` wizards (HTTP/1.1 keep-alive, `--connections` at once);
-  a change is one endpoint PUT; a start is Asterisk's start plus the push of every object
-  (they live in memory only);
+  a change replaces one endpoint (DELETE, then PUT: a PUT on an existing object merges); a
+  start is Asterisk's start plus the push of every object (they live in memory only);
 - `none`: Asterisk without trunks: the floor of a reload.
 Medians of `--repeat` (the first reload after a start is left out), one second apart.
 """
@@ -184,6 +184,14 @@ class Ari:
         if response.status != 200:
             raise RuntimeError(f"PUT {kind}/{name}: {response.status} {data[:200]!r}")
 
+    def delete(self, conn: http.client.HTTPConnection, kind: str, name: str) -> None:
+        path = f"/ari/asterisk/config/dynamic/res_pjsip/{kind}/{name}"
+        conn.request("DELETE", path, headers=self.headers)
+        response = conn.getresponse()
+        data = response.read()
+        if response.status != 204:
+            raise RuntimeError(f"DELETE {kind}/{name}: {response.status} {data[:200]!r}")
+
     def push(self, objects: list[PjsipObject], connections: int) -> None:
         """Every object, type by type (auths and AORs exist before the endpoints)."""
 
@@ -225,7 +233,10 @@ def measure_ari(text: str, repeat: int, bind_ip: str, connections: int) -> dict[
         conn, puts = ari.connect(), []
         for k in range(repeat * 2):  # ends on an odd k: the rendered order
             swapped = [(a, changed(f"{a} = {v}", k).partition(" = ")[2]) for a, v in endpoint[2]]
+            # Replaced, not updated: a PUT on an existing object merges into it (contacts and
+            # ACL entries accumulate, callerid turns "unknown"; bench/README.md).
             began = time.monotonic()
+            ari.delete(conn, endpoint[0], endpoint[1])
             ari.put(conn, (endpoint[0], endpoint[1], swapped))
             puts.append(time.monotonic() - began)
         shown = ast.rx(f"pjsip show endpoint {endpoint[1]}")
