@@ -15,7 +15,10 @@ operator and no API server:
   <type>/<id>` into sorcery `memory` wizards (HTTP/1.1 keep-alive, `--connections` at once);
   a change replaces one endpoint (DELETE, then PUT: a PUT on an existing object merges); a
   start is Asterisk's start plus the push of every object (they live in memory only);
-- `none`: Asterisk without trunks: the floor of a reload.
+- `none`: Asterisk without trunks: the floor of a reload;
+- the operator's observation of a pod with the N trunks (`asterisk.observe` over `podman exec`:
+  the listings, the delivered hash, the files' digests, 10 endpoints in depth), which the
+  observer repeats per pod (at most a tenth of the time: `pods.OBSERVE_SHARE`).
 Medians of `--repeat` (the first reload after a start is left out), one second apart.
 """
 
@@ -40,8 +43,11 @@ from rig import trunk_spec
 
 from testbed.asterisk import AsteriskContainer, ensure_image
 from tests.cases import Case
+from tests.e2e.conftest import podman_exec
+from trunk_operator import asterisk
 from trunk_operator.models import TwilioTrunkSpec
 from trunk_operator.render import PJSIP_DIR, POD_FILE
+from trunk_operator.verify import Probe
 
 TYPES = ("auth", "aor", "endpoint", "identify")  # creation order: references resolve
 SORCERY_SECTION = {"identify": "res_pjsip_endpoint_identifier_ip"}  # others: res_pjsip
@@ -50,12 +56,29 @@ ARI_USER, ARI_PASSWORD = "bench", "bench-only-password"
 PjsipObject = tuple[str, str, list[tuple[str, str]]]  # type, id, fields
 
 
-def pjsip_text(count: int) -> str:
+def bench_case(count: int) -> Case:
     trunks = {
         f"t{i:05d}": TwilioTrunkSpec.model_validate(trunk_spec(i, f"t{i:05d}", "s"))
         for i in range(count)
     }
-    return Case(trunks).pod_files("secret")[f"{PJSIP_DIR}/{POD_FILE}"]
+    return Case(trunks)
+
+
+def measure_observation(case: Case, repeat: int, bind_ip: str) -> float:
+    """Median seconds of the operator's observation of a pod serving the case."""
+    files = case.pod_files("secret")
+    expected = case.expected(files, "secret")
+    with AsteriskContainer("delivery-observe", bind_ip=bind_ip, tls=False) as ast:
+        pod_exec = podman_exec(ast.name)
+        if not asterisk.deliver(pod_exec, files, expected, timeout=900).ok:
+            raise RuntimeError("the case was not delivered")
+        probe = Probe(frozenset(sorted(e.name for e in expected.endpoints)[:10]))
+        times = []
+        for _ in range(repeat + 1):
+            began = time.monotonic()
+            asterisk.observe(pod_exec, expected, 300, probe)
+            times.append(time.monotonic() - began)
+        return statistics.median(times[1:])
 
 
 def sections_of(text: str) -> list[PjsipObject]:
@@ -262,7 +285,8 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=4, help="ARI connections at once")
     args = parser.parse_args()
     ensure_image()
-    text = pjsip_text(args.trunks)
+    case = bench_case(args.trunks)
+    text = case.pod_files("secret")[f"{PJSIP_DIR}/{POD_FILE}"]
     count = len(sections_of(text))
     print(f"{args.trunks} trunks: {count} PJSIP objects, {len(text) / 1e6:.1f} MB", flush=True)
     results = {}
@@ -290,6 +314,8 @@ def main() -> int:
             f"| {layout} | {r['change']:.3f} s | {base['change'] / r['change']:.1f}x"
             f" | {r['unchanged']:.2f} s | {r['start']:.1f} s |"
         )
+    observed = measure_observation(case, args.repeat, "127.0.10.94")
+    print(f"the operator's observation of a pod with {args.trunks} trunks: {observed:.2f} s")
     ari = results["ARI push"]
     print(
         f"ARI push of all {count} objects over {args.connections} connections: {ari['push']:.1f} s"

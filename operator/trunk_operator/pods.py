@@ -38,6 +38,9 @@ from trunk_operator.verify import Expected, ExpectedEndpoint, Probe, drifted, ve
 log = logging.getLogger(__name__)
 
 AUDIT_BATCH = 10  # endpoints the observer re-checks in depth per pod and round
+# A pod is observed at most once per OBSERVE_SHARE times its last observation's exec: reading
+# 10,000 trunks takes Asterisk ~2.5 s, which every 5 s would keep its CLI busy half the time.
+OBSERVE_SHARE = 10
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class PodWorker:
     # for it (the others were delivered) until the desired set changes again.
     settled_hash: str | None = None
     audit_cursor: int = 0  # where the observer's in-depth audit of the endpoints goes on
+    observe_after: float = 0.0  # monotonic time before which the observer leaves the pod be
 
     def set_delivered(self, owners: dict[str, Outcome], files: Files | None = None) -> None:
         """What the pod has now: these CRs, as `files` (from `files_of(owners)`)."""
@@ -131,8 +135,11 @@ class AsteriskPods:
         while True:
             await asyncio.sleep(self.settings.observe_interval)
             for (namespace, _), worker in list(self.workers.items()):
+                if time.monotonic() < worker.observe_after:
+                    continue
                 try:
-                    await self.observe(namespace, worker)
+                    took = await self.observe(namespace, worker)
+                    worker.observe_after = time.monotonic() + (OBSERVE_SHARE - 1) * took
                 except asyncio.CancelledError:
                     raise
                 except Exception as error:
@@ -419,7 +426,8 @@ class AsteriskPods:
 
     # ---- observation -----------------------------------------------------------------
 
-    async def observe(self, namespace: str, worker: PodWorker) -> None:
+    async def observe(self, namespace: str, worker: PodWorker) -> float:
+        """Read what the pod serves, write statuses, repair drift; the exec's seconds."""
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
         async with worker.busy:
             # Read under the lock: a delivery that held it has just changed what the pod has.
@@ -431,7 +439,9 @@ class AsteriskPods:
                 frozenset(e.name for e in audited.endpoints),
                 user_contexts_of(delivered),
             )
+            started = time.monotonic()
             observation = await self.calls.run(asterisk.observe, pod_exec, expected, 30, probe)
+            took = time.monotonic() - started
         worker.state.observation = observation
         worker.audit_cursor += len(audited.endpoints)
         drift = (
@@ -452,6 +462,7 @@ class AsteriskPods:
             worker.set_delivered({})
             worker.wake.set()
         await self.after_observation(namespace)
+        return took
 
     def removed_everywhere(self, namespace: str, ref: str) -> bool:
         """No pod serves, or is to get, this CR's files (pods that went away count)."""

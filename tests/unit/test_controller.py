@@ -372,6 +372,37 @@ def test_the_observer_audits_every_endpoint_in_depth_over_the_rounds(
     assert seen == ["A", "B", "A"]
 
 
+def test_the_observer_reads_a_slow_pod_at_most_a_tenth_of_the_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """10,000 trunks take Asterisk ~2.5 s to list: observed every 5 s, its CLI would be busy
+    half the time. A pod whose read took `t` is left be for 9 t; a quick pod keeps the interval."""
+    calls = {"big": 0, "small": 0}
+
+    async def scenario() -> None:
+        ctl = NoDelivery(FakeKube({"username": "u", "password": "p"}))
+        ctl.pods.settings = replace(ctl.pods.settings, observe_interval=0.01)
+
+        async def observe(namespace: str, worker: PodWorker) -> float:
+            calls[worker.pod.name] += 1
+            took = 0.04 if worker.pod.name == "big" else 0.0
+            await asyncio.sleep(took)
+            return took
+
+        monkeypatch.setattr(ctl.pods, "observe", observe)
+        for name in calls:
+            worker = PodWorker(Pod(name, name, {}, True, ""), PodDelivery(name))
+            ctl.pods.workers[("ns", name)] = worker
+        loop = asyncio.create_task(ctl.pods.observe_loop())
+        await asyncio.sleep(1.0)
+        loop.cancel()
+
+    asyncio.run(scenario())
+    assert calls["big"] >= 1
+    # Without the limit both are read every round (about 20 times here).
+    assert calls["small"] >= 3 * calls["big"], calls
+
+
 def test_a_pod_keeps_when_each_cr_arrived_across_deliveries(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
