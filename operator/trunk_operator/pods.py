@@ -3,8 +3,9 @@ gates, and the observer that reads back what each serves.
 
 Each pod's worker always delivers the newest desired set, so a burst of changes becomes one
 exec round (changes arriving during a reload fold into the next); the observer execs once per
-pod per interval for all its CRs, to refresh live status and detect drift (files changed by
-hand, a restarted container) by content hashes.
+pod per interval for all its CRs (less often for a pod whose read is long: OBSERVE_SHARE), to
+refresh live status and detect drift (files changed by hand, a restarted container) by content
+hashes.
 """
 
 from __future__ import annotations
