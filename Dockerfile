@@ -35,13 +35,9 @@ COPY --from=builder /opt/venv /opt/venv
 # Read-only root filesystem: pip compiled the bytecode at build time, nothing is written later.
 # USER and HOME: the uid has no passwd entry, and Kopf names itself after the user
 # (getpass.getuser() fails on an unknown uid unless USER is set).
-# MALLOC_ARENA_MAX: glibc gives threads up to 8 malloc arenas per core, and the controller runs
-# up to 48 for API calls and execs; with 2, 10,000 trunks peak at 813 MiB instead of 883 MiB
-# and settle at 726 instead of 806 (bench/README.md, measurement 4).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    MALLOC_ARENA_MAX=2 \
     USER=trunk-operator \
     HOME=/tmp
 # The conventional "nonroot" ids (distroless): no passwd entry needed, matches the chart's

@@ -395,9 +395,9 @@ class AsteriskPods:
         """After a verified set; only when it is not open (a PATCH per delivery ~30 ms)."""
         pod = worker.pod
         if not pod.gate_open:
-            pod.gate_open = await self.calls.api_call(
-                self._set_readiness, namespace, pod.name, True
-            )
+            # Not behind the API-call bound: the delivery worker waits for this one PATCH per
+            # pod, which must not queue behind the status writes of 1,000 new CRs.
+            pod.gate_open = await self.calls.run(self._set_readiness, namespace, pod.name, True)
             if pod.gate_open:
                 self.gate_closing.pop((namespace, pod.name), None)
 
@@ -406,7 +406,7 @@ class AsteriskPods:
         closed at once (the container is not ready yet), reopened by its first delivery."""
         pod.gate_open = False
         self.gate_closing[(namespace, pod.name)] = asyncio.get_running_loop().create_task(
-            self.calls.api_call(self._set_readiness, namespace, pod.name, False)
+            self.calls.run(self._set_readiness, namespace, pod.name, False)
         )
 
     def _set_readiness(self, namespace: str, pod: str, ready: bool) -> bool:
