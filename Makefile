@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 # containerd + CNI plugins: the real kubelet node (testbed/node/); not started by systemd.
 # lua5.1 + lua-cjson: Argo CD's health scripts run in a real Lua 5.1 (tests/packaging).
 # stunnel4: TLS in front of the sipp Twilio stand-in for secure trunks (Debian's sipp has none).
-APT_PACKAGES := podman runc sip-tester debootstrap uidmap containerd containernetworking-plugins \
+APT_PACKAGES := podman runc sip-tester debootstrap uidmap containerd containernetworking-plugins perl \
                 lua5.1 lua-cjson stunnel4
 
 .PHONY: help deps venv binaries external-secrets image operator-image platform crds chart-crds \

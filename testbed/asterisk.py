@@ -161,6 +161,47 @@ def default_rtp_range(bind_ip: str, width: int = 200) -> tuple[int, int]:
     return start, start + width - 1
 
 
+ARI_PORT = 8088
+# What ARI's dynamic configuration needs of the modules testbed/asterisk/config leaves out.
+ARI_MODULES = ("res_ari.so", "res_ari_asterisk.so", "res_ari_model.so", "res_stasis.so",
+               "res_http_websocket.so", "res_websocket_client.so")
+# The trunk object types, each in pjsip.conf's files and then in memory, where ARI puts them
+# (the sorcery.conf section each type is configured under).
+ARI_TYPES = {"auth": "res_pjsip", "aor": "res_pjsip", "endpoint": "res_pjsip",
+             "identify": "res_pjsip_endpoint_identifier_ip"}
+
+
+def map_types(config_dir: Path, wizards: dict[str, list[str]]) -> None:
+    """sorcery.conf: `type=wizard` lines per trunk type, into its section when it exists
+    (sorcery reads the first section of a name only)."""
+    sections: dict[str, list[str]] = {}
+    for kind, section in ARI_TYPES.items():
+        sections.setdefault(section, []).extend(f"{kind}={w}" for w in wizards[kind])
+    sorcery = config_dir / "sorcery.conf"
+    text = sorcery.read_text()
+    for section, lines in sections.items():
+        header = f"[{section}]\n"
+        added = header + "\n".join(lines) + "\n"
+        text = text.replace(header, added, 1) if header in text else f"{text}\n{added}"
+    sorcery.write_text(text)
+
+
+def enable_ari(config_dir: Path, bind_ip: str, user: str, password: str) -> None:
+    """ARI on bind_ip:ARI_PORT with one user, and the trunk types in memory after the files:
+    what a pod needs to take its trunks over ARI (trunk_operator.asterisk_ari)."""
+    modules = config_dir / "modules.conf"
+    modules.write_text("".join(
+        line for line in modules.read_text().splitlines(keepends=True)
+        if not any(line.startswith(f"noload => {m}") for m in ARI_MODULES)))
+    (config_dir / "http.conf").write_text(
+        f"[general]\nenabled = yes\nbindaddr = {bind_ip}\nbindport = {ARI_PORT}\n")
+    (config_dir / "ari.conf").write_text(
+        f"[general]\nenabled = yes\n\n[{user}]\ntype = user\nread_only = no\n"
+        f"password = {password}\n")
+    map_types(config_dir, {kind: [f"config,pjsip.conf,criteria=type={kind}", "memory"]
+                           for kind in ARI_TYPES})
+
+
 class AsteriskContainer:
     """One Asterisk container. ``name`` is a base name; the container is called
     ``trunkop-<name>-<random>`` unless ``unique=False`` (then ``name`` is used as given and
@@ -171,7 +212,7 @@ class AsteriskContainer:
                  tls_port: int = TLS_PORT, tls: bool = True,
                  rtp_range: tuple[int, int] | None = None, unique: bool = True,
                  image: str = IMAGE, workdir: str | os.PathLike | None = None,
-                 ready_timeout: float = 120) -> None:
+                 ready_timeout: float = 120, ari: tuple[str, str] | None = None) -> None:
         if unique:
             base = name[len(PREFIX):] if name.startswith(PREFIX) else name
             self.name = f"{PREFIX}{base}-{secrets.token_hex(3)}"
@@ -187,6 +228,7 @@ class AsteriskContainer:
         self.rtp_range = rtp_range or default_rtp_range(bind_ip)
         self.image = image
         self.ready_timeout = ready_timeout
+        self.ari = ari
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"{self.name}-"))
         self.config_dir = self.workdir / "etc-asterisk"
@@ -199,6 +241,11 @@ class AsteriskContainer:
     @property
     def tls_bind(self) -> str:
         return f"{self.bind_ip}:{self.tls_port}"
+
+    @property
+    def ari_url(self) -> str:
+        """Where ARI listens with ``ari=(user, password)``: on the container's own address."""
+        return f"http://{self.bind_ip}:{ARI_PORT}/ari"
 
     def render_config(self) -> Path:
         """Fresh copy of the base configuration (empty pjsip.d/ and extensions.d/, a new
@@ -220,6 +267,8 @@ class AsteriskContainer:
             os.chmod(self.config_dir / sub, 0o777)
         if self.tls:
             make_certificate(self.config_dir / "keys", self.name, self.bind_ip)
+        if self.ari:
+            enable_ari(self.config_dir, self.bind_ip, *self.ari)
         return self.config_dir
 
     def start(self) -> AsteriskContainer:
@@ -295,6 +344,13 @@ class AsteriskContainer:
         add_host() entries) and base config; pjsip.d/ and extensions.d/ are empty again."""
         remove_container(self.name)
         return self.start()
+
+    def restart_in_place(self, timeout: float | None = None) -> AsteriskContainer:
+        """Restart the container as it is: /etc/asterisk is kept (as a pod's emptyDir is when
+        its container restarts), Asterisk starts again from the files there."""
+        _podman("restart", "-t", "2", self.name, timeout=120)
+        self.wait_ready(timeout)
+        return self
 
     def stop(self) -> None:
         """podman rm -f NAME and verify it is gone; removes the rendered config too."""

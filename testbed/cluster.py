@@ -533,6 +533,7 @@ class Cluster(KubectlHelpers):
         *,
         image: str = "localhost/asterisk:22",
         timeout: float = 60,
+        annotations: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Create a simulated Pod whose ``kubectl exec`` runs in podman ``container``.
 
@@ -544,7 +545,12 @@ class Cluster(KubectlHelpers):
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {})},
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": dict(labels or {}),
+                "annotations": dict(annotations or {}),
+            },
             "spec": {
                 "nodeName": self.node_name,
                 "containers": [{"name": EXEC_CONTAINER_NAME, "image": image}],

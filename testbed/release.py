@@ -179,12 +179,17 @@ def host_nameservers() -> list[str]:
 
 
 def asterisk_objects(
-    cluster: Any, node: KubeletNode, bind_ip: str, hosts: dict[str, str]
+    cluster: Any,
+    node: KubeletNode,
+    bind_ip: str,
+    hosts: dict[str, str],
+    example: str = "examples/asterisk",
 ) -> list[dict[str, Any]]:
-    """examples/asterisk as `kubectl kustomize` renders it, with what this machine needs: the
-    local image, a loopback address of its own (other Asterisk containers share the host's
-    network), the Twilio stand-in's address for the termination host, the real node."""
-    rendered = cluster.kubectl("kustomize", str(ROOT / "examples/asterisk")).stdout
+    """examples/asterisk (or `example`, an overlay of it) as `kubectl kustomize` renders it,
+    with what this machine needs: the local image, a loopback address of its own (other
+    Asterisk containers share the host's network), the Twilio stand-in's address for the
+    termination host, the real node."""
+    rendered = cluster.kubectl("kustomize", str(ROOT / example)).stdout
     objects = [doc for doc in yaml.safe_load_all(rendered) if doc]
     for obj in objects:
         if obj["kind"] == "ConfigMap":

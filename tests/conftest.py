@@ -262,9 +262,13 @@ def start_asterisk(
     started: list[AsteriskContainer] = []
 
     def start(
-        name: str, bind_ip: str, hosts: dict[str, str], tls: bool = True
+        name: str,
+        bind_ip: str,
+        hosts: dict[str, str],
+        tls: bool = True,
+        ari: tuple[str, str] | None = None,
     ) -> AsteriskContainer:
-        container = AsteriskContainer(name, bind_ip, hosts, tls=tls)
+        container = AsteriskContainer(name, bind_ip, hosts, tls=tls, ari=ari)
         started.append(container)
         return container.start()
 
@@ -302,9 +306,17 @@ def start_asterisk_pod(
         hosts: dict[str, str],
         labels: dict[str, str] | None = None,
         tls: bool = True,
+        ari: tuple[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
     ) -> AsteriskContainer:
-        container = start_asterisk(name, bind_ip, hosts, tls)
-        cluster.add_exec_pod(namespace, name, container.name, labels or {"app": "asterisk"})
+        container = start_asterisk(name, bind_ip, hosts, tls, ari)
+        cluster.add_exec_pod(
+            namespace,
+            name,
+            container.name,
+            labels or {"app": "asterisk"},
+            annotations=annotations,
+        )
         pods.append(name)
         return container
 

@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from trunk_operator import asterisk_ari
+from trunk_operator.asterisk_ari import AriAccess
 from trunk_operator.asterisk_output import (
     ADDED_LISTS,
     LISTS,
@@ -56,6 +58,9 @@ LEGACY_GLOBS = tuple(
     for prefix in ("twiliotrunk-", "didsegment-")
 )
 OWNED_GLOBS = (*POD_FILES, *LEGACY_GLOBS)
+PJSIP_GLOBS = tuple(glob for glob in OWNED_GLOBS if glob.startswith(f"{PJSIP_DIR}/"))
+# A pod delivered over ARI (asterisk_ari): its PJSIP file is what was pushed, kept here.
+PUSHED_DIR = f"{STATE_DIR}/pushed"
 MARK = "=====trunk-operator:"
 # Above this many contexts to check, one full `dialplan show` costs less than one each.
 FULL_DIALPLAN_AT = 40
@@ -131,7 +136,22 @@ def _deal(source: str, prefix: str) -> str:
     )
 
 
-def _observe() -> str:
+def _file_digests(pushed: bool) -> str:
+    """The owned files' digests by path. Pushed over ARI, the PJSIP file is the record in
+    PUSHED_DIR, and one in pjsip.d/ is listed by its full path: it is no longer ours to have
+    there (a redelivery moves it out)."""
+    digests = '[ -e "$f" ] && sha256sum "$f"'
+    if not pushed:
+        return f"cd {CONFIG_DIR} && for f in {' '.join(OWNED_GLOBS)}; do {digests}; done; true"
+    return (
+        f"cd {CONFIG_DIR} && for f in {' '.join(g for g in OWNED_GLOBS if g not in PJSIP_GLOBS)};"
+        f" do {digests}; done; for f in {' '.join(PJSIP_GLOBS)};"
+        f' do [ -e "$f" ] && echo "present  {CONFIG_DIR}/$f"; done;'
+        f" cd {PUSHED_DIR} 2>/dev/null && for f in {' '.join(POD_FILES)}; do {digests}; done; true"
+    )
+
+
+def _observe(pushed: bool = False) -> str:
     """Shell that prints what Asterisk has loaded, in marked sections: `pjsip show endpoint X`
     and the auth's password hash for each name in DETAIL_LIST, the contexts of CONTEXT_LIST
     that exist, the transports, the listings, the delivered hash and the owned files' digests.
@@ -174,11 +194,7 @@ def _observe() -> str:
                 for name in added
             ),
             _section("hash", f"cat {STATE_DIR}/hash 2>/dev/null || true"),
-            _section(
-                "files",
-                f"cd {CONFIG_DIR} && for f in {' '.join(OWNED_GLOBS)};"
-                ' do [ -e "$f" ] && sha256sum "$f"; done; true',
-            ),
+            _section("files", f"({_file_digests(pushed)})"),
         ]
     )
 
@@ -211,17 +227,57 @@ def _read_probe(detail_size: int, context_size: int) -> str:
     return f"head -c {detail_size} > {DETAIL_LIST}; head -c {context_size} > {CONTEXT_LIST}"
 
 
+def _swap(staging: str, ari: AriAccess | None) -> str:
+    """Shell: the staged set in place. Pushed over ARI, the PJSIP file goes to PUSHED_DIR,
+    and `migrating` is set when pjsip.d/ had one of ours (its objects must be unloaded before
+    the same ids are pushed)."""
+    if ari is None:
+        return f"cp -R {staging}/. {CONFIG_DIR}/"
+    previous = f"{STATE_DIR}/previous"
+    return "; ".join(
+        [
+            f"mkdir -p {PUSHED_DIR}/{PJSIP_DIR} {previous}/pushed/{PJSIP_DIR}",
+            f"migrating=$(ls {previous}/{PJSIP_DIR})",
+            f"mv {PUSHED_DIR}/{PJSIP_DIR}/* {previous}/pushed/{PJSIP_DIR}/ 2>/dev/null || true",
+            f"if [ -d {staging}/{EXTENSIONS_DIR} ]; then"
+            f" cp -R {staging}/{EXTENSIONS_DIR} {CONFIG_DIR}/; fi",
+            f"if [ -d {staging}/{PJSIP_DIR} ]; then cp -R {staging}/{PJSIP_DIR} {PUSHED_DIR}/; fi",
+        ]
+    )
+
+
+def _apply(reload: Iterable[str], ari: AriAccess | None) -> str:
+    """Shell: reload what changed; over ARI, push the PJSIP objects instead of reloading
+    (after a reload without the trunk file when the pod is migrating to ARI)."""
+    directories = set(reload)
+    if ari is None:
+        return _reload(directories) or "true"
+    wanted = f"{PUSHED_DIR}/{POD_FILES[0]}"
+    steps = [
+        'if [ -n "$migrating" ]; then '
+        + _section("reload-migration", f"asterisk -rx '{RELOAD_COMMANDS[PJSIP_DIR]}' 2>&1")
+        + "; fi",
+        _reload(directories - {PJSIP_DIR}),
+        _section("ari", asterisk_ari.push(STATE_DIR, wanted, ari.url))
+        if PJSIP_DIR in directories
+        else "",
+    ]
+    return "; ".join(step for step in steps if step)
+
+
 def deliver_script(
     size: int,
     digest: str,
     detail_size: int = 0,
     context_size: int = 0,
     reload: Iterable[str] = (PJSIP_DIR, EXTENSIONS_DIR),
+    ari: AriAccess | None = None,
 ) -> str:
-    """Stage the tar from stdin, keep the previous set, swap, reload, observe.
+    """Stage the tar from stdin, keep the previous set, swap, reload (or push), observe.
 
     Stdin: the gzip'd tar (`size` bytes), then the endpoint names to check in depth, then
-    the contexts to check (one per line). `reload`: the directories whose files changed."""
+    the contexts to check (one per line), then over ARI `AriAccess.stdin`. `reload`: the
+    directories whose files changed."""
     staging, previous = f"{STATE_DIR}/staging", f"{STATE_DIR}/previous"
     return "\n".join(
         [
@@ -233,6 +289,7 @@ def deliver_script(
             _read_probe(detail_size, context_size),
             # A reload asked of an Asterisk still starting (a restarted container) is ignored.
             "asterisk -rx 'core waitfullybooted' > /dev/null",
+            asterisk_ari.refuse_when_pushed(STATE_DIR, PUSHED_DIR) if ari is None else "true",
             _only_loaded_before(),
             f"rm -rf {previous} && mkdir -p {previous}/{PJSIP_DIR} {previous}/{EXTENSIONS_DIR}",
             f"cp {STATE_DIR}/hash {previous}/hash 2>/dev/null || true",
@@ -240,35 +297,47 @@ def deliver_script(
             *[_move_owned(glob, previous) for glob in OWNED_GLOBS],
             "set -e",
             # Asterisk reads the files only when told to reload, below: never half a set.
-            f"cp -R {staging}/. {CONFIG_DIR}/",
+            _swap(staging, ari),
             f"echo {shlex.quote(digest)} > {STATE_DIR}/hash",
             _clock("swapped"),
-            _reload(reload) or "true",
+            _apply(reload, ari),
             _clock("reloaded"),
-            _observe(),
+            _observe(pushed=ari is not None),
             _clock("read"),
         ]
     )
 
 
-def rollback_script() -> str:
-    """Put the previous set back and reload."""
+def rollback_script(ari: AriAccess | None = None) -> str:
+    """Put the previous set back and reload (over ARI: push it back first, so no id is in
+    memory when a restored trunk file brings it back)."""
     previous = f"{STATE_DIR}/previous"
-    return "\n".join(
-        [
-            "set -e",
-            f"test -d {previous}",
-            "asterisk -rx 'core waitfullybooted' > /dev/null",
-            f"rm -f {_owned_files(CONFIG_DIR)}",
-            f"cp -R {previous}/{PJSIP_DIR} {previous}/{EXTENSIONS_DIR} {CONFIG_DIR}/",
-            f"if [ -f {previous}/hash ]; then cp {previous}/hash {STATE_DIR}/hash;"
-            f" else rm -f {STATE_DIR}/hash; fi",
-            # What is restored was verified when it was delivered: the listings suffice.
-            f": > {DETAIL_LIST}; : > {CONTEXT_LIST}",
-            _reload(RELOAD_COMMANDS),
-            _observe(),
+    steps = [
+        "set -e",
+        f"test -d {previous}",
+        "asterisk -rx 'core waitfullybooted' > /dev/null",
+        f"rm -f {_owned_files(CONFIG_DIR)}",
+    ]
+    if ari is not None:
+        steps += [
+            f"rm -rf {PUSHED_DIR}/{PJSIP_DIR} && mkdir -p {PUSHED_DIR}",
+            f"cp -R {previous}/pushed/{PJSIP_DIR} {PUSHED_DIR}/",
+            _section("ari", asterisk_ari.push(STATE_DIR, f"{PUSHED_DIR}/{POD_FILES[0]}", ari.url)),
         ]
-    )
+    steps += [
+        f"cp -R {previous}/{PJSIP_DIR} {previous}/{EXTENSIONS_DIR} {CONFIG_DIR}/",
+        f"if [ -f {previous}/hash ]; then cp {previous}/hash {STATE_DIR}/hash;"
+        f" else rm -f {STATE_DIR}/hash; fi",
+        # What is restored was verified when it was delivered: the listings suffice.
+        f": > {DETAIL_LIST}; : > {CONTEXT_LIST}",
+        _reload(RELOAD_COMMANDS)
+        if ari is None
+        # Over ARI, PJSIP is reloaded only to bring back a trunk file (a failed migration).
+        else f'if [ -n "$(ls {previous}/{PJSIP_DIR})" ]; then {_reload(RELOAD_COMMANDS)};'
+        f" else {_reload([EXTENSIONS_DIR])}; fi",
+        _observe(pushed=ari is not None),
+    ]
+    return "\n".join(steps)
 
 
 def sections(stdout: str) -> dict[str, str]:
@@ -294,6 +363,7 @@ class DeliveryResult:
     observation: Observation | None
     rolled_back: bool = False
     phases: dict[str, float] = field(default_factory=dict)  # seconds: stage, reload, read
+    ari_unavailable: str = ""  # the pusher's words when ARI could not be used at all
 
 
 def _phases(parts: Mapping[str, str]) -> dict[str, float]:
@@ -351,8 +421,8 @@ def _run(exec_: Exec, script: str, stdin: bytes | None, timeout: float) -> ExecR
 
 def _error_lines(parts: Mapping[str, str]) -> list[str]:
     """Asterisk's own words from the reloads, when they say something went wrong."""
-    lines = []
-    for key in (f"reload-{d}" for d in RELOAD_COMMANDS):
+    lines = [line for line in parts.get("ari", "").splitlines() if line.startswith("ari-")]
+    for key in (*(f"reload-{d}" for d in RELOAD_COMMANDS), "reload-migration"):
         for line in parts.get(key, "").splitlines():
             if re.search(r"error|unable|fail|not found|could not", line, re.IGNORECASE):
                 lines.append(line.strip())
@@ -370,16 +440,20 @@ def deliver(
     timeout: float = 120,
     probe: Probe = LISTINGS_ONLY,
     reload: Iterable[str] = (PJSIP_DIR, EXTENSIONS_DIR),
+    ari: AriAccess | None = None,
 ) -> DeliveryResult:
     """Deliver, reload what `reload` names and verify; `probe` names what to check beyond
-    the listings (what this delivery changes)."""
+    the listings (what this delivery changes); `ari`: the pod takes its PJSIP objects over
+    ARI (asterisk_ari)."""
     started = time.monotonic()
     digest = files_hash(files)
     payload = pack(files)
     details, contexts = _lines(probe.details), _lines(probe.contexts)
-    script = deliver_script(len(payload), digest, len(details), len(contexts), reload)
+    reload = set(reload)
+    script = deliver_script(len(payload), digest, len(details), len(contexts), reload, ari)
+    pushing = ari.stdin() if ari is not None and PJSIP_DIR in reload else b""
     sent = time.monotonic()
-    result = _run(exec_, script, payload + details + contexts, timeout)
+    result = _run(exec_, script, payload + details + contexts + pushing, timeout)
     returned = time.monotonic()
     parts = sections(result.stdout)
     if result.returncode != 0 or "list-endpoints" not in parts:
@@ -396,21 +470,34 @@ def deliver(
         phases["verify"] = time.monotonic() - returned
         return DeliveryResult(True, digest, [], observation, phases=phases)
     problems += [Mismatch((), line) for line in _error_lines(parts)]
-    back = _run(exec_, rollback_script(), None, timeout)
+    back = _run(exec_, rollback_script(ari), ari.stdin() if ari else None, timeout)
     restored = (
         _observation(sections(back.stdout), LISTINGS_ONLY, expected)
         if back.returncode == 0
         else None
     )
-    return DeliveryResult(False, digest, problems, restored, rolled_back=back.returncode == 0)
+    unavailable = [line for line in _error_lines(parts) if line.startswith("ari-unavailable:")]
+    return DeliveryResult(
+        False,
+        digest,
+        problems,
+        restored,
+        rolled_back=back.returncode == 0,
+        ari_unavailable=unavailable[0] if unavailable else "",
+    )
 
 
 def observe(
-    exec_: Exec, expected: Expected, timeout: float = 30, probe: Probe = LISTINGS_ONLY
+    exec_: Exec,
+    expected: Expected,
+    timeout: float = 30,
+    probe: Probe = LISTINGS_ONLY,
+    pushed: bool = False,
 ) -> Observation:
-    """What the pod serves now; `expected` links listed contacts to their endpoints."""
+    """What the pod serves now; `expected` links listed contacts to their endpoints;
+    `pushed`: the pod takes its PJSIP objects over ARI (where its PJSIP file is kept)."""
     details, contexts = _lines(probe.details), _lines(probe.contexts)
-    script = f"mkdir -p {STATE_DIR}; {_read_probe(len(details), len(contexts))}\n{_observe()}"
+    script = f"mkdir -p {STATE_DIR}; {_read_probe(len(details), len(contexts))}\n{_observe(pushed)}"
     result = _run(exec_, script, details + contexts, timeout)
     if result.returncode != 0:
         raise ExecError(

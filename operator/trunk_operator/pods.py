@@ -20,6 +20,13 @@ from typing import Any
 
 from trunk_operator import asterisk, metrics
 from trunk_operator.apiclient import KubeError, describe
+from trunk_operator.asterisk_ari import (
+    ARI_CREDENTIALS_ANNOTATION,
+    ARI_URL_ANNOTATION,
+    DEFAULT_ARI_URL,
+    AriAccess,
+    AriUnavailable,
+)
 from trunk_operator.kube import Kube
 from trunk_operator.models import TwilioTrunkSpec
 from trunk_operator.plan import TRUNK, Outcome
@@ -63,6 +70,9 @@ class Pod:
     ready: bool
     incarnation: str  # changes when the container restarts
     gate_open: bool = False  # our readiness gate is True in the pod's status
+    # PJSIP objects pushed over ARI (asterisk_ari): the Secret of its ARI user, and the URL.
+    ari_secret: str | None = None
+    ari_url: str = DEFAULT_ARI_URL
 
 
 @dataclass
@@ -95,6 +105,10 @@ class PodWorker:
             ref: self.state.delivered_at.get(ref, now) if before.get(ref) == digest else now
             for ref, digest in self.state.delivered.items()
         }
+
+
+def _delivery_of(pod: Pod) -> tuple[str | None, str]:
+    return pod.ari_secret, pod.ari_url
 
 
 def _selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
@@ -171,8 +185,16 @@ class AsteriskPods:
             c.get("type") == self.settings.readiness_condition and c.get("status") == "True"
             for c in status.get("conditions") or []
         )
+        annotations = meta.get("annotations") or {}
         pod = Pod(
-            meta["name"], meta["uid"], dict(meta.get("labels") or {}), ready, incarnation, gate_open
+            meta["name"],
+            meta["uid"],
+            dict(meta.get("labels") or {}),
+            ready,
+            incarnation,
+            gate_open,
+            annotations.get(ARI_CREDENTIALS_ANNOTATION) or None,
+            annotations.get(ARI_URL_ANNOTATION) or DEFAULT_ARI_URL,
         )
         before = self.known[namespace].get(pod.name)
         self.known[namespace][pod.name] = pod
@@ -182,6 +204,9 @@ class AsteriskPods:
         if worker and before and (before.incarnation != incarnation or before.uid != pod.uid):
             worker.state.delivered_hash = None  # a new container starts empty
             worker.set_delivered({})
+        elif worker and before and _delivery_of(before) != _delivery_of(pod):
+            worker.state.delivered_hash = None  # files to ARI or back: everything moves
+            worker.set_delivered({})
         if worker:
             worker.pod = pod
         return (
@@ -189,6 +214,7 @@ class AsteriskPods:
             or before.ready != ready
             or before.labels != pod.labels
             or before.incarnation != incarnation
+            or _delivery_of(before) != _delivery_of(pod)
         )
 
     def forget(self, namespace: str, name: str) -> None:
@@ -248,7 +274,8 @@ class AsteriskPods:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                text = str(error) if isinstance(error, asterisk.ExecError) else describe(error)
+                known = isinstance(error, (asterisk.ExecError, AriUnavailable))
+                text = str(error) if known else describe(error)
                 log.warning("delivery to %s/%s failed: %s", namespace, worker.pod.name, text)
                 metrics.DELIVERIES.labels(result="Error").inc()
                 worker.state.last_reload_result = f"error: {text[:200]}"
@@ -271,6 +298,11 @@ class AsteriskPods:
         result = await self._deliver(namespace, worker, owners, files)
         if result.ok:
             return
+        if result.ari_unavailable:
+            # Nothing was wrong with the trunks: the pod's ARI refused or was not there.
+            worker.state.problems = {ref: [result.ari_unavailable] for ref in owners}
+            worker.state.delivered_hash = None
+            raise AriUnavailable(result.ari_unavailable)
         # Keep the CRs Asterisk refused at their last delivered version; the others go ahead.
         culprits = {owner for problem in result.problems for owner in problem.owners}
         worker.state.problems = {
@@ -310,7 +342,12 @@ class AsteriskPods:
             frozenset(expected.contexts) | user_contexts_of(owners),
         )
         observation = await self.calls.run(
-            asterisk.observe, pod_exec, expected, self.settings.exec_timeout, probe
+            asterisk.observe,
+            pod_exec,
+            expected,
+            self.settings.exec_timeout,
+            probe,
+            worker.pod.ari_secret is not None,
         )
         if (
             observation.delivered_hash != files_hash(files)
@@ -337,6 +374,11 @@ class AsteriskPods:
         files: Files | None = None,
     ) -> asterisk.DeliveryResult:
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
+        try:
+            ari = await self._ari_access(namespace, worker.pod)
+        except AriUnavailable as error:
+            worker.state.problems = {ref: [str(error)] for ref in owners}
+            raise
         self.stats["reloads"] += 1
         started = time.monotonic()
         files = files if files is not None else files_of(owners)
@@ -349,6 +391,7 @@ class AsteriskPods:
             self.settings.exec_timeout,
             probe_for(owners, worker.delivered_owners),
             reloads_for(files, before),
+            ari,
         )
         worker.state.last_reload_time = timestamp()
         worker.state.observation = result.observation
@@ -380,6 +423,21 @@ class AsteriskPods:
             ", ".join(f"{name} {took:.2f} s" for name, took in result.phases.items()),
         )
         return result
+
+    async def _ari_access(self, namespace: str, pod: Pod) -> AriAccess | None:
+        """The ARI user of a pod that takes its PJSIP objects over ARI, from its Secret: read
+        for every delivery, so a rotated password is used by the next one."""
+        if pod.ari_secret is None:
+            return None
+        secret = await self.calls.api_call(self.kube.read_secret, namespace, pod.ari_secret)
+        data = secret.data if secret is not None else {}
+        if not data.get("username") or not data.get("password"):
+            what = "has no username and password" if secret is not None else "does not exist"
+            raise AriUnavailable(
+                f"ARI credentials: Secret {namespace}/{pod.ari_secret} {what}"
+                f" (pod annotation {ARI_CREDENTIALS_ANNOTATION})"
+            )
+        return AriAccess(pod.ari_url, data["username"], data["password"])
 
     @staticmethod
     def _audit_batch(worker: PodWorker, owners: Mapping[str, Outcome]) -> list[str]:
@@ -441,7 +499,10 @@ class AsteriskPods:
                 user_contexts_of(delivered),
             )
             started = time.monotonic()
-            observation = await self.calls.run(asterisk.observe, pod_exec, expected, 30, probe)
+            pushed = worker.pod.ari_secret is not None
+            observation = await self.calls.run(
+                asterisk.observe, pod_exec, expected, 30, probe, pushed
+            )
             took = time.monotonic() - started
         worker.state.observation = observation
         worker.audit_cursor += len(audited.endpoints)

@@ -249,6 +249,8 @@ def _join(problems: Sequence[Problem]) -> str:
 
 def _delivery_reason(words: Sequence[str]) -> str:
     text = " ".join(words)
+    if "ARI credentials" in text or "ari-failed" in text or "ari-unavailable" in text:
+        return "AriPushFailed"
     if "transport" in text and ("does not exist" in text or "needs a TLS transport" in text):
         return "TransportNotFound"
     return "AsteriskRejected"

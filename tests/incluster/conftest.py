@@ -1,6 +1,6 @@
 """The in-cluster tier: the operator installed with Helm from charts/, as a pod kubelet runs
-from the image built from the Dockerfile, next to Asterisk pods of examples/asterisk
-(testbed/release.py).
+from the image built from the Dockerfile, next to Asterisk pods of examples/asterisk and
+examples/asterisk-ari (testbed/release.py).
 
 No admin kubeconfig reaches the operator: it runs with the chart's ServiceAccount and RBAC.
 The test process itself drives the cluster as admin (kubectl, helm), as a user would.
@@ -8,6 +8,7 @@ The test process itself drives the cluster as admin (kubectl, helm), as a user w
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,3 +61,23 @@ def release(
     finally:
         rel.helm("uninstall", RELEASE, "--namespace", SYSTEM_NAMESPACE, "--wait", check=False)
         cluster.kubectl("delete", "namespace", SYSTEM_NAMESPACE, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def telephony(cluster: Any) -> Iterator[str]:
+    name = f"telephony-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        # The CRs first, while the operator may still be there to release its finalizers;
+        # after `helm uninstall` nobody is, so the finalizers are removed by hand.
+        for kind in ("didsegments", "twiliotrunks"):
+            cluster.kubectl("delete", kind, "--all", "-n", name, "--wait=false", check=False)
+            listed = cluster.kubectl("get", kind, "-n", name, "-o", "name", check=False)
+            for obj in listed.stdout.split():
+                cluster.kubectl(
+                    "patch", obj, "-n", name, "--type=merge",
+                    "-p", '{"metadata":{"finalizers":null}}', check=False,
+                )  # fmt: skip
+        cluster.kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)

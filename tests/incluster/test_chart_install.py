@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,26 +34,6 @@ STANDIN_IP = "127.0.0.16"
 ASTERISK_IP = "127.0.10.40"
 HOST = "acme.pstn.twilio.com"
 GATE = Settings().readiness_condition
-
-
-@pytest.fixture(scope="module")
-def telephony(cluster: Any) -> Iterator[str]:
-    name = f"telephony-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", name)
-    try:
-        yield name
-    finally:
-        # The CRs first, while the operator may still be there to release its finalizers;
-        # after `helm uninstall` nobody is, so the finalizers are removed by hand.
-        for kind in ("didsegments", "twiliotrunks"):
-            cluster.kubectl("delete", kind, "--all", "-n", name, "--wait=false", check=False)
-            listed = cluster.kubectl("get", kind, "-n", name, "-o", "name", check=False)
-            for obj in listed.stdout.split():
-                cluster.kubectl(
-                    "patch", obj, "-n", name, "--type=merge",
-                    "-p", '{"metadata":{"finalizers":null}}', check=False,
-                )  # fmt: skip
-        cluster.kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)
 
 
 def kubectl_json(cluster: Any, *args: str) -> Any:

@@ -454,7 +454,7 @@ def test_the_readiness_gate_is_written_when_it_changes_and_closed_on_a_restart(
         delivered_files.append(files)
         return asterisk.DeliveryResult(True, files_hash(files), [], None)
 
-    def serving(pod_exec, expected, timeout, probe) -> verify.Observation:
+    def serving(pod_exec, expected, timeout, probe, pushed) -> verify.Observation:
         return verify.Observation(asterisk_output.Listing(), files_hash(worker_files[0]))
 
     monkeypatch.setattr(asterisk, "deliver", delivered)

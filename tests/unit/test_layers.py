@@ -13,6 +13,7 @@ PURE = [
     "trunk_operator.podset",
     "trunk_operator.asterisk_output",
     "trunk_operator.verify",
+    "trunk_operator.asterisk_ari",
     "trunk_operator.asterisk",
     "trunk_operator.cli",
 ]
@@ -29,7 +30,8 @@ def test_pure_modules_import_no_cluster_client() -> None:
 
 # Lowest first; a module may import its own layer and the ones before it, never a later one.
 # `verify` (with `asterisk_output`, the CLI parsers) comes before `status`: the reducer reads
-# its Observations; `asterisk`, the exec channel, delivers and reads them. Every module must
+# its Observations; `asterisk`, the exec channel, delivers and reads them (`asterisk_ari`:
+# the shell of its ARI push). Every module must
 # be listed: a new one is placed on purpose.
 LAYERS = [
     {"models", "metrics", "threads", "watchaudit"},
@@ -37,6 +39,7 @@ LAYERS = [
     {"plan"},
     {"asterisk_output"},
     {"verify"},
+    {"asterisk_ari"},
     {"asterisk"},
     {"status", "podset"},
     {"apiclient", "kube", "leader"},

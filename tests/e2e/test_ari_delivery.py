@@ -1,0 +1,221 @@
+"""Pods that take their trunks over ARI (asterisk_ari): real Asterisk with ARI and sorcery
+`memory` wizards, the operator process, sipp as Twilio in both directions.
+
+What must hold for such a pod, beyond what the file delivery proves: no PJSIP reload at all,
+a change replaces objects (an AOR moved to another host keeps no old contact: a PUT would
+merge), the pushed password and source ACL work on real calls, a restarted Asterisk (memory
+gone) gets its trunks again, refused ARI credentials are a clear condition, and a pod that
+had the trunk file moves to ARI with the file gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from testbed.asterisk import ARI_PORT, AsteriskContainer
+from testbed.sipp import TwilioCaller, TwilioStandIn
+from tests.conftest import wait_for
+from tests.e2e.test_inbound import DESTINATIONS, OUTSIDER_IP, TWILIO_EDGE_IP, landed
+from tests.e2e.test_operator import (
+    ACME_IP,
+    HOSTS,
+    PASSWORD,
+    SID_A,
+    SID_B,
+    call,
+    condition,
+    credentials,
+    status,
+    trunk,
+    wait_ready,
+)
+from trunk_operator.asterisk import CONFIG_DIR, PUSHED_DIR, STATE_DIR
+from trunk_operator.asterisk_ari import ARI_CREDENTIALS_ANNOTATION, ARI_URL_ANNOTATION
+from trunk_operator.render import POD_FILE
+
+pytestmark = pytest.mark.e2e
+
+ARI_USER, ARI_PASSWORD = "trunkop", "ari-pass-1"
+RELOADED = "Reloading module 'res_pjsip.so'"
+EDGE = {"extraSourceRanges": [f"{TWILIO_EDGE_IP}/32"]}
+
+
+def ari_secret(namespace: str, password: str = ARI_PASSWORD) -> client.V1Secret:
+    return client.V1Secret(
+        metadata=client.V1ObjectMeta(name="asterisk-ari", namespace=namespace),
+        string_data={"username": ARI_USER, "password": password},
+    )
+
+
+def ari_annotations(bind_ip: str) -> dict[str, str]:
+    """The pod's opt-in; the testbed's ARI listens on the container's own address."""
+    url = f"http://{bind_ip}:{ARI_PORT}/ari"
+    return {ARI_CREDENTIALS_ANNOTATION: "asterisk-ari", ARI_URL_ANNOTATION: url}
+
+
+def pjsip_d(pbx: AsteriskContainer) -> str:
+    return pbx.exec("ls", f"{CONFIG_DIR}/pjsip.d").stdout
+
+
+def test_trunks_pushed_over_ari_call_change_and_come_back_after_a_restart(
+    operator: Any,
+    namespace: str,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    apply: Callable[[dict[str, Any]], None],
+    start_asterisk_pod: Callable[..., AsteriskContainer],
+    start_standin: Callable[..., TwilioStandIn],
+) -> None:
+    standin = start_standin("acme-user", PASSWORD, ip=ACME_IP)
+    core.create_namespaced_secret(namespace, ari_secret(namespace))
+    pbx = start_asterisk_pod(
+        "asterisk-0",
+        "127.0.10.48",
+        HOSTS,
+        ari=(ARI_USER, ARI_PASSWORD),
+        annotations=ari_annotations("127.0.10.48"),
+    )
+    pbx.write_file(f"{CONFIG_DIR}/extensions.d/local.conf", DESTINATIONS)
+    pbx.rx("dialplan reload")
+    for name, sid in (("acme", SID_A), ("globex", SID_B)):
+        core.create_namespaced_secret(namespace, credentials(namespace, name))
+        apply(trunk(name, inbound={"accountSid": sid, **EDGE}))
+    for name in ("acme", "globex"):
+        wait_ready(custom, namespace, name)
+
+    # Served from memory: the file is the record of what was pushed, not in pjsip.d/.
+    assert POD_FILE not in pjsip_d(pbx)
+    record = pbx.exec("cat", f"{PUSHED_DIR}/pjsip.d/{POD_FILE}").stdout
+    assert "[ACME]" in record and "[GLOBEX]" in record
+    assert RELOADED not in pbx.logs()
+    # The pushed password (with `;` and `#`) answers Twilio's digest challenge...
+    invites = call(pbx, standin, "to-acme", "+15551234567")
+    assert invites[0].uri == "sip:+15551234567@acme.pstn.twilio.com"
+    assert standin.verify_digest(PASSWORD)
+    # ...and the pushed identify and ACL tell callers apart.
+    result = TwilioCaller(TWILIO_EDGE_IP, SID_B).call(pbx.bind, "+15559990001", "+15550000001")
+    assert result.status == 200
+    assert landed(pbx, "+15550000001") == "from-twilio/+15559990001/GLOBEX"
+    spoofed = TwilioCaller(OUTSIDER_IP, SID_B).call(pbx.bind, "+15559990001", "+15550000002")
+    assert spoofed.status in (401, 403) and landed(pbx, "+15550000002") is None
+
+    # A change replaces the objects: the AOR's old contact is gone, the codecs are new.
+    apply(
+        trunk(
+            "acme",
+            terminationHost="globex.pstn.twilio.com",
+            codecs=["alaw"],
+            inbound={"accountSid": SID_A, **EDGE},
+        )
+    )
+    wait_for(
+        lambda: (
+            (st := status(custom, namespace, "acme"))
+            and st.get("observedGeneration") == 2
+            and condition(st, "Ready").get("status") == "True"
+        ),
+        what="acme Ready for its change",
+    )
+    aor = pbx.rx("pjsip show aor ACME-aor")
+    assert "globex.pstn.twilio.com" in aor and "acme.pstn.twilio.com" not in aor, aor
+    assert ": (alaw)" in pbx.rx("pjsip show endpoint ACME")
+    assert "acme.pstn.twilio.com" not in pbx.exec("cat", f"{PUSHED_DIR}/pjsip.d/{POD_FILE}").stdout
+    assert RELOADED not in pbx.logs()
+
+    # Memory objects die with Asterisk: a restarted one gets them again (the operator's
+    # observer finds them missing), all of them, as the record of another start is void.
+    pushed_for = pbx.exec("head", "-1", f"{STATE_DIR}/pushed.state").stdout
+    pbx.restart_in_place()
+    wait_for(
+        lambda: "ACME" in (shown := pbx.rx("pjsip list endpoints")) and "GLOBEX" in shown,
+        timeout=60,
+        what="the trunks pushed again into the restarted Asterisk",
+    )
+    assert pbx.exec("head", "-1", f"{STATE_DIR}/pushed.state").stdout != pushed_for
+    for name in ("acme", "globex"):
+        wait_ready(custom, namespace, name)
+    result = TwilioCaller(TWILIO_EDGE_IP, SID_A).call(pbx.bind, "+15559990003", "+15550000003")
+    assert result.status == 200
+    assert landed(pbx, "+15550000003") == "from-twilio/+15559990003/ACME"
+
+
+def test_refused_ari_credentials_are_a_condition_and_a_fixed_secret_clears_it(
+    operator: Any,
+    namespace: str,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    apply: Callable[[dict[str, Any]], None],
+    start_asterisk_pod: Callable[..., AsteriskContainer],
+) -> None:
+    core.create_namespaced_secret(namespace, ari_secret(namespace, password="not-the-password"))
+    pbx = start_asterisk_pod(
+        "asterisk-0",
+        "127.0.10.49",
+        HOSTS,
+        ari=(ARI_USER, ARI_PASSWORD),
+        annotations=ari_annotations("127.0.10.49"),
+    )
+    core.create_namespaced_secret(namespace, credentials(namespace, "acme"))
+    apply(trunk("acme", inbound={"accountSid": SID_A, **EDGE}))
+    st = wait_for(
+        lambda: (
+            (s := status(custom, namespace, "acme"))
+            and condition(s, "Ready").get("reason") == "AriPushFailed"
+            and s
+        ),
+        timeout=60,
+        what="acme to report the refused ARI push",
+    )
+    message = condition(st, "Ready")["message"]
+    assert "401" in message, message
+    assert "not-the-password" not in str(st) and ARI_PASSWORD not in str(st)
+    assert "ACME" not in pbx.rx("pjsip list endpoints")
+
+    core.patch_namespaced_secret(
+        "asterisk-ari", namespace, {"stringData": {"password": ARI_PASSWORD}}
+    )
+    wait_ready(custom, namespace, "acme", timeout=60)  # the next retry reads the Secret again
+    assert "ACME" in pbx.rx("pjsip list endpoints")
+    assert "not-the-password" not in operator.log() and ARI_PASSWORD not in operator.log()
+
+
+def test_a_pod_that_had_the_trunk_file_moves_to_ari(
+    operator: Any,
+    namespace: str,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    apply: Callable[[dict[str, Any]], None],
+    start_asterisk_pod: Callable[..., AsteriskContainer],
+) -> None:
+    core.create_namespaced_secret(namespace, ari_secret(namespace))
+    pbx = start_asterisk_pod("asterisk-0", "127.0.10.50", HOSTS, ari=(ARI_USER, ARI_PASSWORD))
+    pbx.write_file(f"{CONFIG_DIR}/extensions.d/local.conf", DESTINATIONS)
+    pbx.rx("dialplan reload")
+    core.create_namespaced_secret(namespace, credentials(namespace, "acme"))
+    apply(trunk("acme", inbound={"accountSid": SID_A, **EDGE}))
+    wait_ready(custom, namespace, "acme")
+    assert POD_FILE in pjsip_d(pbx)  # delivered as a file: no annotation yet
+
+    core.patch_namespaced_pod(
+        "asterisk-0", namespace, {"metadata": {"annotations": ari_annotations("127.0.10.50")}}
+    )
+    wait_for(
+        lambda: (
+            POD_FILE not in pjsip_d(pbx)
+            and pbx.exec("test", "-e", f"{PUSHED_DIR}/pjsip.d/{POD_FILE}", check=False).returncode
+            == 0
+        ),
+        timeout=60,
+        what="the trunk file moved out and pushed",
+    )
+    wait_ready(custom, namespace, "acme")
+    # The file's objects were unloaded before the same ids were pushed (an id in two stores
+    # can crash Asterisk): it is still up, and serves the trunk.
+    assert "ACME" in pbx.rx("pjsip list endpoints")
+    result = TwilioCaller(TWILIO_EDGE_IP, SID_A).call(pbx.bind, "+15559990004", "+15550000004")
+    assert result.status == 200
+    assert landed(pbx, "+15550000004") == "from-twilio/+15559990004/ACME"

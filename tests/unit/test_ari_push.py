@@ -1,0 +1,207 @@
+"""The pod-side ARI pusher (pod_scripts/ari-push.pl) against a stand-in for ARI's dynamic
+configuration resource: which requests it makes, in what order, and what it remembers.
+The real ARI is exercised by tests/e2e/test_ari_delivery.py."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from trunk_operator.asterisk_ari import PUSH_SCRIPT
+
+USER, PASSWORD = "trunkop", "s3cret:with-colon"
+TRUNK = """; TwilioTrunk acme
+[acme]
+type = endpoint
+allow = ulaw,alaw
+outbound_auth = acme-auth
+aors = acme-aor
+set_var = NOTE=a\\;b "quoted"
+
+[acme-aor]
+type = aor
+contact = sip:acme.pstn.twilio.com
+
+[acme-identify]
+type = identify
+endpoint = acme
+match = 54.172.60.0/30
+match = 54.244.51.0/30
+"""
+AUTH = """[acme-auth]
+type = auth
+username = u
+password = p
+"""
+
+
+class FakeAri:
+    """Sorcery objects in a dict, behind ARI's PUT/DELETE semantics and Basic auth."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, list[dict[str, str]]] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.password = PASSWORD
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as Asterisk's server
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _reply(self, status: int, body: bytes = b"") -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                token = base64.b64encode(f"{USER}:{fake.password}".encode()).decode()
+                if self.headers.get("Authorization") != f"Basic {token}":
+                    self._reply(401)
+                    return
+                prefix = "/ari/asterisk/config/dynamic/res_pjsip/"
+                assert self.path.startswith(prefix), self.path
+                key = self.path.removeprefix(prefix)
+                fake.requests.append((self.command, key))
+                if self.command == "DELETE":
+                    self._reply(204 if fake.objects.pop(key, None) is not None else 404)
+                else:
+                    fake.objects[key] = json.loads(body)["fields"]
+                    self._reply(200, json.dumps(fake.objects[key]).encode())
+
+            do_PUT = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/ari"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def ari() -> Iterator[FakeAri]:
+    if shutil.which("perl") is None:
+        pytest.fail("perl is missing: run `make deps` (make test does)")
+    fake = FakeAri()
+    yield fake
+    fake.close()
+
+
+def push(
+    tmp_path: Path, ari: FakeAri, text: str | None, boot: int = 1000, password: str = PASSWORD
+) -> list[str]:
+    """Run the pusher as the delivery script does: the credentials on its stdin."""
+    script, wanted, state = tmp_path / "ari-push.pl", tmp_path / "pjsip.conf", tmp_path / "state"
+    script.write_text(PUSH_SCRIPT)
+    if text is None:
+        wanted.unlink(missing_ok=True)
+    else:
+        wanted.write_text(text)
+    ari.requests.clear()
+    proc = subprocess.run(
+        ["perl", str(script), ari.url, str(wanted), str(state), str(boot)],
+        input=f"{USER}:{password}\n".encode(),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.decode().splitlines()
+
+
+def test_a_first_push_creates_every_object_referenced_before_referring(
+    tmp_path: Path, ari: FakeAri
+) -> None:
+    out = push(tmp_path, ari, TRUNK + "\n" + AUTH)
+    assert ari.requests == [
+        ("PUT", "auth/acme-auth"),
+        ("PUT", "aor/acme-aor"),
+        ("PUT", "endpoint/acme"),
+        ("PUT", "identify/acme-identify"),
+    ]
+    assert out == ["ari: created 4 replaced 0 deleted 0 failed 0"]
+    assert ari.objects["identify/acme-identify"] == [
+        {"attribute": "endpoint", "value": "acme"},
+        {"attribute": "match", "value": "54.172.60.0/30"},
+        {"attribute": "match", "value": "54.244.51.0/30"},
+    ]
+    # Unescaped from the file's `\;`; quotes survive the JSON.
+    assert {"attribute": "set_var", "value": 'NOTE=a;b "quoted"'} in ari.objects["endpoint/acme"]
+
+
+def test_only_what_changed_is_sent_and_a_change_replaces_the_object(
+    tmp_path: Path, ari: FakeAri
+) -> None:
+    push(tmp_path, ari, TRUNK + "\n" + AUTH)
+    assert push(tmp_path, ari, TRUNK + "\n" + AUTH)[-1].startswith("ari: created 0 replaced 0")
+    assert ari.requests == []
+    out = push(tmp_path, ari, TRUNK.replace("ulaw,alaw", "alaw") + "\n" + AUTH)
+    # DELETE then PUT: a PUT onto an existing object would merge into it.
+    assert ari.requests == [("DELETE", "endpoint/acme"), ("PUT", "endpoint/acme")]
+    assert {"attribute": "allow", "value": "alaw"} in ari.objects["endpoint/acme"]
+    assert out == ["ari: created 0 replaced 1 deleted 0 failed 0"]
+
+
+def test_objects_no_longer_wanted_are_deleted_referring_ones_first(
+    tmp_path: Path, ari: FakeAri
+) -> None:
+    push(tmp_path, ari, TRUNK + "\n" + AUTH)
+    out = push(tmp_path, ari, None)
+    assert ari.requests == [
+        ("DELETE", "identify/acme-identify"),
+        ("DELETE", "endpoint/acme"),
+        ("DELETE", "aor/acme-aor"),
+        ("DELETE", "auth/acme-auth"),
+    ]
+    assert ari.objects == {}
+    assert out == ["ari: created 0 replaced 0 deleted 4 failed 0"]
+
+
+def test_a_restarted_asterisk_gets_everything_again(tmp_path: Path, ari: FakeAri) -> None:
+    push(tmp_path, ari, TRUNK + "\n" + AUTH, boot=1000)
+    ari.objects.clear()  # memory objects die with the process
+    assert push(tmp_path, ari, TRUNK + "\n" + AUTH, boot=1002) == [
+        "ari: created 0 replaced 0 deleted 0 failed 0"
+    ]  # within the clock's jitter: the same start
+    out = push(tmp_path, ari, TRUNK + "\n" + AUTH, boot=1100)
+    assert [method for method, _ in ari.requests] == ["PUT"] * 4
+    assert len(ari.objects) == 4
+    assert out == ["ari: created 4 replaced 0 deleted 0 failed 0"]
+
+
+def test_refused_credentials_stop_at_once_and_leave_the_objects_to_the_next_run(
+    tmp_path: Path, ari: FakeAri
+) -> None:
+    push(tmp_path, ari, TRUNK + "\n" + AUTH)
+    ari.password = "rotated"
+    out = push(tmp_path, ari, TRUNK.replace("ulaw,alaw", "alaw") + "\n" + AUTH)
+    assert out == [
+        "ari-unavailable: DELETE endpoint/acme: 401 Unauthorized",
+        "ari: created 0 replaced 0 deleted 0 failed 1",
+    ]
+    assert PASSWORD not in "\n".join(out)
+    ari.password = PASSWORD
+    # The endpoint's version in Asterisk is unknown now: replaced, not merged into.
+    push(tmp_path, ari, TRUNK.replace("ulaw,alaw", "alaw") + "\n" + AUTH)
+    assert ari.requests == [("DELETE", "endpoint/acme"), ("PUT", "endpoint/acme")]
+
+
+def test_an_unreachable_ari_is_reported_once(tmp_path: Path, ari: FakeAri) -> None:
+    ari.close()
+    out = push(tmp_path, ari, TRUNK + "\n" + AUTH)
+    assert len(out) == 2 and out[0].startswith("ari-unavailable: PUT auth/acme-auth: ")
+    assert out[1] == "ari: created 0 replaced 0 deleted 0 failed 1"
