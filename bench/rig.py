@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -602,6 +603,11 @@ class InClusterRig(Rig):
         if exc[0] is not None and self.release is not None:
             with contextlib.suppress(Exception):
                 log(f"release diagnostics:\n{self.release.diagnostics()}")
+        if self.release is not None:
+            with contextlib.suppress(Exception):  # the leader's log, beside the host rigs' logs
+                (self.workdir / f"{self.label}-operator.log").write_text(
+                    self.release.operator_log()
+                )
         self.stack.close()
 
     def _start(self) -> None:
@@ -748,12 +754,21 @@ class InClusterRig(Rig):
 
     # ---- Asterisk ----------------------------------------------------------------------
 
-    def add_asterisk(self, bind_ip: str, hosts: dict[str, str]) -> ClusterAsteriskPod:
-        """examples/asterisk (one replica) in the rig's namespace; returns once Asterisk answers
-        in asterisk-0."""
+    def add_asterisk(
+        self, bind_ip: str, hosts: dict[str, str], example: str = "examples/asterisk"
+    ) -> ClusterAsteriskPod:
+        """examples/asterisk (one replica; or `example`, an overlay of it) in the rig's
+        namespace; returns once Asterisk answers in asterisk-0. For examples/asterisk-ari, the
+        ARI Secret is created first."""
         assert self.cluster and self.node
         cluster, namespace = self.cluster, self.namespace
-        objects = asterisk_objects(cluster, self.node, bind_ip, hosts)
+        if example == "examples/asterisk-ari":
+            cluster.kubectl(
+                "create", "secret", "generic", "asterisk-ari", "-n", namespace,
+                "--from-literal=username=trunkop",
+                f"--from-literal=password={secrets.token_hex(16)}",
+            )  # fmt: skip
+        objects = asterisk_objects(cluster, self.node, bind_ip, hosts, example)
         self.stack.callback(
             cluster.kubectl, "delete", "statefulset", "asterisk", "-n", namespace,
             "--wait=false", check=False,

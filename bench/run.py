@@ -719,7 +719,8 @@ def m8_scale(args: argparse.Namespace, workdir: Path) -> Section:
         " through the API server with `pjsip show endpoint X` (the operator's exec client)."
         f" Sizes {args.scale_node_sizes or 'none'} again with the chart's operator and an"
         " examples/asterisk pod on the real kubelet node (exec through kubelet and containerd"
-        " instead of kwok's exec pod and podman), up to the rotation."
+        " instead of kwok's exec pod and podman), up to the rotation; sizes"
+        f" {args.scale_ari_sizes or 'none'} there with an examples/asterisk-ari pod (ARI push)."
         f" Observer interval {args.observe_interval:g} s",
     )
     scale.run(args, workdir, sec)
@@ -771,6 +772,11 @@ def main(argv: list[str] | None = None) -> int:
         "--scale-node-sizes",
         default="1000",
         help="(8) sizes run again with the chart's operator and Asterisk on the real node",
+    )
+    p.add_argument(
+        "--scale-ari-sizes",
+        default="1000,10000",
+        help="(8) sizes run on the real node with an examples/asterisk-ari pod (ARI push)",
     )
     p.add_argument(
         "--scale-baseline-changes", type=int, default=2, help="(8) per-CR files, >= 1,000 trunks"

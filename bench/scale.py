@@ -18,6 +18,8 @@ operator installed with the chart on the real kubelet node, one Asterisk pod of
 examples/asterisk there, exec through the API server to kubelet and containerd (on the kwok
 rig an exec goes through kwok's exec pod to `podman exec`, which costs more). The same steps
 up to the rotation (one real node: no second pod, and kubelet restarts Asterisk itself).
+Sizes in `--scale-ari-sizes` run there with an examples/asterisk-ari pod (trunks pushed over
+ARI, trunk_operator.asterisk_ari), side by side with the pod file when both run at a size.
 """
 
 from __future__ import annotations
@@ -202,10 +204,13 @@ def one_size(
 NODE_ASTERISK_IP = "127.0.20.71"  # asterisk-0 of examples/asterisk (hostNetwork) binds here
 
 
-def real_node_size(args: argparse.Namespace, workdir: Path, n: int) -> dict[str, Any]:
+def real_node_size(
+    args: argparse.Namespace, workdir: Path, n: int, example: str = "examples/asterisk"
+) -> dict[str, Any]:
     """The common steps for `n` trunks as users run them: the chart's operator and an
-    examples/asterisk pod on the real kubelet node."""
-    label = f"scale-node-{n}"
+    examples/asterisk pod (or one of `example`, e.g. examples/asterisk-ari) on the real
+    kubelet node."""
+    label = f"scale-node-{n}" + ("-ari" if example.endswith("-ari") else "")
     with InClusterRig(label, workdir, args.observe_interval, build_operator_image()) as rig:
         # The chart's limit is for ~1,500 trunks (values.yaml): raised as a user would.
         memory = "256Mi" if n <= 1500 else "2Gi"
@@ -213,13 +218,16 @@ def real_node_size(args: argparse.Namespace, workdir: Path, n: int) -> dict[str,
             observeIntervalSeconds=args.observe_interval,
             resources={"limits": {"memory": memory}},
         )
-        pod = rig.add_asterisk(NODE_ASTERISK_IP, {"bench.pstn.twilio.com": "127.0.0.21"})
+        pod = rig.add_asterisk(NODE_ASTERISK_IP, {"bench.pstn.twilio.com": "127.0.0.21"}, example)
         out = _steps(args, rig, pod, label, n, args.scale_changes)
         out["operator VmHWM MiB"] = rig.operator_memory().get("VmHWM", 0) / 1024
         # Asterisk's container restarts (kubelet restarts it; its files stay in the pod's
-        # emptyDir): the operator closes the readiness gate and reopens it once it verified
-        # the new container's set.
+        # emptyDir, pushed objects are gone): the operator closes the readiness gate and
+        # reopens it once it verified (or pushed again) the new container's set.
         before, _ = _restarts_and_ready(rig, pod)
+        if before:
+            log(f"[{label}] asterisk-0 restarted {before} times before `core stop now`")
+        out["container restarts before the restart step"] = before
         started = time.monotonic()
         pod.rx("core stop now")
 
@@ -292,22 +300,33 @@ def run(args: argparse.Namespace, workdir: Path, section: Any) -> None:
             f"{n} trunks: {new['changes']} changes (pod file), "
             f"{old.get('changes', 0)} (per-CR files)"
         )
-    for n in [int(x) for x in args.scale_node_sizes.split(",") if x]:
-        real = real_node_size(args, workdir, n)
-        floor = real.get("floor: exec + pjsip show endpoint")
-        for name, unit, targets in SIZE_FIGURES:
-            if name not in real:
-                continue
-            notes = []
-            if (on_kwok := kwok.get(n, {}).get(name)) is not None:
-                notes.append(f"kwok rig {on_kwok:.2f}")
-            if unit == "s" and floor and name.startswith("one change"):
-                notes.append(f"{real[name] / floor:.1f}x the floor")
-            section.add(
-                f"{n} trunks on the real node: {name}",
-                real[name],
-                unit,
-                targets.get(n),
-                note=", ".join(notes),
-            )
-        section.notes.append(f"{n} trunks on the real node: {real['changes']} changes")
+    ari_sizes = {int(x) for x in args.scale_ari_sizes.split(",") if x}
+    node_sizes = [int(x) for x in args.scale_node_sizes.split(",") if x]
+    for n in sorted(set(node_sizes) | ari_sizes):
+        files = real_node_size(args, workdir, n) if n in node_sizes else {}
+        ari = real_node_size(args, workdir, n, "examples/asterisk-ari") if n in ari_sizes else {}
+        for label, real, other in (("", files, ari), (" over ARI", ari, files)):
+            floor = real.get("floor: exec + pjsip show endpoint")
+            for name, unit, targets in SIZE_FIGURES:
+                if name not in real:
+                    continue
+                notes = []
+                if label and (with_files := other.get(name)) is not None:
+                    notes.append(f"pod file {with_files:.2f}")
+                    if unit == "s" and real[name]:
+                        notes.append(f"{with_files / real[name]:.1f}x faster")
+                if not label and (on_kwok := kwok.get(n, {}).get(name)) is not None:
+                    notes.append(f"kwok rig {on_kwok:.2f}")
+                if unit == "s" and floor and name.startswith("one change"):
+                    notes.append(f"{real[name] / floor:.1f}x the floor")
+                section.add(
+                    f"{n} trunks on the real node{label}: {name}",
+                    real[name],
+                    unit,
+                    targets.get(n),
+                    note=", ".join(notes),
+                )
+            if real:
+                section.notes.append(
+                    f"{n} trunks on the real node{label}: {real['changes']} changes"
+                )

@@ -49,11 +49,14 @@ class FakeAri:
     def __init__(self) -> None:
         self.objects: dict[str, list[dict[str, str]]] = {}
         self.requests: list[tuple[str, str]] = []
+        self.connections: set[int] = set()  # the clients' ports
         self.password = PASSWORD
+        self.refuse: set[str] = set()  # keys answered 400, as ARI does for an invalid field
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as Asterisk's server
+            disable_nagle_algorithm = True  # headers and body are two writes
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -75,7 +78,10 @@ class FakeAri:
                 assert self.path.startswith(prefix), self.path
                 key = self.path.removeprefix(prefix)
                 fake.requests.append((self.command, key))
-                if self.command == "DELETE":
+                fake.connections.add(self.client_address[1])
+                if self.command == "PUT" and key in fake.refuse:
+                    self._reply(400, b'{"message":"Fields are invalid"}')
+                elif self.command == "DELETE":
                     self._reply(204 if fake.objects.pop(key, None) is not None else 404)
                 else:
                     fake.objects[key] = json.loads(body)["fields"]
@@ -112,6 +118,7 @@ def push(
     else:
         wanted.write_text(text)
     ari.requests.clear()
+    ari.connections.clear()
     proc = subprocess.run(
         ["perl", str(script), ari.url, str(wanted), str(state), str(boot)],
         input=f"{USER}:{password}\n".encode(),
@@ -127,6 +134,7 @@ def test_a_first_push_creates_every_object_referenced_before_referring(
     tmp_path: Path, ari: FakeAri
 ) -> None:
     out = push(tmp_path, ari, TRUNK + "\n" + AUTH)
+    assert len(ari.connections) == 1  # a few objects: one keep-alive connection
     assert ari.requests == [
         ("PUT", "auth/acme-auth"),
         ("PUT", "aor/acme-aor"),
@@ -205,3 +213,36 @@ def test_an_unreachable_ari_is_reported_once(tmp_path: Path, ari: FakeAri) -> No
     out = push(tmp_path, ari, TRUNK + "\n" + AUTH)
     assert len(out) == 2 and out[0].startswith("ari-unavailable: PUT auth/acme-auth: ")
     assert out[1] == "ari: created 0 replaced 0 deleted 0 failed 1"
+
+
+def test_an_object_asterisk_refuses_is_reported_and_the_others_still_go_in(
+    tmp_path: Path, ari: FakeAri
+) -> None:
+    ari.refuse = {"aor/acme-aor"}
+    out = push(tmp_path, ari, TRUNK + "\n" + AUTH)
+    assert out == [
+        'ari-failed: PUT aor/acme-aor: 400 Bad Request {"message":"Fields are invalid"}',
+        "ari: created 3 replaced 0 deleted 0 failed 1",
+    ]
+    assert set(ari.objects) == {"auth/acme-auth", "endpoint/acme", "identify/acme-identify"}
+    ari.refuse = set()
+    push(tmp_path, ari, TRUNK + "\n" + AUTH)  # retried, as an object of unknown state
+    assert ari.requests == [("DELETE", "aor/acme-aor"), ("PUT", "aor/acme-aor")]
+
+
+def test_a_large_set_goes_in_over_parallel_connections_one_type_after_the_other(
+    tmp_path: Path, ari: FakeAri
+) -> None:
+    many = "\n".join(
+        TRUNK.replace("acme", f"t{i:03d}") + "\n" + AUTH.replace("acme", f"t{i:03d}")
+        for i in range(70)
+    )  # 70 objects of each type: over the parallel threshold
+    out = push(tmp_path, ari, many)
+    assert out == ["ari: created 280 replaced 0 deleted 0 failed 0"]
+    assert len(ari.connections) == 16  # four workers per type
+    kinds = [key.split("/")[0] for _, key in ari.requests]
+    # Every auth before any AOR, every AOR before any endpoint, and so on.
+    assert kinds == sorted(kinds, key=["auth", "aor", "endpoint", "identify"].index)
+    assert len(ari.objects) == 280
+    assert push(tmp_path, ari, many) == ["ari: created 0 replaced 0 deleted 0 failed 0"]
+    assert ari.requests == []

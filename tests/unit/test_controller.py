@@ -489,15 +489,16 @@ def test_the_readiness_gate_is_written_when_it_changes_and_closed_on_a_restart(
         restarted["status"]["containerStatuses"][0].update(
             containerID="containerd://two", restartCount=1, ready=False
         )
+        # Not ready: its worker goes at once, without a plan of the namespace (which waits
+        # for the status writes of the one before: seconds with 1,000 CRs).
         ctl.upsert_pod(restarted)
-        await ctl.reconcile_namespace("ns")  # not ready: its worker goes
         await asyncio.sleep(0.1)
         assert ("ns", "asterisk-0") not in ctl.pods.workers
         assert kube.gates[1:] == [("asterisk-0", "False")]  # at once, while it is not ready
         restarted["status"]["containerStatuses"][0]["ready"] = True
-        ctl.upsert_pod(restarted)
-        await ctl.reconcile_namespace("ns")
+        ctl.upsert_pod(restarted)  # ready: a worker at once, with the last assignment's CRs
         worker = ctl.pods.workers[("ns", "asterisk-0")]
+        assert set(worker.owners) == {"TwilioTrunk/acme"}
         deliveries = len(delivered_files)
         await ctl.pods.deliver_once("ns", worker)  # the new container kept the files: adopted
         assert len(delivered_files) == deliveries and worker.state.delivered_hash

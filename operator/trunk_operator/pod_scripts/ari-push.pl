@@ -35,7 +35,7 @@ my $credentials = <STDIN>;
 die "ari-push.pl: no credentials on stdin\n" unless defined $credentials;
 chomp $credentials;
 
-# ---- what is wanted: the file's sections, each as a JSON body and its digest ---------------
+# ---- what is wanted: the file's sections, each with the digest of its settings ------------
 
 sub json_string {
     my ($text) = @_;
@@ -43,36 +43,38 @@ sub json_string {
     return "\"$text\"";
 }
 
-my (%body, %digest, @order);
+# A section's settings: its lines without comments and blank lines (the comment that heads the
+# next trunk is not part of this one).
+my (%settings, %digest, @order);
 if (open my $in, '<', $wanted_path) {
-    my ($id, $kind, @fields);
-    my $flush = sub {
-        return unless defined $id;
-        die "ari-push.pl: section [$id] has no type\n" unless defined $kind;
+    my $text = do { local $/; <$in> } // '';
+    close $in;
+    $text =~ s/^[ \t]*(?:;[^\n]*)?\n//mg;
+    for my $section (split /^(?=\[)/m, $text) {
+        next unless $section =~ /^\[([^\]]+)\]/;
+        my $id = $1;
+        my ($kind) = $section =~ /^type\s*=\s*(\S+)\s*$/m
+          or die "ari-push.pl: section [$id] has no type\n";
         die "ari-push.pl: [$id] is a $kind, not a trunk object\n" unless exists $RANK{$kind};
-        my $json = '{"fields":['
-          . join(',', map { '{"attribute":' . json_string($_->[0]) . ',"value":' . json_string($_->[1]) . '}' } @fields)
-          . ']}';
         my $key = "$kind\t$id";
-        push @order, $key unless exists $body{$key};
-        $body{$key} = $json;
-        $digest{$key} = md5_hex($json);
-    };
-    while (my $line = <$in>) {
-        chomp $line;
-        next if $line =~ /^\s*(;|$)/;
-        if ($line =~ /^\[([^\]]+)\]\s*$/) {
-            $flush->();
-            ($id, $kind, @fields) = ($1);
-            next;
-        }
+        push @order, $key unless exists $settings{$key};
+        $settings{$key} = $section;
+        $digest{$key} = md5_hex($section);
+    }
+}
+
+sub body {  # ARI's JSON for an object's settings (all but `type`), in the file's order
+    my ($key) = @_;
+    my @fields;
+    for my $line (split /\n/, $settings{$key}) {
+        next if $line =~ /^\[/;
         my ($name, $value) = $line =~ /^\s*([^=\s]+)\s*=\s*(.*?)\s*$/
           or die "ari-push.pl: cannot read line: $line\n";
+        next if $name eq 'type';
         $value =~ s/\\;/;/g;  # escaped in files (`;` starts a comment there), not in ARI
-        if ($name eq 'type') { $kind = $value } else { push @fields, [$name, $value] }
+        push @fields, '{"attribute":' . json_string($name) . ',"value":' . json_string($value) . '}';
     }
-    $flush->();
-    close $in;
+    return '{"fields":[' . join(',', @fields) . ']}';
 }
 
 # ---- what this Asterisk has: the state of its own start, or nothing -------------------------
@@ -90,10 +92,11 @@ if (open my $in, '<', $state_path) {
     close $in;
 }
 
-sub rank_of { return $RANK{(split /\t/, $_[0])[0]} // 0 }
-my @deletes = sort { rank_of($b) <=> rank_of($a) || $a cmp $b } grep { !exists $body{$_} } keys %had;
-my @puts = sort { rank_of($a) <=> rank_of($b) || $a cmp $b }
-  grep { !exists $had{$_} || $had{$_} ne $digest{$_} } @order;
+my @deletes = grep { !exists $settings{$_} } keys %had;
+my @puts = grep { !exists $had{$_} || $had{$_} ne $digest{$_} } @order;
+my %rank_of = map { $_ => $RANK{(split /\t/)[0]} // 0 } @deletes, @puts;
+@deletes = sort { $rank_of{$b} <=> $rank_of{$a} || $a cmp $b } @deletes;
+@puts = sort { $rank_of{$a} <=> $rank_of{$b} || $a cmp $b } @puts;
 
 my %state = %had;
 sub write_state {
@@ -104,35 +107,29 @@ sub write_state {
     rename "$state_path.tmp", $state_path or die "ari-push.pl: $state_path: $!\n";
 }
 # Before any request: what is touched becomes unknown, so an interrupted run is repaired by
-# the next one (a DELETE first, whatever Asterisk has).
+# the next one (a DELETE first, whatever Asterisk has). Nothing to do: nothing to write.
 $state{$_} = '-' for @deletes, @puts;
-write_state();
+write_state() if @deletes || @puts || !%had;
 
 # ---- the requests ---------------------------------------------------------------------------
+# Each object's request(s) give one outcome line: "<done> <kind> <id> <state>[ <message>]",
+# <done> one of created replaced deleted failed unavailable, <state> its digest, "-" (unknown)
+# or "gone". A large phase (a restarted Asterisk's full set) is shared by WORKERS processes,
+# each with its own keep-alive connection: Asterisk serves them in parallel.
 
-my $http = HTTP::Tiny->new(
-    keep_alive => 1,
-    timeout => 30,
-    default_headers => {
-        'Authorization' => 'Basic ' . encode_base64($credentials, ''),
-        'Content-Type' => 'application/json',
-    },
-);
-my %done = (created => 0, replaced => 0, deleted => 0, failed => 0);
-my $unreachable;
+my $WORKERS = 4;
+my $PARALLEL_FROM = 64;  # objects of a phase (a type); fewer go over one connection
+my $http;
 
-sub failed {
-    my ($what, $response) = @_;
-    $done{failed}++;
-    my $reason = $response->{status} == 599 ? $response->{content} : "$response->{status} $response->{reason}";
-    $reason .= " $response->{content}" if $response->{status} != 599 && ($response->{content} // '') =~ /\S/;
-    $reason =~ s/\s+/ /g;
-    # Unreachable or refused as a whole: the other requests would fail the same way, and the
-    # operator retries the delivery ("ari-unavailable") rather than blame the trunks.
-    $unreachable = 1 if $response->{status} == 599 || $response->{status} == 401;
-    my $kind = $unreachable ? 'ari-unavailable' : 'ari-failed';
-    print "$kind: $what: " . substr($reason, 0, 200) . "\n" if $done{failed} <= $SHOWN_FAILURES;
-    return 0;
+sub client {
+    return HTTP::Tiny->new(
+        keep_alive => 1,
+        timeout => 30,
+        default_headers => {
+            'Authorization' => 'Basic ' . encode_base64($credentials, ''),
+            'Content-Type' => 'application/json',
+        },
+    );
 }
 
 sub object_url {
@@ -142,30 +139,93 @@ sub object_url {
     return "$url/asterisk/config/dynamic/res_pjsip/$kind/$id";
 }
 
-sub remove {  # true when the object is gone (404: it was not there)
-    my ($key) = @_;
-    my $response = $http->request('DELETE', object_url($key));
-    return 1 if $response->{status} == 204 || $response->{status} == 404;
-    return failed("DELETE " . join('/', split /\t/, $key), $response);
+sub failure {  # the outcome of a refused request
+    my ($method, $key, $state, $response) = @_;
+    my $status = $response->{status};
+    my $reason = $status == 599 ? $response->{content} : "$status $response->{reason}";
+    $reason .= " $response->{content}" if $status != 599 && ($response->{content} // '') =~ /\S/;
+    $reason =~ s/\s+/ /g;
+    # Unreachable or refused as a whole: the other requests would fail the same way, and the
+    # operator retries the delivery ("ari-unavailable") rather than blame the trunks.
+    my $done = ($status == 599 || $status == 401) ? 'unavailable' : 'failed';
+    my ($kind, $id) = split /\t/, $key;
+    return "$done $kind $id $state $method $kind/$id: " . substr($reason, 0, 200);
 }
 
-sub create {
-    my ($key) = @_;
-    my $response = $http->request('PUT', object_url($key), { content => $body{$key} });
-    return 1 if $response->{success};
-    return failed("PUT " . join('/', split /\t/, $key), $response);
-}
-
-for my $key (@deletes) {
-    last if $unreachable;
-    if (remove($key)) { delete $state{$key}; $done{deleted}++ }
-}
-for my $key (@puts) {
-    last if $unreachable;
+sub outcome {  # one object: deleted, or replaced (DELETE, then PUT), or created
+    my ($op, $key) = @_;
+    my ($kind, $id) = split /\t/, $key;
     my $existed = exists $had{$key};
-    next if $existed && !remove($key);
-    if (create($key)) { $state{$key} = $digest{$key}; $done{$existed ? 'replaced' : 'created'}++ }
-    else { $state{$key} = '-' }
+    if ($op eq 'delete' || $existed) {
+        my $response = $http->request('DELETE', object_url($key));
+        return failure('DELETE', $key, '-', $response)
+          unless $response->{status} == 204 || $response->{status} == 404;
+        return "deleted $kind $id gone" if $op eq 'delete';
+    }
+    my $response = $http->request('PUT', object_url($key), { content => body($key) });
+    return failure('PUT', $key, '-', $response) unless $response->{success};
+    return ($existed ? 'replaced' : 'created') . " $kind $id $digest{$key}";
 }
-write_state();
+
+sub run_phase {  # the outcome lines of one phase's objects, stopping at an unavailable ARI
+    my ($op, @keys) = @_;
+    my @outcomes;
+    if (@keys < $PARALLEL_FROM) {
+        $http //= client();
+        for my $key (@keys) {
+            push @outcomes, outcome($op, $key);
+            last if $outcomes[-1] =~ /^unavailable /;
+        }
+        return @outcomes;
+    }
+    my @readers;
+    for my $worker (0 .. $WORKERS - 1) {
+        my @slice = @keys[grep { $_ % $WORKERS == $worker } 0 .. $#keys];
+        pipe(my $reader, my $writer) or die "ari-push.pl: pipe: $!\n";
+        my $pid = fork() // die "ari-push.pl: fork: $!\n";
+        if ($pid == 0) {
+            close $reader;
+            $http = client();
+            for my $key (@slice) {
+                my $line = outcome($op, $key);
+                print {$writer} "$line\n";
+                last if $line =~ /^unavailable /;
+            }
+            close $writer;
+            exit 0;
+        }
+        close $writer;
+        push @readers, [$pid, $reader];
+    }
+    for my $child (@readers) {
+        my ($pid, $reader) = @$child;
+        while (my $line = <$reader>) { chomp $line; push @outcomes, $line }
+        waitpid $pid, 0;
+    }
+    return @outcomes;
+}
+
+my %done = (created => 0, replaced => 0, deleted => 0, failed => 0);
+my $unavailable;
+my @phases = (
+    (map { my $k = $_; ['delete', grep { (split /\t/)[0] eq $k } @deletes] } reverse @KINDS),
+    (map { my $k = $_; ['put', grep { (split /\t/)[0] eq $k } @puts] } @KINDS),
+);
+for my $phase (@phases) {
+    my ($op, @keys) = @$phase;
+    last if $unavailable;
+    for my $line (run_phase($op, @keys)) {
+        my ($what, $kind, $id, $result, $message) = split / /, $line, 5;
+        my $key = "$kind\t$id";
+        if ($result eq 'gone') { delete $state{$key} } else { $state{$key} = $result }
+        if ($what eq 'failed' || $what eq 'unavailable') {
+            $done{failed}++;
+            $unavailable = 1 if $what eq 'unavailable';
+            print "ari-$what: $message\n" if $done{failed} <= $SHOWN_FAILURES;
+        } else {
+            $done{$what}++;
+        }
+    }
+}
+write_state() if @deletes || @puts || !%had;
 print "ari: created $done{created} replaced $done{replaced} deleted $done{deleted} failed $done{failed}\n";
