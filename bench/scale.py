@@ -49,6 +49,7 @@ from rig import (
 from testbed.release import build_operator_image
 from trunk_operator.apiclient import load_config
 from trunk_operator.kube import Kube
+from trunk_operator.pods import Settings
 
 BASELINE_COMMIT = "cd9c2b2cb5ba2ff78da67fa0532b64e8bc5f8453"  # the last per-CR-file layout
 SHARED_SECRET, OWN_SECRET = "bench-sip", "first-sip"
@@ -224,16 +225,26 @@ def real_node_size(
         # Asterisk's container restarts (kubelet restarts it; its files stay in the pod's
         # emptyDir, pushed objects are gone): the operator closes the readiness gate and
         # reopens it once it verified (or pushed again) the new container's set.
-        before, _ = _restarts_and_ready(rig, pod)
+        before, _, _ = _restarts_and_ready(rig, pod)
         if before:
             log(f"[{label}] asterisk-0 restarted {before} times before `core stop now`")
-        out["container restarts before the restart step"] = before
         started = time.monotonic()
         pod.rx("core stop now")
+        closed = False
 
         def back() -> bool:
-            restarts, ready = _restarts_and_ready(rig, pod)
-            return restarts > before and ready and _listed_endpoints(pod) == n
+            # The operator's gate closed and opened again: kubelet can report the pod Ready
+            # for a moment with the gate's earlier value, before it sees the gate closed.
+            nonlocal closed
+            restarts, ready, gate = _restarts_and_ready(rig, pod)
+            closed = closed or gate is False
+            return (
+                restarts > before
+                and closed
+                and ready
+                and bool(gate)
+                and (_listed_endpoints(pod) == n)
+            )
 
         _wait(
             back,
@@ -244,12 +255,13 @@ def real_node_size(
     return out
 
 
-def _restarts_and_ready(rig: Rig, pod: ClusterAsteriskPod) -> tuple[int, bool]:
-    """The pod's container restarts, and whether it is Ready (one read)."""
+def _restarts_and_ready(rig: Rig, pod: ClusterAsteriskPod) -> tuple[int, bool, bool | None]:
+    """The pod's container restarts, whether it is Ready, and the operator's readiness gate
+    (None: not written yet); one read."""
     status = rig.core.read_namespaced_pod(pod.name, pod.namespace).status
     restarts = sum(c.restart_count for c in status.container_statuses or [])
-    ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions or [])
-    return restarts, ready
+    conditions = {c.type: c.status == "True" for c in status.conditions or []}
+    return restarts, conditions.get("Ready", False), conditions.get(Settings().readiness_condition)
 
 
 SIZE_FIGURES: tuple[tuple[str, str, dict[int, float]], ...] = (
