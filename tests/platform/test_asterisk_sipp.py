@@ -162,6 +162,9 @@ def test_sorcery_keeps_the_types_no_trunk_uses_out_of_the_reload(pbx):
     parsed = set(re.findall(r"objects of type '([^']+)' from 'pjsip.conf'", log))
     # What a trunk or the base configuration needs ('system' is read at start only).
     assert parsed == {"endpoint", "aor", "auth", "identify", "transport", "global"}, log[-2000:]
+    # ...and every module still loads (a type mapped in the wrong section fails its module).
+    assert "declined to load" not in pbx.logs()
+    assert "Running" in pbx.rx("module show like res_pjsip_acl")
 
 
 def test_trunk_qualifies_and_calls_with_401(request, pbx):
