@@ -3,13 +3,15 @@
 
 What must hold for such a pod, beyond what the file delivery proves: no PJSIP reload at all,
 a change replaces objects (an AOR moved to another host keeps no old contact: a PUT would
-merge), the pushed password and source ACL work on real calls, a restarted Asterisk (memory
-gone) gets its trunks again, refused ARI credentials are a clear condition, and a pod that
-had the trunk file moves to ARI with the file gone.
+merge), the pushed password and source ACL work on real calls, a call up on a trunk survives
+its objects being replaced, a restarted Asterisk (memory gone) gets its trunks again, refused
+ARI credentials are a clear condition, and a pod that had the trunk file moves to ARI with the
+file gone.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +21,7 @@ from kubernetes import client
 from testbed.asterisk import ARI_PORT, AsteriskContainer
 from testbed.sipp import TwilioCaller, TwilioStandIn
 from tests.conftest import wait_for
+from tests.e2e.test_calls_survive import sent_packets, trunk_channel_up
 from tests.e2e.test_inbound import DESTINATIONS, OUTSIDER_IP, TWILIO_EDGE_IP, landed
 from tests.e2e.test_operator import (
     ACME_IP,
@@ -219,3 +222,64 @@ def test_a_pod_that_had_the_trunk_file_moves_to_ari(
     result = TwilioCaller(TWILIO_EDGE_IP, SID_A).call(pbx.bind, "+15559990004", "+15550000004")
     assert result.status == 200
     assert landed(pbx, "+15550000004") == "from-twilio/+15559990004/ACME"
+
+
+def test_a_call_up_survives_its_own_trunk_being_replaced_over_ari(
+    operator: Any,
+    namespace: str,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    apply: Callable[[dict[str, Any]], None],
+    start_asterisk_pod: Callable[..., AsteriskContainer],
+    start_standin: Callable[..., TwilioStandIn],
+) -> None:
+    """A change deletes and creates the trunk's objects again: a call already up on the
+    endpoint keeps its channel and its media (Asterisk plays a tone to Twilio all along)."""
+    twilio = start_standin("acme-user", PASSWORD, ip=ACME_IP)
+    core.create_namespaced_secret(namespace, ari_secret(namespace))
+    pbx = start_asterisk_pod(
+        "asterisk-0",
+        "127.0.10.51",
+        HOSTS,
+        ari=(ARI_USER, ARI_PASSWORD),
+        annotations=ari_annotations("127.0.10.51"),
+    )
+    core.create_namespaced_secret(namespace, credentials(namespace, "acme"))
+    apply(trunk("acme", inbound={"accountSid": SID_A, **EDGE}))
+    wait_ready(custom, namespace, "acme")
+
+    pbx.rx("channel originate Local/+15551234567@to-acme application Milliwatt")
+    twilio.wait_for(lambda msgs: len([m for m in msgs if m.method == "INVITE"]) >= 2)
+    call_id = twilio.invites()[-1].call_id
+    wait_for(lambda: 200 in [r.status for r in twilio.responses(call_id)], what="answered")
+    wait_for(lambda: trunk_channel_up(pbx), what="the trunk channel up")
+
+    def still_up(step: str) -> None:
+        before = sent_packets(pbx)
+        time.sleep(1)
+        after = sent_packets(pbx)
+        byes = [m for m in twilio.messages() if m.method == "BYE" and m.call_id == call_id]
+        assert trunk_channel_up(pbx) and not byes, f"the call ended during: {step}"
+        assert after > before, f"no media flowing after: {step} ({before} -> {after})"
+
+    still_up("the call starting")
+    apply(trunk("acme", inbound={"accountSid": SID_A, **EDGE}, codecs=["ulaw"]))
+    wait_for(
+        lambda: (
+            (st := status(custom, namespace, "acme"))
+            and st.get("observedGeneration") == 2
+            and condition(st, "Ready").get("status") == "True"
+        ),
+        what="acme Ready for its codec change",
+    )
+    assert ": (ulaw)" in pbx.rx("pjsip show endpoint ACME")
+    still_up("its endpoint replaced")
+    core.replace_namespaced_secret(
+        "acme-sip", namespace, credentials(namespace, "acme", "rotated;pw")
+    )
+    wait_for(
+        lambda: ": rotated;pw" in pbx.rx("pjsip show auth ACME-auth"),
+        what="the rotated password pushed",
+    )
+    still_up("its auth replaced")
+    pbx.rx("channel request hangup all")
