@@ -118,7 +118,8 @@ def parse_transports(text: str) -> dict[str, str]:
 class Listing:
     """The `pjsip list` tables: every object by id, cheap at any size."""
 
-    read: set[str] = field(default_factory=set)  # which of LISTS + ADDED_LISTS were read
+    # Which of LISTS + ADDED_LISTS were read (parse_listing says; built by hand: LISTS).
+    read: set[str] = field(default_factory=lambda: set(LISTS))
     endpoints: dict[str, str] = field(default_factory=dict)  # name -> state
     aors: set[str] = field(default_factory=set)
     auths: dict[str, str] = field(default_factory=dict)  # auth id -> username

@@ -391,17 +391,21 @@ class AsteriskPods:
         started = time.monotonic()
         files = files if files is not None else files_of(owners)
         before = worker.delivered_files if worker.state.delivered_hash is not None else None
+        expected = expected_for(owners, self.expected_endpoints)
         result = await self.calls.run(
             asterisk.deliver,
             pod_exec,
             files,
-            expected_for(owners, self.expected_endpoints),
+            expected,
             self.settings.exec_timeout,
             probe_for(owners, worker.delivered_owners),
             reloads_for(files, before),
             ari,
         )
         worker.state.last_reload_time = timestamp()
+        listed = result.observation is None or bool(result.observation.listing.read)
+        if result.observation is not None:
+            result.observation.carry(worker.state.observation, expected)
         worker.state.observation = result.observation
         if result.ok:
             worker.state.delivered_hash = result.hash
@@ -428,7 +432,8 @@ class AsteriskPods:
             result.hash[:12],
             worker.state.last_reload_result,
             time.monotonic() - started,
-            ", ".join(f"{name} {took:.2f} s" for name, took in result.phases.items()),
+            ", ".join(f"{name} {took:.2f} s" for name, took in result.phases.items())
+            + ("" if listed else ", no listings: only replaced objects, read in depth"),
         )
         return result
 

@@ -125,6 +125,16 @@ def test_trunks_pushed_over_ari_call_change_and_come_back_after_a_restart(
     )
     aor = pbx.rx("pjsip show aor ACME-aor")
     assert "globex.pstn.twilio.com" in aor and "acme.pstn.twilio.com" not in aor, aor
+    # Only replaced objects: read in depth, no listing of the pod; the status still has the
+    # endpoint's state and its new contact, the other trunk's too.
+    assert f"{namespace}/asterisk-0: 2 resources" in operator.log()
+    assert "no listings: only replaced objects" in operator.log()
+    contacts = wait_for(
+        lambda: status(custom, namespace, "acme")["pods"][0].get("contacts"),
+        what="acme's contacts in its status",
+    )
+    assert [c["uri"] for c in contacts] == ["sip:globex.pstn.twilio.com"], contacts
+    assert status(custom, namespace, "globex")["pods"][0].get("endpointState")
     assert ": (alaw)" in pbx.rx("pjsip show endpoint ACME")
     assert "acme.pstn.twilio.com" not in pbx.exec("cat", f"{PUSHED_DIR}/pjsip.d/{POD_FILE}").stdout
     assert RELOADED not in pbx.logs()
