@@ -118,6 +118,20 @@ def _clock(phase: str) -> str:
     return _section(f"clock:{phase}", "date +%s%N")
 
 
+# One script at a time in a pod: a delivery whose exec timed out still runs there, and the
+# retry must not stage, push or read beside it. flock(1): util-linux, busybox.
+LOCK = f"{STATE_DIR}/lock"
+
+
+def _lock(wait: float) -> str:
+    """Shell: hold the pod's lock for the rest of the script, waiting up to `wait` s."""
+    return (
+        f"mkdir -p {STATE_DIR}; exec 9> {LOCK}; flock -w {max(wait, 1):.0f} 9"
+        " || { echo 'another delivery still runs in this pod (an earlier exec that timed out)'"
+        " >&2; exit 4; }"
+    )
+
+
 DETAIL_LIST = f"{STATE_DIR}/verify-endpoints"
 ADDED = f"{STATE_DIR}/adds-endpoints"  # present when a delivery adds endpoints
 CONTEXT_LIST = f"{STATE_DIR}/verify-contexts"
@@ -284,6 +298,7 @@ def deliver_script(
     context_size: int = 0,
     reload: Iterable[str] = (PJSIP_DIR, EXTENSIONS_DIR),
     ari: AriAccess | None = None,
+    lock_wait: float = 60,
 ) -> str:
     """Stage the tar from stdin, keep the previous set, swap, reload (or push), observe.
 
@@ -294,6 +309,7 @@ def deliver_script(
     return "\n".join(
         [
             "set -e",
+            _lock(lock_wait),
             _clock("start"),
             f"mkdir -p {STATE_DIR} {CONFIG_DIR}/{PJSIP_DIR} {CONFIG_DIR}/{EXTENSIONS_DIR}",
             f"rm -rf {staging} && mkdir -p {staging}",
@@ -320,12 +336,13 @@ def deliver_script(
     )
 
 
-def rollback_script(ari: AriAccess | None = None) -> str:
+def rollback_script(ari: AriAccess | None = None, lock_wait: float = 60) -> str:
     """Put the previous set back and reload (over ARI: push it back first, so no id is in
     memory when a restored trunk file brings it back)."""
     previous = f"{STATE_DIR}/previous"
     steps = [
         "set -e",
+        _lock(lock_wait),
         f"test -d {previous}",
         "asterisk -rx 'core waitfullybooted' > /dev/null",
         f"rm -f {_owned_files(CONFIG_DIR)}",
@@ -462,7 +479,8 @@ def deliver(
     payload = pack(files)
     details, contexts = _lines(probe.details), _lines(probe.contexts)
     reload = set(reload)
-    script = deliver_script(len(payload), digest, len(details), len(contexts), reload, ari)
+    wait = timeout / 2  # the rest is the script's own time
+    script = deliver_script(len(payload), digest, len(details), len(contexts), reload, ari, wait)
     pushing = ari.stdin() if ari is not None and PJSIP_DIR in reload else b""
     sent = time.monotonic()
     result = _run(exec_, script, payload + details + contexts + pushing, timeout)
@@ -482,7 +500,7 @@ def deliver(
         phases["verify"] = time.monotonic() - returned
         return DeliveryResult(True, digest, [], observation, phases=phases)
     problems += [Mismatch((), line) for line in _error_lines(parts)]
-    back = _run(exec_, rollback_script(ari), ari.stdin() if ari else None, timeout)
+    back = _run(exec_, rollback_script(ari, wait), ari.stdin() if ari else None, timeout)
     restored = (
         _observation(sections(back.stdout), LISTINGS_ONLY, expected)
         if back.returncode == 0
@@ -509,7 +527,9 @@ def observe(
     """What the pod serves now; `expected` links listed contacts to their endpoints;
     `pushed`: the pod takes its PJSIP objects over ARI (where its PJSIP file is kept)."""
     details, contexts = _lines(probe.details), _lines(probe.contexts)
-    script = f"mkdir -p {STATE_DIR}; {_read_probe(len(details), len(contexts))}\n{_observe(pushed)}"
+    script = "\n".join(
+        [_lock(timeout / 2), _read_probe(len(details), len(contexts)), _observe(pushed)]
+    )
     result = _run(exec_, script, details + contexts, timeout)
     if result.returncode != 0:
         raise ExecError(

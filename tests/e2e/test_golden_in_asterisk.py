@@ -185,3 +185,24 @@ def test_an_endpoint_asterisk_keeps_at_its_old_version_is_caught_and_rolled_back
     # Without the in-depth check the same delivery passes: the listing alone cannot tell.
     assert result.observation is not None
     assert not verify.verify(expected, replace(result.observation, shown={}, details={}))
+
+
+def test_one_script_at_a_time_in_a_pod(
+    start_asterisk: Callable[..., AsteriskContainer],
+) -> None:
+    """A delivery whose exec timed out keeps running in the pod: the next one waits for it
+    (up to half its own timeout), then says why it cannot go on, rather than stage, reload
+    or push beside it."""
+    case = cases()["single-trunk"]
+    pbx = start_asterisk("golden-lock", "127.0.10.25", hosts_of(case))
+    files, expected = case.pod_files(), case.expected(case.pod_files())
+    hold = f"mkdir -p {asterisk.STATE_DIR}; exec 9> {asterisk.LOCK}; flock 9; exec sleep"
+    pbx.exec("sh", "-c", f"({hold} 3) > /dev/null 2>&1 &")  # a script still at work
+    time.sleep(0.5)
+    started = time.monotonic()
+    assert asterisk.deliver(podman_exec(pbx.name), files, expected, timeout=20).ok
+    assert time.monotonic() - started > 2  # it waited for the other one
+    pbx.exec("sh", "-c", f"({hold} 15) > /dev/null 2>&1 &")
+    time.sleep(0.5)
+    with pytest.raises(asterisk.ExecError, match="another delivery still runs in this pod"):
+        asterisk.deliver(podman_exec(pbx.name), files, expected, timeout=6)
