@@ -11,7 +11,6 @@ file gone.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +20,7 @@ from kubernetes import client
 from testbed.asterisk import ARI_PORT, AsteriskContainer
 from testbed.sipp import TwilioCaller, TwilioStandIn
 from tests.conftest import wait_for
-from tests.e2e.test_calls_survive import sent_packets, trunk_channel_up
+from tests.e2e.test_calls_survive import assert_still_up, tone_call
 from tests.e2e.test_inbound import DESTINATIONS, OUTSIDER_IP, TWILIO_EDGE_IP, landed
 from tests.e2e.test_operator import (
     ACME_IP,
@@ -47,7 +46,7 @@ RELOADED = "Reloading module 'res_pjsip.so'"
 EDGE = {"extraSourceRanges": [f"{TWILIO_EDGE_IP}/32"]}
 
 
-def ari_secret(namespace: str, password: str = ARI_PASSWORD) -> client.V1Secret:
+def ari_secret(namespace: str, password: str) -> client.V1Secret:
     return client.V1Secret(
         metadata=client.V1ObjectMeta(name="asterisk-ari", namespace=namespace),
         string_data={"username": ARI_USER, "password": password},
@@ -58,6 +57,26 @@ def ari_annotations(bind_ip: str) -> dict[str, str]:
     """The pod's opt-in; the testbed's ARI listens on the container's own address."""
     url = f"http://{bind_ip}:{ARI_PORT}/ari"
     return {ARI_CREDENTIALS_ANNOTATION: "asterisk-ari", ARI_URL_ANNOTATION: url}
+
+
+def ari_pod(
+    start_asterisk_pod: Callable[..., AsteriskContainer],
+    core: client.CoreV1Api,
+    namespace: str,
+    bind_ip: str,
+    secret_password: str = ARI_PASSWORD,
+    annotated: bool = True,
+) -> AsteriskContainer:
+    """An Asterisk pod with ARI (its user's password ARI_PASSWORD), the ARI Secret (with
+    `secret_password`), and the pod's opt-in unless not `annotated` (yet)."""
+    core.create_namespaced_secret(namespace, ari_secret(namespace, secret_password))
+    return start_asterisk_pod(
+        "asterisk-0",
+        bind_ip,
+        HOSTS,
+        ari=(ARI_USER, ARI_PASSWORD),
+        annotations=ari_annotations(bind_ip) if annotated else None,
+    )
 
 
 def pjsip_d(pbx: AsteriskContainer) -> str:
@@ -74,14 +93,7 @@ def test_trunks_pushed_over_ari_call_change_and_come_back_after_a_restart(
     start_standin: Callable[..., TwilioStandIn],
 ) -> None:
     standin = start_standin("acme-user", PASSWORD, ip=ACME_IP)
-    core.create_namespaced_secret(namespace, ari_secret(namespace))
-    pbx = start_asterisk_pod(
-        "asterisk-0",
-        "127.0.10.48",
-        HOSTS,
-        ari=(ARI_USER, ARI_PASSWORD),
-        annotations=ari_annotations("127.0.10.48"),
-    )
+    pbx = ari_pod(start_asterisk_pod, core, namespace, "127.0.10.48")
     pbx.write_file(f"{CONFIG_DIR}/extensions.d/local.conf", DESTINATIONS)
     pbx.rx("dialplan reload")
     for name, sid in (("acme", SID_A), ("globex", SID_B)):
@@ -164,14 +176,7 @@ def test_refused_ari_credentials_are_a_condition_and_a_fixed_secret_clears_it(
     apply: Callable[[dict[str, Any]], None],
     start_asterisk_pod: Callable[..., AsteriskContainer],
 ) -> None:
-    core.create_namespaced_secret(namespace, ari_secret(namespace, password="not-the-password"))
-    pbx = start_asterisk_pod(
-        "asterisk-0",
-        "127.0.10.49",
-        HOSTS,
-        ari=(ARI_USER, ARI_PASSWORD),
-        annotations=ari_annotations("127.0.10.49"),
-    )
+    pbx = ari_pod(start_asterisk_pod, core, namespace, "127.0.10.49", "not-the-password")
     core.create_namespaced_secret(namespace, credentials(namespace, "acme"))
     apply(trunk("acme", inbound={"accountSid": SID_A, **EDGE}))
     st = wait_for(
@@ -204,8 +209,7 @@ def test_a_pod_that_had_the_trunk_file_moves_to_ari(
     apply: Callable[[dict[str, Any]], None],
     start_asterisk_pod: Callable[..., AsteriskContainer],
 ) -> None:
-    core.create_namespaced_secret(namespace, ari_secret(namespace))
-    pbx = start_asterisk_pod("asterisk-0", "127.0.10.50", HOSTS, ari=(ARI_USER, ARI_PASSWORD))
+    pbx = ari_pod(start_asterisk_pod, core, namespace, "127.0.10.50", annotated=False)
     pbx.write_file(f"{CONFIG_DIR}/extensions.d/local.conf", DESTINATIONS)
     pbx.rx("dialplan reload")
     core.create_namespaced_secret(namespace, credentials(namespace, "acme"))
@@ -246,31 +250,15 @@ def test_a_call_up_survives_its_own_trunk_being_replaced_over_ari(
     """A change deletes and creates the trunk's objects again: a call already up on the
     endpoint keeps its channel and its media (Asterisk plays a tone to Twilio all along)."""
     twilio = start_standin("acme-user", PASSWORD, ip=ACME_IP)
-    core.create_namespaced_secret(namespace, ari_secret(namespace))
-    pbx = start_asterisk_pod(
-        "asterisk-0",
-        "127.0.10.51",
-        HOSTS,
-        ari=(ARI_USER, ARI_PASSWORD),
-        annotations=ari_annotations("127.0.10.51"),
-    )
+    pbx = ari_pod(start_asterisk_pod, core, namespace, "127.0.10.51")
     core.create_namespaced_secret(namespace, credentials(namespace, "acme"))
     apply(trunk("acme", inbound={"accountSid": SID_A, **EDGE}))
     wait_ready(custom, namespace, "acme")
 
-    pbx.rx("channel originate Local/+15551234567@to-acme application Milliwatt")
-    twilio.wait_for(lambda msgs: len([m for m in msgs if m.method == "INVITE"]) >= 2)
-    call_id = twilio.invites()[-1].call_id
-    wait_for(lambda: 200 in [r.status for r in twilio.responses(call_id)], what="answered")
-    wait_for(lambda: trunk_channel_up(pbx), what="the trunk channel up")
+    call_id = tone_call(pbx, twilio)
 
     def still_up(step: str) -> None:
-        before = sent_packets(pbx)
-        time.sleep(1)
-        after = sent_packets(pbx)
-        byes = [m for m in twilio.messages() if m.method == "BYE" and m.call_id == call_id]
-        assert trunk_channel_up(pbx) and not byes, f"the call ended during: {step}"
-        assert after > before, f"no media flowing after: {step} ({before} -> {after})"
+        assert_still_up(pbx, twilio, call_id, step)
 
     still_up("the call starting")
     apply(trunk("acme", inbound={"accountSid": SID_A, **EDGE}, codecs=["ulaw"]))

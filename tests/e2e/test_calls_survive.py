@@ -44,6 +44,30 @@ def trunk_channel_up(pbx: AsteriskContainer) -> bool:
     return "PJSIP/ACME-" in pbx.rx("core show channels concise")
 
 
+def tone_call(pbx: AsteriskContainer, twilio: TwilioStandIn) -> str | None:
+    """A call to Twilio through ACME in which Asterisk plays a tone (Milliwatt), so media
+    flows all along; its Call-ID once it is up."""
+    pbx.rx("channel originate Local/+15551234567@to-acme application Milliwatt")
+    twilio.wait_for(lambda msgs: len([m for m in msgs if m.method == "INVITE"]) >= 2)
+    call_id = twilio.invites()[-1].call_id
+    wait_for(lambda: 200 in [r.status for r in twilio.responses(call_id)], what="answered")
+    wait_for(lambda: trunk_channel_up(pbx), what="the trunk channel up")
+    return call_id
+
+
+def assert_still_up(
+    pbx: AsteriskContainer, twilio: TwilioStandIn, call_id: str | None, step: str
+) -> None:
+    """The call has its channel, no BYE, and Asterisk sent RTP in the last second."""
+    before = sent_packets(pbx)
+    time.sleep(1)
+    after = sent_packets(pbx)
+    byes = [m for m in twilio.messages() if m.method == "BYE" and m.call_id == call_id]
+    assert trunk_channel_up(pbx) and not byes, f"the call ended during: {step}"
+    assert after > before, f"no media flowing after: {step} ({before} -> {after})"
+    print(f"{step}: {before} -> {after} RTP packets sent")
+
+
 def test_a_call_stays_up_through_changes_rotation_and_operator_restart(
     operator: Any,
     namespace: str,
@@ -60,21 +84,10 @@ def test_a_call_stays_up_through_changes_rotation_and_operator_restart(
     apply(trunk("acme", inbound={"accountSid": SID_A}))
     wait_ready(custom, namespace, "acme")
 
-    # The call: Asterisk plays a tone (Milliwatt) to Twilio, so media flows all along.
-    pbx.rx("channel originate Local/+15551234567@to-acme application Milliwatt")
-    twilio.wait_for(lambda msgs: len([m for m in msgs if m.method == "INVITE"]) >= 2)
-    call_id = twilio.invites()[-1].call_id
-    wait_for(lambda: 200 in [r.status for r in twilio.responses(call_id)], what="answered")
-    wait_for(lambda: trunk_channel_up(pbx), what="the trunk channel up")
+    call_id = tone_call(pbx, twilio)
 
     def still_up(step: str) -> None:
-        before = sent_packets(pbx)
-        time.sleep(1)
-        after = sent_packets(pbx)
-        byes = [m for m in twilio.messages() if m.method == "BYE" and m.call_id == call_id]
-        assert trunk_channel_up(pbx) and not byes, f"the call ended during: {step}"
-        assert after > before, f"no media flowing after: {step} ({before} -> {after})"
-        print(f"{step}: {before} -> {after} RTP packets sent")
+        assert_still_up(pbx, twilio, call_id, step)
 
     still_up("the call starting")
     apply(trunk("globex", inbound={"accountSid": SID_B}))

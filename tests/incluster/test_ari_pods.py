@@ -7,22 +7,20 @@ new one gets every trunk again before its readiness gate reopens.
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import yaml
 
 from testbed.release import Release, asterisk_objects
 from testbed.sipp import TwilioStandIn
 from tests.conftest import ROOT, wait_for
 from tests.incluster.test_chart_install import (
-    GATE,
     HOST,
     asterisk_rx,
-    kubectl_json,
+    deploy_asterisk,
     pjsip_reloads,
     ready,
+    restart_asterisk,
     trunk_status,
 )
 from trunk_operator.asterisk import CONFIG_DIR, PUSHED_DIR
@@ -49,15 +47,12 @@ def test_trunks_pushed_over_ari_into_a_real_pod_and_again_after_its_container_re
         "--from-literal=username=trunkop", f"--from-literal=password={ari_password}",
     )  # fmt: skip
     standin: TwilioStandIn = start_standin("acme-trunk", "s3cret;with#chars", ip=STANDIN_IP)
-    objects = asterisk_objects(
-        cluster, release.node, ASTERISK_IP, {HOST: STANDIN_IP}, example="examples/asterisk-ari"
-    )
-    cluster.kubectl("apply", "-n", telephony, "-f", "-",
-                    input="\n---\n".join(yaml.safe_dump(o) for o in objects))  # fmt: skip
-    wait_for(
-        lambda: "Asterisk" in asterisk_rx(cluster, telephony, "core show version", check=False),
-        timeout=120,
-        what="Asterisk answering in asterisk-0",
+    deploy_asterisk(
+        cluster,
+        telephony,
+        asterisk_objects(
+            cluster, release.node, ASTERISK_IP, {HOST: STANDIN_IP}, example="examples/asterisk-ari"
+        ),
     )
     for example in ("acme-secret.yaml", "acme-trunk.yaml"):
         cluster.kubectl("apply", "-n", telephony, "-f", str(ROOT / "examples" / example))
@@ -77,20 +72,7 @@ def test_trunks_pushed_over_ari_into_a_real_pod_and_again_after_its_container_re
 
     # The container restarts: memory objects are gone, the emptyDir (and the record of what
     # was pushed to the previous process) is not. The gate reopens once all is pushed again.
-    def gate() -> dict[str, Any]:
-        pod = kubectl_json(cluster, "get", "pod", "asterisk-0", "-n", telephony)
-        return next((c for c in pod["status"].get("conditions") or [] if c["type"] == GATE), {})
-
-    restarted = datetime.now(UTC).replace(microsecond=0)
-    asterisk_rx(cluster, telephony, "core stop now", check=False)
-    wait_for(
-        lambda: (
-            (g := gate()).get("status") == "True"
-            and datetime.fromisoformat(g["lastTransitionTime"]) >= restarted
-        ),
-        timeout=120,
-        what="the gate written again after the container restarted",
-    )
+    restart_asterisk(cluster, telephony)
     assert "ACME" in parse_endpoints(asterisk_rx(cluster, telephony, "pjsip show endpoints"))
     assert ready(trunk_status(cluster, telephony))
     assert ari_password not in release.operator_log()

@@ -46,6 +46,38 @@ def asterisk_rx(cluster: Any, namespace: str, command: str, check: bool = True) 
     return str(out.stdout)
 
 
+def deploy_asterisk(cluster: Any, namespace: str, objects: list[dict[str, Any]]) -> None:
+    """kubectl apply of the Asterisk example's objects, then until asterisk-0 answers."""
+    cluster.kubectl("apply", "-n", namespace, "-f", "-",
+                    input="\n---\n".join(yaml.safe_dump(o) for o in objects))  # fmt: skip
+    wait_for(
+        lambda: "Asterisk" in asterisk_rx(cluster, namespace, "core show version", check=False),
+        timeout=120,
+        what="Asterisk answering in asterisk-0",
+    )
+
+
+def gate(cluster: Any, namespace: str) -> dict[str, Any]:
+    """asterisk-0's readiness-gate condition, as the operator last wrote it."""
+    pod = kubectl_json(cluster, "get", "pod", "asterisk-0", "-n", namespace)
+    return next((c for c in pod["status"].get("conditions") or [] if c["type"] == GATE), {})
+
+
+def restart_asterisk(cluster: Any, namespace: str) -> None:
+    """`core stop now` in asterisk-0 (kubelet restarts the container), then until the
+    operator has written the gate True again after it."""
+    restarted = datetime.now(UTC).replace(microsecond=0)
+    asterisk_rx(cluster, namespace, "core stop now", check=False)
+    wait_for(
+        lambda: (
+            (g := gate(cluster, namespace)).get("status") == "True"
+            and datetime.fromisoformat(g["lastTransitionTime"]) >= restarted
+        ),
+        timeout=120,
+        what="the gate written again after the container restarted",
+    )
+
+
 def lease_holder(cluster: Any, namespace: str) -> str:
     """The pod holding the operator's Lease (its identity is `<pod name>_<random>`)."""
     lease = cluster.kubectl(
@@ -121,13 +153,8 @@ def test_install_use_restart_upgrade_uninstall(
 
     # ---- Asterisk from examples/asterisk, a Twilio stand-in, then the user's three objects ----
     standin: TwilioStandIn = start_standin("acme-trunk", "s3cret;with#chars", ip=STANDIN_IP)
-    objects = asterisk_objects(cluster, node, ASTERISK_IP, {HOST: STANDIN_IP})
-    cluster.kubectl("apply", "-n", telephony, "-f", "-",
-                    input="\n---\n".join(yaml.safe_dump(o) for o in objects))  # fmt: skip
-    wait_for(
-        lambda: "Asterisk" in asterisk_rx(cluster, telephony, "core show version", check=False),
-        timeout=120,
-        what="Asterisk answering in asterisk-0",
+    deploy_asterisk(
+        cluster, telephony, asterisk_objects(cluster, node, ASTERISK_IP, {HOST: STANDIN_IP})
     )
     started = time.monotonic()
     for example in ("acme-secret.yaml", "acme-trunk.yaml", "acme-dids.yaml"):
@@ -163,23 +190,9 @@ def test_install_use_restart_upgrade_uninstall(
     assert standin.verify_digest("s3cret;with#chars")
 
     # ---- Asterisk's container restarts: its gate closes until the new one is verified ----
-    def gate() -> dict[str, Any]:
-        pod = kubectl_json(cluster, "get", "pod", "asterisk-0", "-n", telephony)
-        conditions = pod["status"].get("conditions") or []
-        return next((c for c in conditions if c["type"] == GATE), {})
-
-    opened = gate()
-    restarted = datetime.now(UTC).replace(microsecond=0)
-    asterisk_rx(cluster, telephony, "core stop now", check=False)
-    wait_for(
-        lambda: (
-            (g := gate()).get("status") == "True"
-            and datetime.fromisoformat(g["lastTransitionTime"]) >= restarted
-        ),
-        timeout=120,
-        what="the gate written again after the container restarted",
-    )
-    print(f"gate before the restart {opened}, after {gate()}")
+    opened = gate(cluster, telephony)
+    restart_asterisk(cluster, telephony)
+    print(f"gate before the restart {opened}, after {gate(cluster, telephony)}")
     cluster.kubectl("wait", "-n", telephony, "--for=condition=Ready", "pod/asterisk-0",
                     "--timeout=60s")  # fmt: skip
     assert "ACME" in parse_endpoints(asterisk_rx(cluster, telephony, "pjsip show endpoints"))
