@@ -22,6 +22,12 @@ included file once per object type and looks each one up in a list, so its cost 
 the square of the file count, and in one file it is linear. Files of the earlier layout
 (`LEGACY_GLOBS`) are still owned: the first delivery moves them out in the same swap as it
 brings the new file in, before one reload, so service has no gap. Nothing else is touched.
+
+A pod that takes its trunks over ARI (`asterisk_ari`) gets the same set: its PJSIP file goes to
+PUSHED_DIR instead of pjsip.d/, and the objects that differ are pushed instead of reloaded.
+
+One script runs in a pod at a time (LOCK): an exec that timed out leaves its script running
+there, and the next one waits for it.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trunk_operator import asterisk, metrics
-from trunk_operator.apiclient import KubeError, describe
+from trunk_operator.apiclient import describe
 from trunk_operator.asterisk_ari import (
     ARI_CREDENTIALS_ANNOTATION,
     ARI_URL_ANNOTATION,
@@ -27,6 +27,7 @@ from trunk_operator.asterisk_ari import (
     AriAccess,
     AriUnavailable,
 )
+from trunk_operator.gates import ReadinessGates
 from trunk_operator.kube import Kube
 from trunk_operator.models import TwilioTrunkSpec
 from trunk_operator.plan import TRUNK, Outcome
@@ -143,9 +144,7 @@ class AsteriskPods:
         # once, not after the namespace's next plan (which waits for the status writes of the
         # one before: ~10 s with 1,000 CRs whose pod restarted).
         self.assigned: dict[str, dict[str, Outcome]] = {}
-        # Readiness gates we closed (restarted containers) until a delivery reopens them; the
-        # closing is awaited before that.
-        self.gate_closing: dict[tuple[str, str], asyncio.Task[bool]] = {}
+        self.gates = ReadinessGates(kube, calls, settings.readiness_condition)
 
     def tasks(self) -> list[asyncio.Task[None]]:
         return [w.task for w in self.workers.values() if w.task]
@@ -185,7 +184,7 @@ class AsteriskPods:
         )
         namespace = meta["namespace"]
         # Closed by us until a delivery reopens it, whatever a late event still shows.
-        gate_open = (namespace, meta["name"]) not in self.gate_closing and any(
+        gate_open = not self.gates.is_closing(namespace, meta["name"]) and any(
             c.get("type") == self.settings.readiness_condition and c.get("status") == "True"
             for c in status.get("conditions") or []
         )
@@ -203,7 +202,7 @@ class AsteriskPods:
         before = self.known[namespace].get(pod.name)
         self.known[namespace][pod.name] = pod
         if before and before.incarnation not in ("", incarnation) and gate_open:
-            self.close_gate(namespace, pod)
+            self.gates.close(namespace, pod)
         worker = self.workers.get((namespace, pod.name))
         if worker and before and (before.incarnation != incarnation or before.uid != pod.uid):
             worker.state.delivered_hash = None  # a new container starts empty
@@ -226,7 +225,7 @@ class AsteriskPods:
 
     def forget(self, namespace: str, name: str) -> None:
         self.known[namespace].pop(name, None)
-        self.gate_closing.pop((namespace, name), None)
+        self.gates.forget(namespace, name)
 
     def _trunk_selector(self, spec: TwilioTrunkSpec) -> Mapping[str, str]:
         selector = spec.asterisk_selector
@@ -296,9 +295,7 @@ class AsteriskPods:
         owners, files = dict(worker.owners), worker.files  # set together by assign()
         desired_hash = worker.state.desired_hash  # of `owners`: both set by assign()
         worker.settled_hash = None
-        closing = self.gate_closing.get((namespace, worker.pod.name))
-        if closing is not None:
-            await closing  # before any reopening
+        await self.gates.settled(namespace, worker.pod.name)  # before any reopening
         if worker.adoptable:
             worker.adoptable = False
             if await self._adopt(namespace, worker, owners, files):
@@ -368,7 +365,7 @@ class AsteriskPods:
         worker.state.problems = {}
         worker.state.last_reload_result = "Verified"
         worker.set_delivered(owners, files)
-        await self._open_gate(namespace, worker)  # closed if its container restarted
+        await self.gates.open(namespace, worker.pod)  # closed if its container restarted
         log.info(
             "%s/%s already serves %d resources: adopted", namespace, worker.pod.name, len(owners)
         )
@@ -412,7 +409,7 @@ class AsteriskPods:
             worker.state.problems = {}
             worker.state.last_reload_result = "Verified"
             worker.set_delivered(owners, files)
-            await self._open_gate(namespace, worker)
+            await self.gates.open(namespace, worker.pod)
         else:
             worker.state.last_reload_result = "RolledBack" if result.rolled_back else "Failed"
         if not result.ok:
@@ -463,40 +460,6 @@ class AsteriskPods:
             return []
         start = worker.audit_cursor % len(names)
         return (names[start:] + names[:start])[:AUDIT_BATCH]
-
-    async def _open_gate(self, namespace: str, worker: PodWorker) -> None:
-        """After a verified set; only when it is not open (a PATCH per delivery ~30 ms)."""
-        pod = worker.pod
-        if not pod.gate_open:
-            # Not behind the API-call bound: the delivery worker waits for this one PATCH per
-            # pod, which must not queue behind the status writes of 1,000 new CRs.
-            pod.gate_open = await self.calls.run(self._set_readiness, namespace, pod.name, True)
-            if pod.gate_open:
-                self.gate_closing.pop((namespace, pod.name), None)
-
-    def close_gate(self, namespace: str, pod: Pod) -> None:
-        """A restarted container serves nothing verified yet, and the condition outlives it:
-        closed at once (the container is not ready yet), reopened by its first delivery."""
-        pod.gate_open = False
-        self.gate_closing[(namespace, pod.name)] = asyncio.get_running_loop().create_task(
-            self.calls.run(self._set_readiness, namespace, pod.name, False)
-        )
-
-    def _set_readiness(self, namespace: str, pod: str, ready: bool) -> bool:
-        """The pod readiness gate: traffic waits until the trunks are delivered and verified.
-        Opened after a delivery, closed when the container restarts (the condition outlives
-        the container, and a new one serves nothing verified yet). True once written."""
-        condition = {
-            "type": self.settings.readiness_condition,
-            "status": "True" if ready else "False",
-            "lastTransitionTime": timestamp(),
-        }
-        try:
-            self.kube.set_pod_condition(namespace, pod, condition)
-            return True
-        except KubeError as error:
-            log.warning("readiness gate on %s/%s not set: %s", namespace, pod, error)
-            return False
 
     # ---- observation -----------------------------------------------------------------
 

@@ -43,6 +43,7 @@ LAYERS = [
     {"asterisk"},
     {"status", "podset"},
     {"apiclient", "kube", "leader"},
+    {"gates"},
     {"pods"},
     {"statuswriter"},
     {"controller"},
