@@ -70,6 +70,11 @@ PUSHED_DIR = f"{STATE_DIR}/pushed"
 MARK = "=====trunk-operator:"
 # Above this many contexts to check, one full `dialplan show` costs less than one each.
 FULL_DIALPLAN_AT = 40
+# At most this many endpoints read in depth per delivery (two `asterisk -rx` each, ~20 ms);
+# beyond, every object's presence comes from the listings and the observer's audit reads the
+# rest in depth over its rounds. A retry after a timed-out delivery can find thousands of
+# changed endpoints already loaded (its predecessor kept running in the pod).
+DETAILS_AT_MOST = 50
 LISTINGS_ONLY = Probe()  # nothing read in depth
 RELOAD_COMMANDS = {PJSIP_DIR: "module reload res_pjsip.so", EXTENSIONS_DIR: "dialplan reload"}
 
@@ -249,7 +254,10 @@ def _only_loaded_before(ari: bool = False) -> str:
         f" {listed} > {before};"
         f" grep -Fx -f {before} {DETAIL_LIST} > {before}.changed || true;"
         f' [ "$(wc -l < {before}.changed)" = "$(wc -l < {DETAIL_LIST})" ] || touch {ADDED};'
-        f" mv {before}.changed {DETAIL_LIST}; fi"
+        f" mv {before}.changed {DETAIL_LIST};"
+        f' if [ "$(wc -l < {DETAIL_LIST})" -gt {DETAILS_AT_MOST} ]; then touch {ADDED};'
+        f" head -n {DETAILS_AT_MOST} {DETAIL_LIST} > {before}.first;"
+        f" mv {before}.first {DETAIL_LIST}; fi; fi"
     )
 
 
@@ -290,7 +298,7 @@ def _apply(reload: Iterable[str], ari: AriAccess | None) -> str:
         _reload(directories - {PJSIP_DIR}),
         _section("ari", asterisk_ari.push(STATE_DIR, wanted, ari.url))
         + "; "
-        + asterisk_ari.light_after_push()
+        + asterisk_ari.light_after_push(ADDED)
         if PJSIP_DIR in directories
         else "",
     ]

@@ -77,15 +77,16 @@ def push(state_dir: str, wanted: str, url: str) -> str:
     )
 
 
-def light_after_push() -> str:
+def light_after_push(added: str) -> str:
     """Shell: `light` set when the push only replaced objects (none created, deleted or
-    refused) and no reload preceded it. Then the reads after it skip the `pjsip list` tables,
-    ~2.5 s with 10,000 trunks: every replaced endpoint is read in depth (`pjsip show endpoint`
-    shows its AORs, contacts, identify and auth), and an object no push touched cannot have
-    changed in memory but by a restart (the observer's audit and the next push find that)."""
+    refused), no reload preceded it and every changed endpoint is read in depth (no `added`
+    marker). Then the reads after it skip the `pjsip list` tables, ~2.5 s with 10,000
+    trunks: `pjsip show endpoint` shows each replaced endpoint's AORs, contacts, identify and
+    auth, and an object no push touched cannot have changed in memory but by a restart (the
+    observer's audit and the next push find that)."""
     return (
         'case "$pushed" in *"ari: created 0 replaced "*" deleted 0 failed 0"*)'
-        ' [ -z "$migrating" ] && light=1;; esac'
+        f' [ -z "$migrating" ] && [ ! -e {added} ] && light=1;; esac'
     )
 
 

@@ -206,3 +206,27 @@ def test_one_script_at_a_time_in_a_pod(
     time.sleep(0.5)
     with pytest.raises(asterisk.ExecError, match="another delivery still runs in this pod"):
         asterisk.deliver(podman_exec(pbx.name), files, expected, timeout=6)
+
+
+def test_a_delivery_reads_at_most_fifty_changed_endpoints_in_depth(
+    start_asterisk: Callable[..., AsteriskContainer],
+) -> None:
+    """Sixty trunks changed at once: fifty read in depth, every object's presence from the
+    listings (the observer audits the rest in depth over its rounds)."""
+    sids = [f"AC{i:032d}" for i in range(60)]
+    before = Case(
+        {f"t{i:02d}": trunk("many.pstn.twilio.com", inbound={"accountSid": sid})
+         for i, sid in enumerate(sids)}
+    )  # fmt: skip
+    after = Case(
+        {name: spec.model_copy(update={"codecs": ["alaw"]}) for name, spec in before.trunks.items()}
+    )
+    pbx = start_asterisk("golden-many", "127.0.10.26", {"many.pstn.twilio.com": STANDIN_IP})
+    pod_exec = podman_exec(pbx.name)
+    assert asterisk.deliver(pod_exec, before.pod_files(), before.expected(before.pod_files())).ok
+    files, expected = after.pod_files(), after.expected(after.pod_files())
+    every = verify.Probe(frozenset(e.name for e in expected.endpoints))
+    result = asterisk.deliver(pod_exec, files, expected, probe=every)
+    assert result.ok and result.observation is not None, result.problems
+    assert len(result.observation.shown) == asterisk.DETAILS_AT_MOST
+    assert {"endpoints", "aors", "auths", "identifies"} <= result.observation.listing.read
