@@ -16,6 +16,8 @@ operator and no API server:
   a change replaces one endpoint (DELETE, then PUT: a PUT on an existing object merges); a
   start is Asterisk's start plus the push of every object (they live in memory only);
 - `none`: Asterisk without trunks: the floor of a reload;
+- the operator's delivery of one codec change into a pod with the N trunks, with the file and
+  over ARI (`asterisk.deliver` as a pod worker calls it, over `podman exec`);
 - the operator's observation of a pod with the N trunks (`asterisk.observe` over `podman exec`:
   the listings, the delivered hash, the files' digests, 10 endpoints in depth), which the
   observer repeats per pod (at most a tenth of the time: `pods.OBSERVE_SHARE`).
@@ -30,28 +32,28 @@ import http.client
 import json
 import re
 import statistics
-import subprocess
 import sys
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rig import trunk_spec
 
-from testbed.asterisk import AsteriskContainer, ensure_image
+from testbed import asterisk as testbed_asterisk
+from testbed.asterisk import ARI_PORT, AsteriskContainer, ensure_image
 from tests.cases import Case
 from tests.e2e.conftest import podman_exec
 from trunk_operator import asterisk
+from trunk_operator.asterisk_ari import AriAccess
 from trunk_operator.models import TwilioTrunkSpec
 from trunk_operator.render import PJSIP_DIR, POD_FILE, Files
-from trunk_operator.verify import Probe
+from trunk_operator.verify import Expected, Probe
 
 TYPES = ("auth", "aor", "endpoint", "identify")  # creation order: references resolve
-SORCERY_SECTION = {"identify": "res_pjsip_endpoint_identifier_ip"}  # others: res_pjsip
-ARI_PORT = 8088
 ARI_USER, ARI_PASSWORD = "bench", "bench-only-password"
 PjsipObject = tuple[str, str, list[tuple[str, str]]]  # type, id, fields
 
@@ -77,6 +79,46 @@ def measure_observation(case: Case, files: Files, repeat: int, bind_ip: str) -> 
             began = time.monotonic()
             asterisk.observe(pod_exec, expected, 300, probe)
             times.append(time.monotonic() - began)
+        return statistics.median(times[1:])
+
+
+def measure_operator_change(
+    case: Case, files: Files, repeat: int, bind_ip: str, over_ari: bool
+) -> float:
+    """Median seconds of the operator's delivery of one trunk's codec change into a pod with
+    the case's `files` (`asterisk.deliver` as a pod worker calls it: the PJSIP file changed,
+    that endpoint read in depth): the exec, the reload or the push, the reads, verification."""
+    expected = case.expected(files, "secret")
+    first = min(e.name for e in expected.endpoints)
+    ari_user = (ARI_USER, ARI_PASSWORD) if over_ari else None
+    with AsteriskContainer("delivery-op", bind_ip=bind_ip, tls=False, ari=ari_user) as ast:
+        pod_exec = podman_exec(ast.name)
+        ari = AriAccess(ast.ari_url, ARI_USER, ARI_PASSWORD) if over_ari else None
+        if not asterisk.deliver(pod_exec, files, expected, timeout=900, ari=ari).ok:
+            raise RuntimeError("the case was not delivered")
+        times = []
+        for k in range(repeat * 2):  # ends on an odd k: the rendered order
+            text = changed(files[f"{PJSIP_DIR}/{POD_FILE}"], k)
+            codecs = ("alaw", "ulaw") if k % 2 == 0 else ("ulaw", "alaw")
+            want = Expected(
+                tuple(replace(e, codecs=codecs) if e.name == first else e
+                      for e in expected.endpoints),
+                expected.contexts,
+                expected.transports,
+            )  # fmt: skip
+            began = time.monotonic()
+            result = asterisk.deliver(
+                pod_exec,
+                {**files, f"{PJSIP_DIR}/{POD_FILE}": text},
+                want,
+                timeout=900,
+                probe=Probe(frozenset({first})),
+                reload={PJSIP_DIR},
+                ari=ari,
+            )
+            times.append(time.monotonic() - began)
+            if not result.ok:
+                raise RuntimeError(f"change {k} refused: {result.problems[:3]}")
         return statistics.median(times[1:])
 
 
@@ -116,32 +158,12 @@ def write(path: Path, text: str) -> None:
 
 def restart(ast: AsteriskContainer) -> float:
     started = time.monotonic()
-    subprocess.run(["podman", "restart", "-t", "2", ast.name], check=True, capture_output=True)
-    ast.wait_ready(timeout=600)
+    ast.restart_in_place(timeout=600)
     return time.monotonic() - started
 
 
 def endpoints_loaded(ast: AsteriskContainer) -> int:
     return ast.rx("pjsip list endpoints").count("Endpoint:")
-
-
-def map_types(cfg: Path, wizard: str) -> None:
-    """sorcery.conf: the trunk types mapped per type (`wizard` names each one's source)."""
-    sections: dict[str, list[str]] = defaultdict(list)
-    for kind in TYPES:
-        lines = sections[SORCERY_SECTION.get(kind, "res_pjsip")]
-        if wizard == "memory":
-            lines += [f"{kind}=config,pjsip.conf,criteria=type={kind}", f"{kind}=memory"]
-        else:
-            lines.append(f"{kind}=config,pjsip_{kind}.conf,criteria=type={kind}")
-    sorcery = cfg / "sorcery.conf"
-    text = sorcery.read_text()
-    for section, lines in sections.items():
-        # Into the section if it exists: sorcery reads the first one of a name only.
-        header = f"[{section}]\n"
-        added = header + "\n".join(lines) + "\n"
-        text = text.replace(header, added, 1) if header in text else f"{text}\n{added}"
-    sorcery.write_text(text)
 
 
 def measure_files(layout: str, text: str, repeat: int, bind_ip: str) -> dict[str, float]:
@@ -153,7 +175,9 @@ def measure_files(layout: str, text: str, repeat: int, bind_ip: str) -> dict[str
         if layout == "per type":
             pjsip = cfg / "pjsip.conf"
             pjsip.write_text(pjsip.read_text().replace("#tryinclude pjsip.d/*.conf", ""))
-            map_types(cfg, "config")
+            testbed_asterisk.map_types(
+                cfg, {kind: [f"config,pjsip_{kind}.conf,criteria=type={kind}"] for kind in TYPES}
+            )
             parts: dict[str, list[str]] = defaultdict(list)
             for section in re.split(r"(?m)^(?=\[)", text):
                 if m := re.search(r"(?m)^type = (\S+)$", section):
@@ -231,19 +255,8 @@ class Ari:
 
 def measure_ari(text: str, repeat: int, bind_ip: str, connections: int) -> dict[str, float]:
     objects = sections_of(text)
-    with AsteriskContainer("delivery-ari", bind_ip=bind_ip, tls=False) as ast:
-        cfg = ast.config_dir
-        modules = (cfg / "modules.conf").read_text().splitlines()
-        keep = [m for m in modules if not re.search(r"noload => .*(ari|stasis|http|websocket)", m)]
-        (cfg / "modules.conf").write_text("\n".join(keep) + "\n")
-        (cfg / "http.conf").write_text(
-            f"[general]\nenabled = yes\nbindaddr = {bind_ip}\nbindport = {ARI_PORT}\n"
-        )
-        (cfg / "ari.conf").write_text(
-            f"[general]\nenabled = yes\n\n[{ARI_USER}]\ntype = user\nread_only = no\n"
-            f"password = {ARI_PASSWORD}\n"
-        )
-        map_types(cfg, "memory")
+    ari_user = (ARI_USER, ARI_PASSWORD)
+    with AsteriskContainer("delivery-ari", bind_ip=bind_ip, tls=False, ari=ari_user) as ast:
         booted = restart(ast)
         ari = Ari(bind_ip)
         started = time.monotonic()
@@ -316,6 +329,13 @@ def main() -> int:
         )
     observed = measure_observation(case, files, args.repeat, "127.0.10.94")
     print(f"the operator's observation of a pod with {args.trunks} trunks: {observed:.2f} s")
+    by_file = measure_operator_change(case, files, args.repeat, "127.0.10.95", False)
+    by_ari = measure_operator_change(case, files, args.repeat, "127.0.10.96", True)
+    print(
+        f"the operator's delivery of one codec change with {args.trunks} trunks (exec, reload"
+        f" or push, reads, verification): pod file {by_file:.2f} s, over ARI {by_ari:.2f} s"
+        f" ({by_file / by_ari:.1f}x)"
+    )
     ari = results["ARI push"]
     print(
         f"ARI push of all {count} objects over {args.connections} connections: {ari['push']:.1f} s"
