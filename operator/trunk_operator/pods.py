@@ -85,8 +85,8 @@ class PodWorker:
     delivered_owners: dict[str, Outcome] = field(default_factory=dict)  # what it has
     delivered_files: Files = field(default_factory=dict)  # files_of(delivered_owners)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    # One exec conversation with a pod at a time: an observation that overlaps a delivery
-    # would read the old hash and report drift that is not there.
+    # Held by a delivery; an observation does not start while it is, and drops its read if a
+    # delivery came meanwhile (it would report drift that is not there).
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task[None] | None = None
     adoptable: bool = True  # first delivery: the pod may already hold this set (restart)
@@ -466,22 +466,23 @@ class AsteriskPods:
     async def observe(self, namespace: str, worker: PodWorker) -> float:
         """Read what the pod serves, write statuses, repair drift; the exec's seconds."""
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
-        async with worker.busy:
-            # Read under the lock: a delivery that held it has just changed what the pod has.
-            delivered, delivered_files = worker.delivered_owners, worker.delivered_files
-            expected = expected_for(delivered, self.expected_endpoints)
-            batch = set(self._audit_batch(worker, delivered))
-            audited = Expected(tuple(e for e in expected.endpoints if e.name in batch))
-            probe = Probe(
-                frozenset(e.name for e in audited.endpoints),
-                user_contexts_of(delivered),
-            )
-            started = time.monotonic()
-            pushed = worker.pod.ari_secret is not None
-            observation = await self.calls.run(
-                asterisk.observe, pod_exec, expected, 30, probe, pushed
-            )
-            took = time.monotonic() - started
+        if worker.busy.locked():
+            return 0.0  # a delivery is under way: it reads the pod itself
+        # Not under the lock: a delivery must not wait for a read (10,000 trunks on a busy
+        # node: 30 s and more). One that comes meanwhile makes this read stale: dropped below.
+        delivered, delivered_files = worker.delivered_owners, worker.delivered_files
+        expected = expected_for(delivered, self.expected_endpoints)
+        batch = set(self._audit_batch(worker, delivered))
+        audited = Expected(tuple(e for e in expected.endpoints if e.name in batch))
+        probe = Probe(frozenset(e.name for e in audited.endpoints), user_contexts_of(delivered))
+        started = time.monotonic()
+        pushed = worker.pod.ari_secret is not None
+        observation = await self.calls.run(
+            asterisk.observe, pod_exec, expected, self.settings.exec_timeout, probe, pushed
+        )
+        took = time.monotonic() - started
+        if worker.delivered_owners is not delivered or worker.busy.locked():
+            return took  # a delivery came meanwhile: its own reads are newer than these
         worker.state.observation = observation
         worker.audit_cursor += len(audited.endpoints)
         drift = (

@@ -529,3 +529,42 @@ def test_hanging_deliveries_leave_the_default_executor_to_lease_renewals() -> No
             await asyncio.gather(*hanging)
 
     asyncio.run(scenario())
+
+
+def test_a_delivery_does_not_wait_for_an_observation_and_drops_its_stale_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reading 10,000 trunks on a busy node takes 30 s and more: a change must not wait for
+    it, and what it read before the change must not become the pod's observation."""
+    reading = threading.Event()
+    release = threading.Event()
+    fresh = verify.Observation(asterisk_output.Listing(), "fresh")
+
+    def slow_observe(*args: Any) -> verify.Observation:
+        reading.set()
+        release.wait(10)
+        return verify.Observation(asterisk_output.Listing(), "stale")
+
+    def delivered(pod_exec: Any, files: Any, *args: Any) -> asterisk.DeliveryResult:
+        return asterisk.DeliveryResult(True, files_hash(files), [], fresh)
+
+    monkeypatch.setattr(asterisk, "observe", slow_observe)
+    monkeypatch.setattr(asterisk, "deliver", delivered)
+
+    async def scenario() -> None:
+        ctl = NoDelivery(GateKube())
+        ctl.upsert_pod(pod_body("asterisk-0"))
+        ctl.upsert("TwilioTrunk", trunk_body("acme"))
+        await ctl.reconcile_namespace("ns")
+        worker = ctl.pods.workers[("ns", "asterisk-0")]
+        worker.adoptable = False
+        observing = asyncio.ensure_future(ctl.pods.observe("ns", worker))
+        await asyncio.to_thread(reading.wait, 5)
+        await asyncio.wait_for(ctl.pods.deliver_once("ns", worker), 2)  # not behind the read
+        assert worker.state.observation is fresh
+        release.set()
+        await observing
+        assert worker.state.observation is fresh  # the read from before the change is dropped
+        await ctl.stop()
+
+    asyncio.run(scenario())
