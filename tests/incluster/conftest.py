@@ -60,7 +60,10 @@ def release(
         yield rel
     finally:
         rel.helm("uninstall", RELEASE, "--namespace", SYSTEM_NAMESPACE, "--wait", check=False)
-        cluster.kubectl("delete", "namespace", SYSTEM_NAMESPACE, "--wait=false", check=False)
+        # Gone before the next module installs again (a terminating namespace refuses it).
+        cluster.kubectl(
+            "delete", "namespace", SYSTEM_NAMESPACE, "--wait=true", "--timeout=180s", check=False
+        )
 
 
 @pytest.fixture(scope="module")
