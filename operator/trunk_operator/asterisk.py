@@ -331,7 +331,10 @@ def deliver_script(
             _read_probe(detail_size, context_size),
             # A reload asked of an Asterisk still starting (a restarted container) is ignored.
             "asterisk -rx 'core waitfullybooted' > /dev/null",
-            asterisk_ari.refuse_when_pushed(STATE_DIR, PUSHED_DIR) if ari is None else "true",
+            # Over ARI, when this Asterisk started (`boot`): the push record is of one start.
+            asterisk_ari.refuse_when_pushed(STATE_DIR, PUSHED_DIR)
+            if ari is None
+            else asterisk_ari.boot_epoch(),
             _only_loaded_before(ari is not None),
             f"rm -rf {previous} && mkdir -p {previous}/{PJSIP_DIR} {previous}/{EXTENSIONS_DIR}",
             f"cp {STATE_DIR}/hash {previous}/hash 2>/dev/null || true",
@@ -363,6 +366,7 @@ def rollback_script(ari: AriAccess | None = None, lock_wait: float = 60) -> str:
     ]
     if ari is not None:
         steps += [
+            asterisk_ari.boot_epoch(),
             f"rm -rf {PUSHED_DIR}/{PJSIP_DIR} && mkdir -p {PUSHED_DIR}",
             f"cp -R {previous}/pushed/{PJSIP_DIR} {PUSHED_DIR}/",
             _section("ari", asterisk_ari.push(STATE_DIR, f"{PUSHED_DIR}/{POD_FILES[0]}", ari.url)),
@@ -513,14 +517,15 @@ def deliver(
         phases = {"pack": sent - started, "exec": returned - sent, **_phases(parts)}
         phases["verify"] = time.monotonic() - returned
         return DeliveryResult(True, digest, [], observation, phases=phases)
-    problems += [Mismatch((), line) for line in _error_lines(parts)]
+    errors = _error_lines(parts)
+    problems += [Mismatch((), line) for line in errors]
     back = _run(exec_, rollback_script(ari, wait), ari.stdin() if ari else None, timeout)
     restored = (
         _observation(sections(back.stdout), LISTINGS_ONLY, expected)
         if back.returncode == 0
         else None
     )
-    unavailable = [line for line in _error_lines(parts) if line.startswith("ari-unavailable:")]
+    unavailable = [line for line in errors if line.startswith("ari-unavailable:")]
     return DeliveryResult(
         False,
         digest,

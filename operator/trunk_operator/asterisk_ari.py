@@ -68,10 +68,11 @@ def boot_epoch() -> str:
 
 def push(state_dir: str, wanted: str, url: str) -> str:
     """Shell: read the pusher from stdin (`AriAccess.stdin`), then run it on `wanted` with
-    the credentials line that follows it; its output is also kept in `pushed`."""
+    the credentials line that follows it (`boot` set before, once per script: `boot_epoch`);
+    its output is also kept in `pushed`."""
     script = f"{state_dir}/ari-push.pl"
     return (
-        f"head -c {len(PUSH_SCRIPT.encode())} > {script}; {boot_epoch()};"
+        f"head -c {len(PUSH_SCRIPT.encode())} > {script};"
         f" pushed=$(perl {script} {shlex.quote(url)} {wanted} {state_dir}/pushed.state"
         ' "$boot" 2>&1); echo "$pushed"'
     )
@@ -91,15 +92,16 @@ def light_after_push(added: str) -> str:
 
 
 def _given_to_this_asterisk(state: str) -> str:
-    """Shell condition: the record `state` is of this Asterisk process (sets `boot`)."""
+    """Shell condition: the record `state` is of this Asterisk process (`boot` set before)."""
     return (
-        f"{boot_epoch()}; had=$(sed -n '1s/^boot //p' {state} 2>/dev/null);"
+        f"had=$(sed -n '1s/^boot //p' {state} 2>/dev/null);"
         ' [ -n "$had" ] && [ $(( boot - had )) -le 2 ] && [ $(( had - boot )) -le 2 ]'
     )
 
 
 def pushed_endpoints(state_dir: str) -> str:
-    """Shell printing the endpoints this Asterisk process was given (none after a restart)."""
+    """Shell printing the endpoints this Asterisk process was given (none after a restart;
+    `boot` set before)."""
     state = f"{state_dir}/pushed.state"
     listed = """awk -F'\t' '$1 == "endpoint" && $3 != "-" { print $2 }'"""
     return f"{{ if {_given_to_this_asterisk(state)}; then {listed} {state}; fi; }}"
@@ -110,7 +112,7 @@ def refuse_when_pushed(state_dir: str, pushed_dir: str) -> str:
     file's ids would be in two stores); a record of an earlier start is removed."""
     state = f"{state_dir}/pushed.state"
     return (
-        f"if [ -e {state} ]; then if {_given_to_this_asterisk(state)}; then"
+        f"if [ -e {state} ]; then {boot_epoch()}; if {_given_to_this_asterisk(state)}; then"
         " echo 'this Asterisk holds trunks pushed over ARI: restart its container to deliver"
         " them as files again' >&2; exit 3; fi;"
         f" rm -rf {state} {pushed_dir}; fi"
