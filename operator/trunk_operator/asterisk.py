@@ -46,11 +46,13 @@ from trunk_operator.asterisk_ari import AriAccess
 from trunk_operator.asterisk_output import (
     ADDED_LISTS,
     LISTS,
+    contexts_complete,
     parse_contexts,
     parse_endpoint_detail,
     parse_endpoints,
     parse_listing,
     parse_transports,
+    table_complete,
 )
 from trunk_operator.render import EXTENSIONS_DIR, PJSIP_DIR, POD_FILES, Files, files_hash
 from trunk_operator.verify import Expected, Mismatch, Observation, Probe, verify
@@ -146,7 +148,10 @@ def _lock(wait: float) -> str:
 DETAIL_LIST = f"{STATE_DIR}/verify-endpoints"
 ADDED = f"{STATE_DIR}/adds-endpoints"  # present when a delivery adds endpoints
 CONTEXT_LIST = f"{STATE_DIR}/verify-contexts"
-_CONTEXT_HEADERS = "grep '^\\[ Context' || true"
+# The headers, and the lines that end each `dialplan show` (its counts: contexts_complete).
+_CONTEXT_LINES = "grep -e '^\\[ ' -e '^-= ' -e '^There is no existence' || true"
+# A read that Asterisk's CLI cut short (asterisk_output) is read again, this many times in all.
+READ_ATTEMPTS = 3
 
 
 READERS = 4  # `asterisk -rx` processes reading in parallel (each costs ~10 ms to start)
@@ -189,7 +194,7 @@ def _observe(pushed: bool = False) -> str:
         f' echo "{MARK}auth:$e"; asterisk -rx "pjsip show auth $e-auth"'
         " | sed -n 's/^ *password *: //p' | sha256sum; done"
     )
-    contexts = f'while read -r c; do asterisk -rx "dialplan show $c" | {_CONTEXT_HEADERS}; done'
+    contexts = f'while read -r c; do asterisk -rx "dialplan show $c" | {_CONTEXT_LINES}; done'
     reads = {
         "transports": "asterisk -rx 'pjsip show transports'",
         **{f"list-{name}": f"asterisk -rx 'pjsip list {name}'" for name in LISTS},
@@ -203,7 +208,7 @@ def _observe(pushed: bool = False) -> str:
             f'for chunk in {out}/detail.?; do [ -e "$chunk" ] || continue;'
             f' ({details}) < "$chunk" > "$chunk.out" & done',
             f'if [ "$(wc -l < {CONTEXT_LIST})" -gt {FULL_DIALPLAN_AT} ]; then'
-            f" (asterisk -rx 'dialplan show' | {_CONTEXT_HEADERS}) > {out}/context.all.out &",
+            f" (asterisk -rx 'dialplan show' | {_CONTEXT_LINES}) > {out}/context.all.out &",
             f"else {_deal(CONTEXT_LIST, f'{out}/context.')}",
             f' for chunk in {out}/context.?; do [ -e "$chunk" ] || continue;'
             f' ({contexts}) < "$chunk" > "$chunk.out" & done; fi',
@@ -459,7 +464,25 @@ def _observation(parts: Mapping[str, str], probe: Probe, expected: Expected) -> 
         details=details,
         contexts=parse_contexts(parts.get("contexts", "")) & probe.contexts,
         contexts_checked=probe.contexts,
+        cut_short=_cut_short(parts, probe),
     ).attach(expected)
+
+
+def _cut_short(parts: Mapping[str, str], probe: Probe) -> list[str]:
+    """The reads of this run whose output Asterisk's CLI cut short."""
+    tables = {f"list-{kind}": kind for kind in (*LISTS, *ADDED_LISTS)} | {
+        "transports": "transports"
+    }
+    cut = [
+        name
+        for name, kind in tables.items()
+        if name in parts and not table_complete(parts[name], kind)
+    ]
+    checked = len(probe.contexts)
+    reads = 1 if checked > FULL_DIALPLAN_AT else checked
+    if checked and not contexts_complete(parts.get("contexts", ""), reads):
+        cut.append("contexts")
+    return cut
 
 
 def _run(exec_: Exec, script: str, stdin: bytes | None, timeout: float) -> ExecResult:
@@ -510,6 +533,15 @@ def deliver(
         )
     observation = _observation(parts, probe, expected)
     transports = parse_transports(parts.get("transports", ""))
+    if observation.cut_short:
+        # Read again (no reload): the new endpoints in depth too, within the same bound.
+        again = Probe(frozenset(sorted(probe.details)[:DETAILS_AT_MOST]), probe.contexts)
+        observation, transports = _read_whole(
+            exec_, expected, timeout, again, ari is not None, READ_ATTEMPTS - 1
+        )
+        if observation.cut_short:  # unverifiable: the verified set goes back, and a retry
+            _run(exec_, rollback_script(ari, wait), ari.stdin() if ari else None, timeout)
+            raise ExecError(f"{_cut_short_message(observation)}; the previous set was put back")
     problems = verify(expected, observation, transports)
     if not problems:
         # Where the time went: packing here, the exec (the script's own phases inside it),
@@ -545,6 +577,16 @@ def observe(
 ) -> Observation:
     """What the pod serves now; `expected` links listed contacts to their endpoints;
     `pushed`: the pod takes its PJSIP objects over ARI (where its PJSIP file is kept)."""
+    observation, _ = _read_whole(exec_, expected, timeout, probe, pushed)
+    if observation.cut_short:
+        raise ExecError(_cut_short_message(observation))
+    return observation
+
+
+def _read(
+    exec_: Exec, expected: Expected, timeout: float, probe: Probe, pushed: bool
+) -> tuple[Observation, dict[str, str]]:
+    """One read of what the pod serves, and its transports; nothing is changed."""
     details, contexts = _lines(probe.details), _lines(probe.contexts)
     # No lock: an observation that timed out would hold it, and deliveries would wait behind
     # its reads (10,000 trunks under load: 30 s and more). One that overlaps a delivery still
@@ -555,4 +597,30 @@ def observe(
         raise ExecError(
             f"observe failed (exit {result.returncode}): {result.stderr.strip()[-300:]}"
         )
-    return _observation(sections(result.stdout), probe, expected)
+    parts = sections(result.stdout)
+    return _observation(parts, probe, expected), parse_transports(parts.get("transports", ""))
+
+
+def _read_whole(
+    exec_: Exec,
+    expected: Expected,
+    timeout: float,
+    probe: Probe,
+    pushed: bool,
+    attempts: int = READ_ATTEMPTS,
+) -> tuple[Observation, dict[str, str]]:
+    """A read none of whose parts Asterisk cut short, in `attempts` at most (the last one is
+    returned, cut or not)."""
+    for _ in range(attempts - 1):
+        observation, transports = _read(exec_, expected, timeout, probe, pushed)
+        if not observation.cut_short:
+            return observation, transports
+    return _read(exec_, expected, timeout, probe, pushed)
+
+
+def _cut_short_message(observation: Observation) -> str:
+    return (
+        f"Asterisk's CLI cut short its output ({', '.join(observation.cut_short)})"
+        f" {READ_ATTEMPTS} times in a row: it drops what a reader does not take within"
+        " 100 ms (a loaded node)"
+    )

@@ -95,6 +95,54 @@ def parse_contexts(text: str) -> set[str]:
     return {m["name"] for line in text.splitlines() if (m := _CONTEXT.match(line.strip()))}
 
 
+# Completeness. Asterisk writes each piece of CLI output with a 100 ms budget (ast_cli ->
+# ast_carefulwrite): when `asterisk -rx` is not scheduled in time to drain its socket (a
+# loaded node, a large listing), the rest of that piece is dropped and the command still exits
+# 0. What was cut short is found by the counts Asterisk prints after the objects.
+_SUMMARY = re.compile(r"^-= \d+ extensions? \(\d+ priorit(?:y|ies)\) in (\d+) contexts?\. =-$")
+_NO_CONTEXT = "There is no existence of "
+_OBJECTS_FOUND = re.compile(r"^Objects found: (\d+)$", re.MULTILINE)
+# The line each object of a `pjsip list ...` / `pjsip show transports` table starts with.
+LINE_OF = {
+    "endpoints": "Endpoint:",
+    "aors": "Aor:",
+    "auths": "Auth:",
+    "contacts": "Contact:",
+    "identifies": "Identify:",
+    "transports": "Transport:",
+}
+
+
+def table_complete(text: str, kind: str) -> bool:
+    """A `pjsip list <kind>` (or `pjsip show transports`) output that ends with its object
+    count, and has that many objects."""
+    objects = 0
+    for line in text.splitlines():
+        words = line.split(maxsplit=2)
+        if len(words) > 1 and words[0] == LINE_OF[kind] and not words[1].startswith("<"):
+            objects += 1
+    if text.strip() == "No objects found.":
+        return True
+    found = _OBJECTS_FOUND.search(text)
+    return found is not None and int(found[1]) == objects
+
+
+def contexts_complete(text: str, reads: int) -> bool:
+    """The kept lines (`[ ` headers, `-= ... =-` summaries, `There is no existence`) of
+    `reads` runs of `dialplan show [CTX]`: each ended with its summary or its no-such-context
+    line, and the summaries count every header."""
+    headers, counted, ended = 0, 0, 0
+    for line in text.splitlines():
+        if line.startswith("[ "):
+            headers += 1
+        elif m := _SUMMARY.match(line.strip()):
+            counted += int(m[1])
+            ended += 1
+        elif line.startswith(_NO_CONTEXT):
+            ended += 1
+    return ended == reads and counted == headers
+
+
 _DETAIL = re.compile(r"^\s*(?P<key>[a-z_0-9]+)\s+:\s?(?P<value>.*)$")
 
 

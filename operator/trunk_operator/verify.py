@@ -82,6 +82,9 @@ class Observation:
     contexts: set[str] = field(default_factory=set)  # found, of those checked
     contexts_checked: frozenset[str] = frozenset()
     endpoints: dict[str, Endpoint] = field(default_factory=dict)  # state and contacts
+    # Reads that Asterisk's CLI cut short (asterisk_output.table_complete): such an
+    # observation says nothing of what is missing, and is not verified.
+    cut_short: list[str] = field(default_factory=list)
 
     def carry(self, before: Observation | None, expected: Expected) -> Observation:
         """A read without the listings (a push over ARI that only replaced objects, each shown

@@ -90,7 +90,12 @@ def test_the_next_edge_completes_the_call_when_the_first_fails(
         invite = umatilla.invites()[-1]
         assert invite.uri == f"sip:+15551234567@{UMATILLA}"
         assert umatilla.verify_digest(PASSWORD)
-        assert 200 in [r.status for r in umatilla.responses(invite.call_id)]
+        # Logged as received before sipp answers: wait for the answer, do not race it.
+        wait_for(
+            lambda: 200 in [r.status for r in umatilla.responses(invite.call_id)],
+            timeout=10,
+            what="the second edge to answer the authenticated INVITE",
+        )
     else:
         time.sleep(3)  # time enough for a failover that must not happen
         assert umatilla.invites() == []

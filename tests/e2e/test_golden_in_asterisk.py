@@ -230,3 +230,59 @@ def test_a_delivery_reads_at_most_fifty_changed_endpoints_in_depth(
     assert result.ok and result.observation is not None, result.problems
     assert len(result.observation.shown) == asterisk.DETAILS_AT_MOST
     assert {"endpoints", "aors", "auths", "identifies"} <= result.observation.listing.read
+
+
+# `asterisk -rx` behind a reader that stalls (a loaded node), for the first N runs of one
+# command: Asterisk gives each piece of output 100 ms, then drops it.
+STALLED_READER = """#!/bin/sh
+left=$(cat /tmp/stalled-reads 2>/dev/null || echo 0)
+if [ "$*" = "-rx {command}" ] && [ "$left" -gt 0 ]; then
+    echo $((left - 1)) > /tmp/stalled-reads
+    /usr/sbin/asterisk "$@" | (sleep 3; cat)
+    exit
+fi
+exec /usr/sbin/asterisk "$@"
+"""
+
+
+def test_output_the_cli_cut_short_is_read_again_not_taken_for_missing_objects(
+    start_asterisk: Callable[..., AsteriskContainer],
+) -> None:
+    """The CI failure of 2026-11-27: on a loaded node `dialplan show` lost lines, the new
+    trunks' contexts were reported missing, and 35 good trunks were rolled back."""
+    sids = [f"AC{i:032d}" for i in range(200)]
+    before = Case({"t000": trunk("many.pstn.twilio.com", inbound={"accountSid": sids[0]})})
+    after = Case(
+        {f"t{i:03d}": trunk("many.pstn.twilio.com", inbound={"accountSid": sid})
+         for i, sid in enumerate(sids)}
+    )  # fmt: skip
+    pbx = start_asterisk("golden-cut", "127.0.10.27", {"many.pstn.twilio.com": STANDIN_IP})
+    pod_exec = podman_exec(pbx.name)
+    assert asterisk.deliver(pod_exec, before.pod_files(), before.expected(before.pod_files())).ok
+    pbx.write_file(
+        "/usr/local/sbin/asterisk", STALLED_READER.format(command="dialplan show"), "0755"
+    )
+    files, expected = after.pod_files(), after.expected(after.pod_files())
+    new_contexts = verify.Probe(contexts=frozenset(expected.contexts))  # > 40: one full listing
+
+    pbx.write_file("/tmp/stalled-reads", "1\n")  # the delivery's own read is cut: read again
+    result = asterisk.deliver(pod_exec, files, expected, probe=new_contexts)
+    assert result.ok, [p.message for p in result.problems[:3]]
+    assert result.observation is not None and not result.observation.cut_short
+
+    # What the stall does to a read: contexts missing from it (and it exits 0).
+    pbx.write_file("/tmp/stalled-reads", "1\n")
+    cut = pbx.exec("sh", "-c", "asterisk -rx 'dialplan show' | grep -c '^\\[ Context'")
+    whole = pbx.exec("sh", "-c", "asterisk -rx 'dialplan show' | grep -c '^\\[ Context'")
+    assert int(cut.stdout) < int(whole.stdout), (cut.stdout, whole.stdout)
+
+    # Cut every time: no verdict on the trunks; the verified set goes back, and it is an error.
+    fewer = Case(dict(list(after.trunks.items())[:100]))
+    files, expected = fewer.pod_files(), fewer.expected(fewer.pod_files())
+    pbx.write_file("/tmp/stalled-reads", "9\n")
+    with pytest.raises(asterisk.ExecError, match="cut short its output"):
+        asterisk.deliver(
+            pod_exec, files, expected, probe=verify.Probe(contexts=frozenset(expected.contexts))
+        )
+    pbx.write_file("/tmp/stalled-reads", "0\n")
+    assert len(asterisk_output.parse_endpoints(pbx.rx("pjsip show endpoints"))) == 200

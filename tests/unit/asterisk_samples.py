@@ -106,6 +106,8 @@ Objects found: 2
 
       Aor:  ACME-ashburn                                         0
       Aor:  GLOBEX-aor                                           0
+
+Objects found: 2
 """,
     "list-auths": """
   I/OAuth:  <AuthId/UserName.............................................................>
@@ -113,6 +115,8 @@ Objects found: 2
 
      Auth:  ACME-auth/acme-user
      Auth:  GLOBEX-auth/globex-user
+
+Objects found: 2
 """,
     "list-contacts": """
   Contact:  <Aor/ContactUri..............................> <Hash....> <Status> <RTT(ms)..>
@@ -120,6 +124,8 @@ Objects found: 2
 
   Contact:  ACME-ashburn/sip:acme.pstn.ashburn.twilio. e2542f824d Avail         6.645
   Contact:  GLOBEX-aor/sip:globex.pstn.twilio.com      44cde233f9 NonQual        -nan
+
+Objects found: 2
 """,
     "list-identifies": """
  Identify:  <Identify/Endpoint...........................................................>
@@ -127,5 +133,7 @@ Objects found: 2
 
  Identify:  ACME-identify/ACME
  Identify:  GLOBEX-identify/GLOBEX
+
+Objects found: 2
 """,
 }

@@ -139,3 +139,18 @@ def test_without_added_endpoints_only_states_and_contacts_are_listed() -> None:
     assert [p.message for p in verify(Expected((moved,)), observation)] == [
         "AOR GLOBEX-aor has no contact sip:elsewhere (does the host resolve?)"
     ]
+
+
+def test_a_run_whose_listing_was_cut_short_says_so() -> None:
+    cut = {**LISTS, "list-endpoints": LISTS["list-endpoints"].split("Objects found")[0]}
+    assert _observation(cut, Probe(), Expected()).cut_short == ["list-endpoints"]
+    assert _observation(dict(LISTS), Probe(), Expected()).cut_short == []
+    # Contexts read one by one: each read ends with its count or its no-such-context line.
+    probe = Probe(contexts=frozenset({"ctx-a", "ctx-b"}))
+    text = (
+        "[ Context 'ctx-a' created by 'pbx_config' ]\n"
+        "-= 1 extension (1 priority) in 1 context. =-\n"
+    )
+    assert _observation({"contexts": text}, probe, Expected()).cut_short == ["contexts"]
+    gone = text + "There is no existence of 'ctx-b' context\n"
+    assert _observation({"contexts": gone}, probe, Expected()).cut_short == []
