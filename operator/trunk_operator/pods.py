@@ -50,6 +50,11 @@ AUDIT_BATCH = 10  # endpoints the observer re-checks in depth per pod and round
 # A pod is observed at most once per OBSERVE_SHARE times its last observation's exec: reading
 # 10,000 trunks takes Asterisk ~2.5 s, which every 5 s would keep its CLI busy half the time.
 OBSERVE_SHARE = 10
+# A set some CRs of which Asterisk refused is tried whole again after this long, doubling up to
+# REFUSED_RETRY_MAX: a refusal can come from Asterisk's passing state, or from something that
+# changes without the CR changing (a transport that a restart of Asterisk brought).
+REFUSED_RETRY_FIRST = 30.0
+REFUSED_RETRY_MAX = 600.0
 
 
 @dataclass(frozen=True)
@@ -91,10 +96,21 @@ class PodWorker:
     task: asyncio.Task[None] | None = None
     adoptable: bool = True  # first delivery: the pod may already hold this set (restart)
     # The desired set of the last round that ended with some CRs refused: nothing more to do
-    # for it (the others were delivered) until the desired set changes again.
+    # for it (the others were delivered) until the desired set changes, or `retry_refused`
+    # fires (`refused_retry` seconds later: doubled each time the same set is refused again).
     settled_hash: str | None = None
+    refused_hash: str | None = None  # the set `refused_retry` counts for
+    refused_retry: float = REFUSED_RETRY_FIRST
+    retry_refused: asyncio.TimerHandle | None = None
     audit_cursor: int = 0  # where the observer's in-depth audit of the endpoints goes on
     observe_after: float = 0.0  # monotonic time before which the observer leaves the pod be
+
+    def forget_delivered(self) -> None:
+        """What the pod holds is not known: everything is delivered, now (a refused set too:
+        a restarted Asterisk may serve what it refused)."""
+        self.state.delivered_hash = None
+        self.settled_hash = None
+        self.set_delivered({})
 
     def set_delivered(self, owners: dict[str, Outcome], files: Files | None = None) -> None:
         """What the pod has now: these CRs, as `files` (from `files_of(owners)`)."""
@@ -205,11 +221,9 @@ class AsteriskPods:
             self.gates.close(namespace, pod)
         worker = self.workers.get((namespace, pod.name))
         if worker and before and (before.incarnation != incarnation or before.uid != pod.uid):
-            worker.state.delivered_hash = None  # a new container starts empty
-            worker.set_delivered({})
+            worker.forget_delivered()  # a new container starts empty
         elif worker and before and _delivery_of(before) != _delivery_of(pod):
-            worker.state.delivered_hash = None  # files to ARI or back: everything moves
-            worker.set_delivered({})
+            worker.forget_delivered()  # files to ARI or back: everything moves
         if worker:
             worker.pod = pod
         changed = (
@@ -253,6 +267,8 @@ class AsteriskPods:
             if ns == namespace and name not in {p.name for p in pods}:
                 if worker.task:
                     worker.task.cancel()
+                if worker.retry_refused:
+                    worker.retry_refused.cancel()
                 del self.workers[(ns, name)]
 
     def worker(self, namespace: str, pod: Pod) -> PodWorker:
@@ -316,6 +332,7 @@ class AsteriskPods:
         }
         if not culprits or culprits >= set(owners):
             worker.state.delivered_hash = None
+            self._settle(worker, desired_hash)
             return
         retry = {
             ref: worker.delivered_owners[ref] if ref in culprits else outcome
@@ -326,10 +343,26 @@ class AsteriskPods:
         if (await self._deliver(namespace, worker, retry)).ok:
             worker.state.problems = problems  # the refused CRs still need fixing
             worker.state.last_reload_result = "PartiallyApplied"
-            # Nothing more to do until something changes: a fixed CR changes the desired hash.
-            # Not `delivered_hash`: that is what the pod has, and the desired set may have
-            # moved on while this round ran.
-            worker.settled_hash = desired_hash
+            # Nothing more to do until something changes (a fixed CR changes the desired hash)
+            # or the retry. Not `delivered_hash`: that is what the pod has, and the desired set
+            # may have moved on while this round ran.
+            self._settle(worker, desired_hash)
+
+    @staticmethod
+    def _settle(worker: PodWorker, desired_hash: str | None) -> None:
+        """Leave this refused set be, and try it whole again later (with backoff)."""
+        same = worker.refused_hash == desired_hash
+        delay = worker.refused_retry if same else REFUSED_RETRY_FIRST
+        worker.refused_retry = min(delay * 2, REFUSED_RETRY_MAX)
+        worker.settled_hash = worker.refused_hash = desired_hash
+        if worker.retry_refused is not None:
+            worker.retry_refused.cancel()
+
+        def retry() -> None:
+            worker.settled_hash = None
+            worker.wake.set()
+
+        worker.retry_refused = asyncio.get_running_loop().call_later(delay, retry)
 
     async def _adopt(
         self, namespace: str, worker: PodWorker, owners: dict[str, Outcome], files: Files
@@ -499,8 +532,7 @@ class AsteriskPods:
             and worker.state.last_reload_result == "Verified"
         ):
             log.info("drift in %s/%s (%s): redelivering", namespace, worker.pod.name, drift)
-            worker.state.delivered_hash = None  # whatever is there, it is not our set
-            worker.set_delivered({})
+            worker.forget_delivered()  # whatever is there, it is not our set
             worker.wake.set()
         await self.after_observation(namespace)
         return took

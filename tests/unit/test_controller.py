@@ -568,3 +568,61 @@ def test_a_delivery_does_not_wait_for_an_observation_and_drops_its_stale_read(
         await ctl.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_set_asterisk_refused_part_of_is_tried_again_with_backoff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The others go ahead at once; the refused CR is tried again later (a refusal can be
+    Asterisk's passing state), less and less often, and at once after a container restart."""
+    refusing = {"TwilioTrunk/bad"}
+    delivered: list[list[str]] = []
+
+    def deliver(pod_exec: Any, files: Any, expected: verify.Expected, *args: Any) -> Any:
+        owners = sorted({e.owner for e in expected.endpoints})
+        delivered.append(owners)
+        if refused := [o for o in owners if o in refusing]:
+            problems = [verify.Mismatch((o,), "endpoint is not loaded") for o in refused]
+            return asterisk.DeliveryResult(False, files_hash(files), problems, None, True)
+        observation = verify.Observation(asterisk_output.Listing())
+        return asterisk.DeliveryResult(True, files_hash(files), [], observation)
+
+    monkeypatch.setattr(asterisk, "deliver", deliver)
+    monkeypatch.setattr(pods, "REFUSED_RETRY_FIRST", 0.3)
+    both = ["TwilioTrunk/bad", "TwilioTrunk/good"]
+
+    async def scenario() -> None:
+        ctl = NoDelivery(GateKube())
+        ctl.upsert_pod(pod_body("asterisk-0"))
+        for name, sid in (("good", "a"), ("bad", "b")):
+            spec = {"inbound": {"accountSid": "AC" + sid * 32}, "outbound": {"context": name}}
+            ctl.upsert("TwilioTrunk", trunk_body(name, **spec))
+        await ctl.reconcile_namespace("ns")
+        worker = ctl.pods.workers[("ns", "asterisk-0")]
+        worker.adoptable = False
+        await ctl.pods.deliver_once("ns", worker)
+        assert delivered == [both, ["TwilioTrunk/good"]]
+        assert worker.settled_hash == worker.state.desired_hash
+        worker.wake.clear()
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(worker.wake.wait(), 2)  # tried again, by itself
+        first = asyncio.get_running_loop().time() - started
+        assert 0.25 < first < 1 and worker.settled_hash is None
+        await ctl.pods.deliver_once("ns", worker)  # refused again: the next try waits longer
+        worker.wake.clear()
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(worker.wake.wait(), 2)
+        assert asyncio.get_running_loop().time() - started > 0.5
+        await ctl.pods.deliver_once("ns", worker)
+        # A restarted container: everything, now.
+        restarted = pod_body("asterisk-0")
+        restarted["status"]["containerStatuses"][0]["restartCount"] = 1
+        ctl.upsert_pod(restarted)
+        assert worker.settled_hash is None and worker.wake.is_set()
+        refusing.clear()  # what Asterisk refused, it now serves
+        await ctl.pods.deliver_once("ns", worker)
+        assert delivered[-1] == both and worker.state.problems == {}
+        assert worker.retry_refused is not None
+        await ctl.stop()
+
+    asyncio.run(scenario())
