@@ -16,6 +16,9 @@ What is read back costs about the same at 10 trunks as at 10,000 (`pjsip show en
   ACL, identify criteria (a new object is loaded as rendered or missing);
 - the dialplan contexts a delivery changes, one `dialplan show CTX` each (one full listing
   when there are many, e.g. the buckets of a large DIDSegment).
+Each read is checked against the count Asterisk prints after it: on a loaded node its CLI drops
+output a reader does not take within 100 ms (asterisk_output), and a read cut short is read
+again (READ_ATTEMPTS), never taken for missing objects.
 
 A pod holds one operator file per directory (`POD_FILES`): a PJSIP reload parses every
 included file once per object type and looks each one up in a list, so its cost grows with
@@ -181,10 +184,12 @@ def _file_digests(pushed: bool) -> str:
     )
 
 
-def _observe(pushed: bool = False) -> str:
+def _observe(pushed: bool = False, whole_dialplan: bool = True) -> str:
     """Shell that prints what Asterisk has loaded, in marked sections: `pjsip show endpoint X`
     and the auth's password hash for each name in DETAIL_LIST, the contexts of CONTEXT_LIST
     that exist, the transports, the listings, the delivered hash and the owned files' digests.
+    `whole_dialplan`: one `dialplan show` when there are many contexts to check (a line of
+    it is lost when the reader stalls; a context's own read is too small to fill the socket).
 
     The reads run in parallel (READERS for the endpoints, one per listing) into files under
     `observed/`, printed in order once all are done: their sum is what a delivery waits for."""
@@ -207,7 +212,8 @@ def _observe(pushed: bool = False) -> str:
             _deal(DETAIL_LIST, f"{out}/detail."),
             f'for chunk in {out}/detail.?; do [ -e "$chunk" ] || continue;'
             f' ({details}) < "$chunk" > "$chunk.out" & done',
-            f'if [ "$(wc -l < {CONTEXT_LIST})" -gt {FULL_DIALPLAN_AT} ]; then'
+            f"if {'true' if whole_dialplan else 'false'}"
+            f' && [ "$(wc -l < {CONTEXT_LIST})" -gt {FULL_DIALPLAN_AT} ]; then'
             f" (asterisk -rx 'dialplan show' | {_CONTEXT_LINES}) > {out}/context.all.out &",
             f"else {_deal(CONTEXT_LIST, f'{out}/context.')}",
             f' for chunk in {out}/context.?; do [ -e "$chunk" ] || continue;'
@@ -436,7 +442,9 @@ def _phases(parts: Mapping[str, str]) -> dict[str, float]:
     }
 
 
-def _observation(parts: Mapping[str, str], probe: Probe, expected: Expected) -> Observation:
+def _observation(
+    parts: Mapping[str, str], probe: Probe, expected: Expected, whole_dialplan: bool = True
+) -> Observation:
     shown = {
         name.removeprefix("endpoint:"): text
         for name, text in parts.items()
@@ -464,11 +472,11 @@ def _observation(parts: Mapping[str, str], probe: Probe, expected: Expected) -> 
         details=details,
         contexts=parse_contexts(parts.get("contexts", "")) & probe.contexts,
         contexts_checked=probe.contexts,
-        cut_short=_cut_short(parts, probe),
+        cut_short=_cut_short(parts, probe, whole_dialplan),
     ).attach(expected)
 
 
-def _cut_short(parts: Mapping[str, str], probe: Probe) -> list[str]:
+def _cut_short(parts: Mapping[str, str], probe: Probe, whole_dialplan: bool) -> list[str]:
     """The reads of this run whose output Asterisk's CLI cut short."""
     tables = {f"list-{kind}": kind for kind in (*LISTS, *ADDED_LISTS)} | {
         "transports": "transports"
@@ -479,7 +487,7 @@ def _cut_short(parts: Mapping[str, str], probe: Probe) -> list[str]:
         if name in parts and not table_complete(parts[name], kind)
     ]
     checked = len(probe.contexts)
-    reads = 1 if checked > FULL_DIALPLAN_AT else checked
+    reads = 1 if whole_dialplan and checked > FULL_DIALPLAN_AT else checked
     if checked and not contexts_complete(parts.get("contexts", ""), reads):
         cut.append("contexts")
     return cut
@@ -536,7 +544,7 @@ def deliver(
     if observation.cut_short:
         # Read again (no reload): the new endpoints in depth too, within the same bound.
         again = Probe(frozenset(sorted(probe.details)[:DETAILS_AT_MOST]), probe.contexts)
-        observation, transports = _read_whole(
+        observation, transports = _read_again(
             exec_, expected, timeout, again, ari is not None, READ_ATTEMPTS - 1
         )
         if observation.cut_short:  # unverifiable: the verified set goes back, and a retry
@@ -577,45 +585,54 @@ def observe(
 ) -> Observation:
     """What the pod serves now; `expected` links listed contacts to their endpoints;
     `pushed`: the pod takes its PJSIP objects over ARI (where its PJSIP file is kept)."""
-    observation, _ = _read_whole(exec_, expected, timeout, probe, pushed)
+    observation, _ = _read(exec_, expected, timeout, probe, pushed)
+    if observation.cut_short:
+        observation, _ = _read_again(exec_, expected, timeout, probe, pushed, READ_ATTEMPTS - 1)
     if observation.cut_short:
         raise ExecError(_cut_short_message(observation))
     return observation
 
 
 def _read(
-    exec_: Exec, expected: Expected, timeout: float, probe: Probe, pushed: bool
+    exec_: Exec,
+    expected: Expected,
+    timeout: float,
+    probe: Probe,
+    pushed: bool,
+    whole_dialplan: bool = True,
 ) -> tuple[Observation, dict[str, str]]:
     """One read of what the pod serves, and its transports; nothing is changed."""
     details, contexts = _lines(probe.details), _lines(probe.contexts)
     # No lock: an observation that timed out would hold it, and deliveries would wait behind
     # its reads (10,000 trunks under load: 30 s and more). One that overlaps a delivery still
     # running in the pod reads a set in transition: the drift it reports brings a redelivery.
-    script = f"mkdir -p {STATE_DIR}\n{_read_probe(len(details), len(contexts))}\n{_observe(pushed)}"
+    script = "\n".join(
+        [
+            f"mkdir -p {STATE_DIR}",
+            _read_probe(len(details), len(contexts)),
+            _observe(pushed, whole_dialplan),
+        ]
+    )
     result = _run(exec_, script, details + contexts, timeout)
     if result.returncode != 0:
         raise ExecError(
             f"observe failed (exit {result.returncode}): {result.stderr.strip()[-300:]}"
         )
     parts = sections(result.stdout)
-    return _observation(parts, probe, expected), parse_transports(parts.get("transports", ""))
+    observation = _observation(parts, probe, expected, whole_dialplan)
+    return observation, parse_transports(parts.get("transports", ""))
 
 
-def _read_whole(
-    exec_: Exec,
-    expected: Expected,
-    timeout: float,
-    probe: Probe,
-    pushed: bool,
-    attempts: int = READ_ATTEMPTS,
+def _read_again(
+    exec_: Exec, expected: Expected, timeout: float, probe: Probe, pushed: bool, attempts: int
 ) -> tuple[Observation, dict[str, str]]:
-    """A read none of whose parts Asterisk cut short, in `attempts` at most (the last one is
-    returned, cut or not)."""
+    """After a read Asterisk cut short: up to `attempts` more, each context on its own (the
+    last one is returned, cut or not)."""
     for _ in range(attempts - 1):
-        observation, transports = _read(exec_, expected, timeout, probe, pushed)
+        observation, transports = _read(exec_, expected, timeout, probe, pushed, False)
         if not observation.cut_short:
             return observation, transports
-    return _read(exec_, expected, timeout, probe, pushed)
+    return _read(exec_, expected, timeout, probe, pushed, False)
 
 
 def _cut_short_message(observation: Observation) -> str:
