@@ -595,7 +595,10 @@ def test_a_set_asterisk_refused_part_of_is_tried_again_with_backoff(
         ctl = NoDelivery(GateKube())
         ctl.upsert_pod(pod_body("asterisk-0"))
         for name, sid in (("good", "a"), ("bad", "b")):
-            spec = {"inbound": {"accountSid": "AC" + sid * 32}, "outbound": {"context": name}}
+            spec: dict[str, Any] = {
+                "inbound": {"accountSid": "AC" + sid * 32},
+                "outbound": {"context": name},
+            }
             ctl.upsert("TwilioTrunk", trunk_body(name, **spec))
         await ctl.reconcile_namespace("ns")
         worker = ctl.pods.workers[("ns", "asterisk-0")]
