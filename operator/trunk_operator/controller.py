@@ -224,6 +224,7 @@ class Controller:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.status.stop()
 
     async def _plan_loop(self) -> None:
         while True:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from trunk_operator import asterisk, asterisk_output, pods, verify
+from trunk_operator import asterisk, asterisk_output, pods, statuswriter, verify
 from trunk_operator.apiclient import KubeError
 from trunk_operator.controller import Controller
 from trunk_operator.kube import SecretRead
@@ -18,6 +18,12 @@ from trunk_operator.pods import AsteriskPods, Pod, PodWorker
 from trunk_operator.podset import expected_for, files_of, probe_for, reloads_for
 from trunk_operator.render import files_hash
 from trunk_operator.status import PodDelivery
+
+
+@pytest.fixture(autouse=True)
+def delivering_written_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests look at every state a status goes through (the grace has its own test)."""
+    monkeypatch.setattr(statuswriter, "DELIVERING_GRACE", 0.0)
 
 
 def plan_with_two_trunks():
@@ -626,6 +632,51 @@ def test_a_set_asterisk_refused_part_of_is_tried_again_with_backoff(
         await ctl.pods.deliver_once("ns", worker)
         assert delivered[-1] == both and worker.state.problems == {}
         assert worker.retry_refused is not None
+        await ctl.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_delivery_under_way_is_written_only_when_it_takes_longer_than_the_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A quick delivery writes its outcome only; a slow one shows Delivering meanwhile."""
+    monkeypatch.setattr(statuswriter, "DELIVERING_GRACE", 0.3)
+    writes: list[str] = []
+
+    async def scenario() -> None:
+        kube = GateKube()
+        kube.during_status = lambda name: writes.append(ready(kube.statuses[name])[1])
+        ctl = NoDelivery(kube)
+        ctl.upsert_pod(pod_body("asterisk-0"))
+        ctl.upsert("TwilioTrunk", trunk_body("acme"))
+        await ctl.reconcile_namespace("ns")
+        worker = ctl.pods.workers[("ns", "asterisk-0")]
+        assert writes == []  # delivering, within the grace: nothing written yet
+        worker.state.delivered = dict(worker.state.desired)  # delivered quickly
+        worker.state.delivered_hash = worker.state.desired_hash
+        await ctl.write_statuses("ns")
+        assert writes == ["Ready"]
+        await asyncio.sleep(0.5)
+        assert writes == ["Ready"]  # the deferred pass finds nothing to write
+
+        ctl.upsert("TwilioTrunk", trunk_body("acme", generation=2, codecs=["alaw"]))
+        await ctl.reconcile_namespace("ns")
+        assert writes == ["Ready"]
+        await asyncio.sleep(0.5)  # still delivering after the grace: now it is written
+        assert writes == ["Ready", "Delivering"]
+        assert kube.statuses["acme"]["observedGeneration"] == 2
+
+        # A rotation is no new generation: its Ready as written would pass for the new
+        # password's (`kubectl wait`), so Delivering is written at once.
+        worker.state.delivered = dict(worker.state.desired)
+        worker.state.delivered_hash = worker.state.desired_hash
+        await ctl.write_statuses("ns")
+        assert writes[-1] == "Ready"
+        kube.secret = {"username": "u", "password": "rotated"}
+        ctl.secret_changed("ns", "sip")
+        await ctl.reconcile_namespace("ns")
+        assert writes[-1] == "Delivering"
         await ctl.stop()
 
     asyncio.run(scenario())
