@@ -372,12 +372,19 @@ class AsteriskPods:
         no reload is needed."""
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
         expected = expected_for(owners, self.expected_endpoints)
-        # Every object's presence and every context; in depth a first batch of endpoints
-        # (the observer audits the rest, AUDIT_BATCH per round): the files are byte for byte
-        # a set that was verified in depth when it was delivered.
+        # Every object's presence; in depth a first batch of endpoints (the observer audits
+        # the rest, AUDIT_BATCH per round), and their CRs' contexts: the files are byte for
+        # byte a set that was verified in depth when it was delivered, and Asterisk loads a
+        # dialplan whole or not at all. (Every context would take a `dialplan show` of the
+        # whole set after each container restart: the largest read there is, and the likeliest
+        # to be cut short on a busy node.) The user contexts too: their presence is in the
+        # statuses.
+        batch = frozenset(self._audit_batch(worker, owners))
+        batch_owners = {e.owner for e in expected.endpoints if e.name in batch}
         probe = Probe(
-            frozenset(self._audit_batch(worker, owners)),
-            frozenset(expected.contexts) | user_contexts_of(owners),
+            batch,
+            frozenset(c for c, owner in expected.contexts.items() if owner in batch_owners)
+            | user_contexts_of(owners),
         )
         observation = await self.calls.run(
             asterisk.observe,

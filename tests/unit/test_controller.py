@@ -15,7 +15,13 @@ from trunk_operator.controller import Controller
 from trunk_operator.kube import SecretRead
 from trunk_operator.plan import Inputs, Resource, plan_namespace
 from trunk_operator.pods import AsteriskPods, Pod, PodWorker
-from trunk_operator.podset import expected_for, files_of, probe_for, reloads_for
+from trunk_operator.podset import (
+    expected_for,
+    files_of,
+    probe_for,
+    reloads_for,
+    user_contexts_of,
+)
 from trunk_operator.render import files_hash
 from trunk_operator.status import PodDelivery
 
@@ -677,6 +683,72 @@ def test_a_delivery_under_way_is_written_only_when_it_takes_longer_than_the_grac
         ctl.secret_changed("ns", "sip")
         await ctl.reconcile_namespace("ns")
         assert writes[-1] == "Delivering"
+        await ctl.stop()
+
+    asyncio.run(scenario())
+
+
+def test_adoption_checks_the_contexts_of_its_audit_batch_and_refuses_a_dialplan_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restarted container that kept its files: not every context is read (a `dialplan
+    show` of the whole set), those of the endpoints read in depth are; missing, no adoption."""
+    probes: list[verify.Probe] = []
+    delivered: list[str] = []
+    dialplan_loaded = False
+
+    def serving(pod_exec, expected, timeout, probe, pushed) -> verify.Observation:
+        probes.append(probe)
+        contexts = set(probe.contexts) if dialplan_loaded else set()
+        return verify.Observation(
+            asterisk_output.Listing(),
+            files_hash(worker_files[0]),
+            contexts=contexts,
+            contexts_checked=probe.contexts,
+        )
+
+    def deliver(pod_exec, files, *args: Any) -> asterisk.DeliveryResult:
+        delivered.append(files_hash(files))
+        return asterisk.DeliveryResult(True, files_hash(files), [], None)
+
+    monkeypatch.setattr(asterisk, "observe", serving)
+
+    def contexts_only(expected: verify.Expected, observation: Any, *more: Any) -> Any:
+        return verify.verify(verify.Expected(contexts=expected.contexts), observation)
+
+    monkeypatch.setattr(asterisk, "deliver", deliver)
+    monkeypatch.setattr(pods, "drifted", lambda files, observation: False)
+    monkeypatch.setattr(pods, "verify", contexts_only)  # the endpoints listed: not this test's
+    worker_files: list[dict[str, str]] = []
+
+    async def scenario() -> None:
+        nonlocal dialplan_loaded
+        ctl = NoDelivery(GateKube())
+        ctl.upsert_pod(pod_body("asterisk-0"))
+        for i in range(20):
+            spec: dict[str, Any] = {
+                "inbound": {"accountSid": f"AC{i:032d}"},
+                "outbound": {"context": f"to-{i}"},
+            }
+            ctl.upsert("TwilioTrunk", trunk_body(f"t{i:02d}", **spec))
+        await ctl.reconcile_namespace("ns")
+        worker = ctl.pods.workers[("ns", "asterisk-0")]
+        worker_files.append(worker.files)
+        await ctl.pods.deliver_once("ns", worker)  # adoptable: the dialplan is gone
+        assert len(delivered) == 1
+        batch = probes[-1].details
+        assert len(batch) == pods.AUDIT_BATCH
+        expected = expected_for(worker.owners)
+        owners = {e.owner for e in expected.endpoints if e.name in batch}
+        every = expected.contexts
+        assert probes[-1].contexts == {
+            c for c, owner in every.items() if owner in owners
+        } | user_contexts_of(worker.owners)
+        assert len(probes[-1].contexts) < len(every)
+        dialplan_loaded = True
+        worker.adoptable, worker.state.delivered_hash = True, None
+        await ctl.pods.deliver_once("ns", worker)
+        assert len(delivered) == 1  # adopted
         await ctl.stop()
 
     asyncio.run(scenario())
