@@ -30,6 +30,7 @@ import re
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -225,24 +226,30 @@ def real_node_size(
         # Asterisk's container restarts (kubelet restarts it; its files stay in the pod's
         # emptyDir, pushed objects are gone): the operator closes the readiness gate and
         # reopens it once it verified (or pushed again) the new container's set.
-        before, _, _ = _restarts_and_ready(rig, pod)
+        before = _restart_state(rig, pod).restarts
         if before:
             log(f"[{label}] asterisk-0 restarted {before} times before `core stop now`")
         started = time.monotonic()
         pod.rx("core stop now")
-        closed = False
+        seen: dict[str, float] = {}  # milestone -> seconds after `core stop now`, first seen
 
         def back() -> bool:
             # The operator's gate closed and opened again: kubelet can report the pod Ready
             # for a moment with the gate's earlier value, before it sees the gate closed.
-            nonlocal closed
-            restarts, ready, gate = _restarts_and_ready(rig, pod)
-            closed = closed or gate is False
+            state = _restart_state(rig, pod)
+            restarted = state.restarts > before
+            for milestone, reached in (
+                ("container restarted", restarted),
+                ("gate closed", state.gate is False),
+                ("container ready (its probe)", restarted and state.container_ready),
+                ("gate open", "gate closed" in seen and bool(state.gate)),
+            ):
+                if reached:
+                    seen.setdefault(milestone, time.monotonic() - started)
             return (
-                restarts > before
-                and closed
-                and ready
-                and bool(gate)
+                "gate open" in seen
+                and state.ready
+                and bool(state.gate)
                 and (_listed_endpoints(pod) == n)
             )
 
@@ -251,17 +258,35 @@ def real_node_size(
             args.timeout,
             "the restarted pod Ready with its set",
         )
+        log(
+            f"[{label}] restart: "
+            + ", ".join(
+                f"{what} +{at:.2f} s" for what, at in sorted(seen.items(), key=lambda i: i[1])
+            )
+        )
         out["Asterisk restart -> pod Ready with its set"] = time.monotonic() - started
     return out
 
 
-def _restarts_and_ready(rig: Rig, pod: ClusterAsteriskPod) -> tuple[int, bool, bool | None]:
-    """The pod's container restarts, whether it is Ready, and the operator's readiness gate
-    (None: not written yet); one read."""
+@dataclass
+class RestartState:
+    restarts: int  # of the pod's containers
+    ready: bool  # the pod's Ready condition
+    container_ready: bool  # every container's readiness (its probe)
+    gate: bool | None  # the operator's readiness gate; None: not written yet
+
+
+def _restart_state(rig: Rig, pod: ClusterAsteriskPod) -> RestartState:
+    """One read of the pod's status."""
     status = rig.core.read_namespaced_pod(pod.name, pod.namespace).status
-    restarts = sum(c.restart_count for c in status.container_statuses or [])
+    containers = status.container_statuses or []
     conditions = {c.type: c.status == "True" for c in status.conditions or []}
-    return restarts, conditions.get("Ready", False), conditions.get(Settings().readiness_condition)
+    return RestartState(
+        sum(c.restart_count for c in containers),
+        conditions.get("Ready", False),
+        bool(containers) and all(c.ready for c in containers),
+        conditions.get(Settings().readiness_condition),
+    )
 
 
 SIZE_FIGURES: tuple[tuple[str, str, dict[int, float]], ...] = (
