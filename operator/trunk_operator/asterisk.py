@@ -422,6 +422,7 @@ class DeliveryResult:
     rolled_back: bool = False
     phases: dict[str, float] = field(default_factory=dict)  # seconds: stage, reload, read
     ari_unavailable: str = ""  # the pusher's words when ARI could not be used at all
+    read_again: list[str] = field(default_factory=list)  # reads Asterisk's CLI cut short
 
 
 def _phases(parts: Mapping[str, str]) -> dict[str, float]:
@@ -541,6 +542,7 @@ def deliver(
         )
     observation = _observation(parts, probe, expected)
     transports = parse_transports(parts.get("transports", ""))
+    read_again = observation.cut_short
     if observation.cut_short:
         # Read again (no reload): the new endpoints in depth too, within the same bound.
         again = Probe(frozenset(sorted(probe.details)[:DETAILS_AT_MOST]), probe.contexts)
@@ -555,8 +557,8 @@ def deliver(
         # Where the time went: packing here, the exec (the script's own phases inside it),
         # parsing and verifying here.
         phases = {"pack": sent - started, "exec": returned - sent, **_phases(parts)}
-        phases["verify"] = time.monotonic() - returned
-        return DeliveryResult(True, digest, [], observation, phases=phases)
+        phases["verify"] = time.monotonic() - returned  # and reading again, if it did
+        return DeliveryResult(True, digest, [], observation, phases=phases, read_again=read_again)
     errors = _error_lines(parts)
     problems += [Mismatch((), line) for line in errors]
     back = _run(exec_, rollback_script(ari, wait), ari.stdin() if ari else None, timeout)

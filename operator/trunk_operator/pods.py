@@ -470,7 +470,12 @@ class AsteriskPods:
             worker.state.last_reload_result,
             time.monotonic() - started,
             ", ".join(f"{name} {took:.2f} s" for name, took in result.phases.items())
-            + ("" if listed else ", no listings: only replaced objects, read in depth"),
+            + ("" if listed else ", no listings: only replaced objects, read in depth")
+            + (
+                f", read again: {' '.join(result.read_again)} cut short"
+                if result.read_again
+                else ""
+            ),
         )
         return result
 

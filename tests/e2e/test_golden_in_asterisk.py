@@ -269,6 +269,7 @@ def test_output_the_cli_cut_short_is_read_again_not_taken_for_missing_objects(
     result = asterisk.deliver(pod_exec, files, expected, probe=new_contexts)
     assert result.ok, [p.message for p in result.problems[:3]]
     assert result.observation is not None and not result.observation.cut_short
+    assert result.read_again == ["contexts"]  # the operator logs it
 
     # What the stall does to a read: contexts missing from it (and it exits 0).
     pbx.write_file("/tmp/stalled-reads", "1\n")
