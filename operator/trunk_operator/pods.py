@@ -81,6 +81,41 @@ class Pod:
     ari_url: str = DEFAULT_ARI_URL
 
 
+def pod_of(body: Mapping[str, Any], settings: Settings, gate_closing: bool) -> Pod | None:
+    """The pod as a delivery target, from its API object; None when it has no container of
+    ours. `gate_closing`: we closed its readiness gate, whatever a late event still shows."""
+    meta, status = body["metadata"], body.get("status") or {}
+    if not any(c.get("name") == settings.container for c in body["spec"]["containers"]):
+        return None
+    containers = status.get("containerStatuses") or []
+    ours = [c for c in containers if c.get("name") == settings.container]
+    # A pod being deleted is done: no new deliveries, and it holds no trunk's Ready (its
+    # containers stay ready while a preStop lets calls finish).
+    ready = (
+        status.get("phase") == "Running"
+        and bool(ours and ours[0].get("ready"))
+        and not meta.get("deletionTimestamp")
+    )
+    incarnation = (
+        f"{ours[0].get('containerID', '')}/{ours[0].get('restartCount', 0)}" if ours else ""
+    )
+    gate_open = not gate_closing and any(
+        c.get("type") == settings.readiness_condition and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    annotations = meta.get("annotations") or {}
+    return Pod(
+        meta["name"],
+        meta["uid"],
+        dict(meta.get("labels") or {}),
+        ready,
+        incarnation,
+        gate_open,
+        annotations.get(ARI_CREDENTIALS_ANNOTATION) or None,
+        annotations.get(ARI_URL_ANNOTATION) or DEFAULT_ARI_URL,
+    )
+
+
 @dataclass
 class PodWorker:
     pod: Pod
@@ -104,6 +139,20 @@ class PodWorker:
     retry_refused: asyncio.TimerHandle | None = None
     audit_cursor: int = 0  # where the observer's in-depth audit of the endpoints goes on
     observe_after: float = 0.0  # monotonic time before which the observer leaves the pod be
+
+    def settle(self, desired_hash: str | None) -> None:
+        """Leave this refused set be, and try it whole again later (with backoff)."""
+        delay = self.refused_retry if self.refused_hash == desired_hash else REFUSED_RETRY_FIRST
+        self.refused_retry = min(delay * 2, REFUSED_RETRY_MAX)
+        self.settled_hash = self.refused_hash = desired_hash
+        if self.retry_refused is not None:
+            self.retry_refused.cancel()
+
+        def retry() -> None:
+            self.settled_hash = None
+            self.wake.set()
+
+        self.retry_refused = asyncio.get_running_loop().call_later(delay, retry)
 
     def forget_delivered(self) -> None:
         """What the pod holds is not known: everything is delivered, now (a refused set too:
@@ -183,44 +232,17 @@ class AsteriskPods:
     def upsert(self, body: Mapping[str, Any]) -> bool:
         """A pod event; True when the namespace needs a new plan (a pod came, went ready or
         not, changed labels or restarted its container)."""
-        meta, status = body["metadata"], body.get("status") or {}
-        containers = status.get("containerStatuses") or []
-        ours = [c for c in containers if c.get("name") == self.settings.container]
-        if not any(c.get("name") == self.settings.container for c in body["spec"]["containers"]):
-            return False
-        # A pod being deleted is done: no new deliveries, and it holds no trunk's Ready (its
-        # containers stay ready while a preStop lets calls finish).
-        ready = (
-            status.get("phase") == "Running"
-            and bool(ours and ours[0].get("ready"))
-            and not meta.get("deletionTimestamp")
-        )
-        incarnation = (
-            f"{ours[0].get('containerID', '')}/{ours[0].get('restartCount', 0)}" if ours else ""
-        )
+        meta = body["metadata"]
         namespace = meta["namespace"]
-        # Closed by us until a delivery reopens it, whatever a late event still shows.
-        gate_open = not self.gates.is_closing(namespace, meta["name"]) and any(
-            c.get("type") == self.settings.readiness_condition and c.get("status") == "True"
-            for c in status.get("conditions") or []
-        )
-        annotations = meta.get("annotations") or {}
-        pod = Pod(
-            meta["name"],
-            meta["uid"],
-            dict(meta.get("labels") or {}),
-            ready,
-            incarnation,
-            gate_open,
-            annotations.get(ARI_CREDENTIALS_ANNOTATION) or None,
-            annotations.get(ARI_URL_ANNOTATION) or DEFAULT_ARI_URL,
-        )
+        pod = pod_of(body, self.settings, self.gates.is_closing(namespace, meta["name"]))
+        if pod is None:
+            return False
         before = self.known[namespace].get(pod.name)
         self.known[namespace][pod.name] = pod
-        if before and before.incarnation not in ("", incarnation) and gate_open:
+        if before and before.incarnation not in ("", pod.incarnation) and pod.gate_open:
             self.gates.close(namespace, pod)
         worker = self.workers.get((namespace, pod.name))
-        if worker and before and (before.incarnation != incarnation or before.uid != pod.uid):
+        if worker and before and (before.incarnation != pod.incarnation or before.uid != pod.uid):
             worker.forget_delivered()  # a new container starts empty
         elif worker and before and _delivery_of(before) != _delivery_of(pod):
             worker.forget_delivered()  # files to ARI or back: everything moves
@@ -228,9 +250,9 @@ class AsteriskPods:
             worker.pod = pod
         changed = (
             before is None
-            or before.ready != ready
+            or before.ready != pod.ready
             or before.labels != pod.labels
-            or before.incarnation != incarnation
+            or before.incarnation != pod.incarnation
             or _delivery_of(before) != _delivery_of(pod)
         )
         if changed and namespace in self.assigned:
@@ -332,7 +354,7 @@ class AsteriskPods:
         }
         if not culprits or culprits >= set(owners):
             worker.state.delivered_hash = None
-            self._settle(worker, desired_hash)
+            worker.settle(desired_hash)
             return
         retry = {
             ref: worker.delivered_owners[ref] if ref in culprits else outcome
@@ -346,23 +368,7 @@ class AsteriskPods:
             # Nothing more to do until something changes (a fixed CR changes the desired hash)
             # or the retry. Not `delivered_hash`: that is what the pod has, and the desired set
             # may have moved on while this round ran.
-            self._settle(worker, desired_hash)
-
-    @staticmethod
-    def _settle(worker: PodWorker, desired_hash: str | None) -> None:
-        """Leave this refused set be, and try it whole again later (with backoff)."""
-        same = worker.refused_hash == desired_hash
-        delay = worker.refused_retry if same else REFUSED_RETRY_FIRST
-        worker.refused_retry = min(delay * 2, REFUSED_RETRY_MAX)
-        worker.settled_hash = worker.refused_hash = desired_hash
-        if worker.retry_refused is not None:
-            worker.retry_refused.cancel()
-
-        def retry() -> None:
-            worker.settled_hash = None
-            worker.wake.set()
-
-        worker.retry_refused = asyncio.get_running_loop().call_later(delay, retry)
+            worker.settle(desired_hash)
 
     async def _adopt(
         self, namespace: str, worker: PodWorker, owners: dict[str, Outcome], files: Files
