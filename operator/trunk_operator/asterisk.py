@@ -2,7 +2,8 @@
 
 One exec round per pod and pass: the new files travel as a gzip'd tar on stdin (never in the
 command, which is part of the URL), framed by length so the shell needs no stdin EOF. The
-script stages them, keeps the previous set, swaps, reloads what changed, and prints what
+script stages them, keeps the previous set, renames the new files into place (a reload by
+anyone at any moment reads the old set or the new), reloads what changed, and prints what
 Asterisk loaded between markers. Success is decided by comparing that output with what was
 rendered, never by the reload commands' own words (they report success even when they kept
 the old configuration; `verify`). On a mismatch the previous set is restored and reloaded.
@@ -120,9 +121,27 @@ def _owned_files(base: str) -> str:
     return " ".join(f"{base}/{glob}" for glob in OWNED_GLOBS)
 
 
-def _move_owned(glob: str, previous: str) -> str:
-    directory = glob.split("/")[0]
-    return f'for f in {CONFIG_DIR}/{glob}; do [ -e "$f" ] && mv "$f" {previous}/{directory}/; done'
+def _move_owned(glob: str, previous: str, keep: bool = False) -> str:
+    """Shell: our files of `glob` into `previous`; `keep`: copied, they stay in place."""
+    directory, verb = glob.split("/")[0], "cp -p" if keep else "mv"
+    return (
+        f'for f in {CONFIG_DIR}/{glob}; do [ -e "$f" ] && {verb} "$f" {previous}/{directory}/; done'
+    )
+
+
+def _rename_in(source: str) -> str:
+    """Shell (file pods): the set in `source` (staged, or a previous one) in place by rename,
+    which is atomic: a reload at any moment, ours or anyone's, reads the old file or the new,
+    never none. Then the owned files that set does not have go (an earlier layout's)."""
+    owned = " ".join(OWNED_GLOBS)
+    return "; ".join(
+        [
+            f"names=$(cd {source} && ls -d {owned} 2>/dev/null || true)",
+            f'for f in $names; do mv "{source}/$f" "{CONFIG_DIR}/$f"; done',
+            f"(cd {CONFIG_DIR} && ls -d {owned} 2>/dev/null || true)"
+            f' | grep -vxF "$names" | while read -r f; do rm -f "{CONFIG_DIR}/$f"; done',
+        ]
+    )
 
 
 def _section(name: str, command: str) -> str:
@@ -281,7 +300,7 @@ def _swap(staging: str, ari: AriAccess | None) -> str:
     and `migrating` is set when pjsip.d/ had one of ours (its objects must be unloaded before
     the same ids are pushed)."""
     if ari is None:
-        return f"cp -R {staging}/. {CONFIG_DIR}/"
+        return _rename_in(staging)
     previous = f"{STATE_DIR}/previous"
     return "; ".join(
         [
@@ -350,7 +369,7 @@ def deliver_script(
             f"rm -rf {previous} && mkdir -p {previous}/{PJSIP_DIR} {previous}/{EXTENSIONS_DIR}",
             f"cp {STATE_DIR}/hash {previous}/hash 2>/dev/null || true",
             "set +e",
-            *[_move_owned(glob, previous) for glob in OWNED_GLOBS],
+            *[_move_owned(glob, previous, keep=ari is None) for glob in OWNED_GLOBS],
             "set -e",
             # Asterisk reads the files only when told to reload, below: never half a set.
             _swap(staging, ari),
@@ -373,17 +392,23 @@ def rollback_script(ari: AriAccess | None = None, lock_wait: float = 60) -> str:
         _lock(lock_wait),
         f"test -d {previous}",
         "asterisk -rx 'core waitfullybooted' > /dev/null",
-        f"rm -f {_owned_files(CONFIG_DIR)}",
     ]
-    if ari is not None:
+    if ari is None:
+        restore = f"{STATE_DIR}/restore"
         steps += [
+            f"rm -rf {restore} && cp -R {previous} {restore}",
+            _rename_in(restore),
+        ]
+    else:
+        steps += [
+            f"rm -f {_owned_files(CONFIG_DIR)}",
             asterisk_ari.boot_epoch(),
             f"rm -rf {PUSHED_DIR}/{PJSIP_DIR} && mkdir -p {PUSHED_DIR}",
             f"cp -R {previous}/pushed/{PJSIP_DIR} {PUSHED_DIR}/",
             _section("ari", asterisk_ari.push(STATE_DIR, f"{PUSHED_DIR}/{POD_FILES[0]}", ari.url)),
         ]
+        steps.append(f"cp -R {previous}/{PJSIP_DIR} {previous}/{EXTENSIONS_DIR} {CONFIG_DIR}/")
     steps += [
-        f"cp -R {previous}/{PJSIP_DIR} {previous}/{EXTENSIONS_DIR} {CONFIG_DIR}/",
         f"if [ -f {previous}/hash ]; then cp {previous}/hash {STATE_DIR}/hash;"
         f" else rm -f {STATE_DIR}/hash; fi",
         # What is restored was verified when it was delivered: the listings suffice.

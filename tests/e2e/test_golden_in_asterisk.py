@@ -288,3 +288,38 @@ def test_output_the_cli_cut_short_is_read_again_not_taken_for_missing_objects(
         asterisk.deliver(pod_exec, files, expected)
     pbx.write_file("/tmp/stalled-reads", "0\n")
     assert len(asterisk_output.parse_endpoints(pbx.rx("pjsip show endpoints"))) == 200
+
+
+def test_the_trunk_files_never_go_missing_during_a_delivery_or_a_rollback(
+    start_asterisk: Callable[..., AsteriskContainer],
+) -> None:
+    """A reload by anyone at any moment (a person's `core reload`, another tool) must find the
+    old set or the new one: the files are renamed into place, never moved out and copied in."""
+    good = cases()["single-trunk"]
+    pbx = start_asterisk("golden-atomic", "127.0.10.28", hosts_of(good))
+    assert deliver(pbx, good).ok
+    files = " ".join(f"/etc/asterisk/{path}" for path in POD_FILES)
+    watch = (
+        "rm -f /tmp/gaps; touch /tmp/watching; while [ -e /tmp/watching ]; do"
+        f" for f in {files}; do [ -e $f ] || echo $f >> /tmp/gaps; done; done"
+    )
+    pbx.exec("sh", "-c", f"({watch}) > /dev/null 2>&1 &")
+    try:
+        changed = Case(
+            {"acme": good.trunks["acme"].model_copy(update={"codecs": ["alaw"]})}, good.segments
+        )
+        for case in (changed, good, changed, good):
+            assert deliver(pbx, case).ok
+        broken = trunk(
+            "broken.pstn.twilio.com",
+            transport="transport-missing",
+            inbound={"accountSid": ACCOUNT_SID_B},
+            outbound={"context": "to-broken"},
+        )
+        for _ in range(2):  # refused, and put back
+            bad = Case(trunks={**good.trunks, "broken": broken}, segments=good.segments)
+            assert deliver(pbx, bad).rolled_back
+    finally:
+        pbx.exec("rm", "-f", "/tmp/watching")
+    gaps = pbx.exec("sh", "-c", "cat /tmp/gaps 2>/dev/null; true").stdout
+    assert gaps == "", f"a trunk file was missing for a moment: {sorted(set(gaps.split()))}"
