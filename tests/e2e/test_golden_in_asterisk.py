@@ -27,6 +27,18 @@ def hosts_of(case: Case) -> dict[str, str]:
     return {h: STANDIN_IP for spec in case.trunks.values() for h in spec.edge_hosts()}
 
 
+def with_a_broken_trunk(good: Case) -> Case:
+    """`good` and a trunk Asterisk loads without a word though its transport does not exist:
+    only the verification notices, and the delivery is rolled back."""
+    broken = trunk(
+        "broken.pstn.twilio.com",
+        transport="transport-missing",
+        inbound={"accountSid": ACCOUNT_SID_B},
+        outbound={"context": "to-broken"},
+    )
+    return Case(trunks={**good.trunks, "broken": broken}, segments=good.segments)
+
+
 def deliver(pbx: AsteriskContainer, case: Case) -> asterisk.DeliveryResult:
     """Verified in depth (codecs, encryption, context, username, password) for every trunk."""
     files = case.pod_files()
@@ -90,16 +102,7 @@ def test_broken_trunk_is_rolled_back_and_the_previous_set_keeps_serving(
     good = cases()["single-trunk"]
     pbx = start_asterisk("golden-rollback", "127.0.10.23", hosts_of(good))
     assert deliver(pbx, good).ok
-    # Asterisk loads an endpoint whose transport does not exist without a word: only the
-    # verification notices.
-    broken = trunk(
-        "broken.pstn.twilio.com",
-        transport="transport-missing",
-        inbound={"accountSid": ACCOUNT_SID_B},
-        outbound={"context": "to-broken"},
-    )
-    bad = Case(trunks={**good.trunks, "broken": broken}, segments=good.segments)
-    result = deliver(pbx, bad)
+    result = deliver(pbx, with_a_broken_trunk(good))
     assert not result.ok and result.rolled_back
     [refused] = [p for p in result.problems if "transport-missing does not exist" in p.message]
     assert refused.owners == ("TwilioTrunk/broken",)
@@ -310,15 +313,8 @@ def test_the_trunk_files_never_go_missing_during_a_delivery_or_a_rollback(
         )
         for case in (changed, good, changed, good):
             assert deliver(pbx, case).ok
-        broken = trunk(
-            "broken.pstn.twilio.com",
-            transport="transport-missing",
-            inbound={"accountSid": ACCOUNT_SID_B},
-            outbound={"context": "to-broken"},
-        )
         for _ in range(2):  # refused, and put back
-            bad = Case(trunks={**good.trunks, "broken": broken}, segments=good.segments)
-            assert deliver(pbx, bad).rolled_back
+            assert deliver(pbx, with_a_broken_trunk(good)).rolled_back
     finally:
         pbx.exec("rm", "-f", "/tmp/watching")
     gaps = pbx.exec("sh", "-c", "cat /tmp/gaps 2>/dev/null; true").stdout
