@@ -233,7 +233,7 @@ def _observe(pushed: bool = False, whole_dialplan: bool = True) -> str:
             f' ({details}) < "$chunk" > "$chunk.out" & done',
             f"if {'true' if whole_dialplan else 'false'}"
             f' && [ "$(wc -l < {CONTEXT_LIST})" -gt {FULL_DIALPLAN_AT} ]; then'
-            f" (asterisk -rx 'dialplan show' | {_CONTEXT_LINES}) > {out}/context.all.out &",
+            f" (asterisk -rx 'dialplan show' | {_CONTEXT_LINES}) > {out}/dialplan &",
             f"else {_deal(CONTEXT_LIST, f'{out}/context.')}",
             f' for chunk in {out}/context.?; do [ -e "$chunk" ] || continue;'
             f' ({contexts}) < "$chunk" > "$chunk.out" & done; fi',
@@ -248,6 +248,8 @@ def _observe(pushed: bool = False, whole_dialplan: bool = True) -> str:
             "wait",
             f"cat {out}/detail.*.out 2>/dev/null || true",
             _section("contexts", f"cat {out}/context.*.out 2>/dev/null || true"),
+            # The whole dialplan, when it was read instead: its own section (one read to count).
+            f"if [ -e {out}/dialplan ]; then {_section('dialplan', f'cat {out}/dialplan')}; fi",
             *(
                 f"if [ -e {out}/{name} ]; then {_section(name, f'cat {out}/{name}')}; fi"
                 for name in (*reads, *added)
@@ -468,9 +470,7 @@ def _phases(parts: Mapping[str, str]) -> dict[str, float]:
     }
 
 
-def _observation(
-    parts: Mapping[str, str], probe: Probe, expected: Expected, whole_dialplan: bool = True
-) -> Observation:
+def _observation(parts: Mapping[str, str], probe: Probe, expected: Expected) -> Observation:
     shown = {
         name.removeprefix("endpoint:"): text
         for name, text in parts.items()
@@ -496,13 +496,18 @@ def _observation(
             for name, endpoint in parse_endpoints(text).items()
         },
         details=details,
-        contexts=parse_contexts(parts.get("contexts", "")) & probe.contexts,
+        contexts=parse_contexts(_contexts_read(parts)) & probe.contexts,
         contexts_checked=probe.contexts,
-        cut_short=_cut_short(parts, probe, whole_dialplan),
+        cut_short=_cut_short(parts, probe),
     ).attach(expected)
 
 
-def _cut_short(parts: Mapping[str, str], probe: Probe, whole_dialplan: bool) -> list[str]:
+def _contexts_read(parts: Mapping[str, str]) -> str:
+    """The kept lines of the dialplan reads: the whole `dialplan show`, or one per context."""
+    return parts["dialplan"] if "dialplan" in parts else parts.get("contexts", "")
+
+
+def _cut_short(parts: Mapping[str, str], probe: Probe) -> list[str]:
     """The reads of this run whose output Asterisk's CLI cut short."""
     tables = {f"list-{kind}": kind for kind in (*LISTS, *ADDED_LISTS)} | {
         "transports": "transports"
@@ -513,8 +518,8 @@ def _cut_short(parts: Mapping[str, str], probe: Probe, whole_dialplan: bool) -> 
         if name in parts and not table_complete(parts[name], kind)
     ]
     checked = len(probe.contexts)
-    reads = 1 if whole_dialplan and checked > FULL_DIALPLAN_AT else checked
-    if checked and not contexts_complete(parts.get("contexts", ""), reads):
+    reads = 1 if "dialplan" in parts else checked
+    if checked and not contexts_complete(_contexts_read(parts), reads):
         cut.append("contexts")
     return cut
 
@@ -646,7 +651,7 @@ def _read(
             f"observe failed (exit {result.returncode}): {result.stderr.strip()[-300:]}"
         )
     parts = sections(result.stdout)
-    observation = _observation(parts, probe, expected, whole_dialplan)
+    observation = _observation(parts, probe, expected)
     return observation, parse_transports(parts.get("transports", ""))
 
 
