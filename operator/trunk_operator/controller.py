@@ -14,6 +14,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from trunk_operator import metrics
@@ -90,6 +91,8 @@ class Controller:
             meta.get("generation"),
         )
         known = self.resources[meta["namespace"]].get(resource.ref)
+        if known is not None and known.resource == resource:
+            resource = known.resource  # the same objects: the plan's caches go by identity
         key = (meta["namespace"], resource.ref)
         if known is None or known.uid != meta.get("uid", ""):
             self.status.seen(key, dict(body.get("status") or {}))
@@ -289,12 +292,18 @@ class Controller:
             if isinstance(result, Exception):
                 text = describe(result)
                 log.warning("storing the rendered state of %s %s failed: %s", namespace, ref, text)
-                plan.outcomes[ref].problems.append(
-                    Problem(
-                        "RenderedStateNotStored",
-                        f"its rendered ConfigMap or Secret could not be written ({text});"
-                        " the last good configuration is kept; retrying",
-                    )
+                # A new outcome: the plan's can be the last plan's object, held elsewhere.
+                refused = plan.outcomes[ref]
+                plan.outcomes[ref] = replace(
+                    refused,
+                    problems=[
+                        *refused.problems,
+                        Problem(
+                            "RenderedStateNotStored",
+                            f"its rendered ConfigMap or Secret could not be written ({text});"
+                            " the last good configuration is kept; retrying",
+                        ),
+                    ],
                 )
                 asyncio.get_running_loop().call_later(RETRY_SECONDS, self.mark, namespace)
 

@@ -176,6 +176,7 @@ class RenderCache:
     def __init__(self) -> None:
         self._last: dict[tuple[Any, ...], Any] = {}
         self._used: dict[tuple[Any, ...], Any] = {}
+        self._outcomes: dict[str, Outcome] = {}  # the last plan's
 
     def _by_identity(self, objects: tuple[Any, ...], make: Callable[[], T]) -> T:
         """A value for these very objects: keyed by their ids, which the entry keeps alive
@@ -207,6 +208,18 @@ class RenderCache:
 
     def rotate(self) -> None:
         self._last, self._used = self._used, {}
+
+    def keep_unchanged(self, outcomes: dict[str, Outcome]) -> None:
+        """Each outcome equal to the last plan's for its CR becomes that very object (with its
+        hashes), so what is kept by identity downstream (statuses, expected objects) stays;
+        the others get their hashes and contexts."""
+        for ref, outcome in outcomes.items():
+            before = self._outcomes.get(ref)
+            if before is not None and before == outcome:
+                outcomes[ref] = before
+            else:
+                self.derive(outcome)
+        self._outcomes = outcomes
 
 
 def _spec_key(spec: dict[str, Any]) -> str:
@@ -400,6 +413,5 @@ def _plan(inputs: Inputs, cache: RenderCache) -> Plan:
             trunk,
             taken,
         )
-    for outcome in outcomes.values():
-        cache.derive(outcome)
+    cache.keep_unchanged(outcomes)
     return Plan(outcomes=outcomes, trunk_specs=usable)

@@ -448,7 +448,7 @@ class AsteriskPods:
         worker.state.last_reload_time = timestamp()
         listed = result.observation is None or bool(result.observation.listing.read)
         if result.observation is not None:
-            result.observation.carry(worker.state.observation, expected)
+            result.observation.carry(worker.state.observation)
         worker.state.observation = result.observation
         if result.ok:
             worker.state.delivered_hash = result.hash

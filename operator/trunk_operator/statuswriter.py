@@ -14,7 +14,13 @@ from trunk_operator import metrics
 from trunk_operator.kube import Kube, Owner
 from trunk_operator.plan import PLURALS, SEGMENT, TRUNK, Outcome, Plan, Tracked
 from trunk_operator.pods import PodWorker
-from trunk_operator.status import CRView, reduce_status, timestamp, with_transition_times
+from trunk_operator.status import (
+    CRView,
+    PodDelivery,
+    reduce_status,
+    timestamp,
+    with_transition_times,
+)
 from trunk_operator.threads import BlockingCalls
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,34 @@ def _reads_as_current(written: Mapping[str, Any] | None, new: Mapping[str, Any])
     return any(
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in written.get("conditions", [])
+    )
+
+
+def _pod_inputs(pod: PodDelivery, cr: CRView) -> tuple[Any, ...]:
+    """Everything `reduce_status` reads of one pod for one CR, as values (an observation's
+    objects are not kept: only the state and contacts it showed for the CR's endpoint)."""
+    ref, observation = cr.ref, pod.observation
+    shown: tuple[Any, ...] | None = None
+    missing: frozenset[str] = frozenset()
+    if observation is not None:
+        endpoint = observation.endpoints.get(cr.endpoint) if cr.endpoint else None
+        if endpoint is not None:
+            shown = (endpoint.state, tuple((c.uri, c.status) for c in endpoint.contacts))
+        missing = frozenset(
+            c
+            for c in cr.contexts
+            if c in observation.contexts_checked and c not in observation.contexts
+        )
+    return (
+        pod.name,
+        pod.last_reload_result,
+        pod.delivered.get(ref),
+        pod.desired.get(ref),
+        pod.delivered_at.get(ref),
+        tuple(pod.problems.get(ref) or ()),
+        observation is not None,
+        shown,
+        missing,
     )
 
 
@@ -65,6 +99,10 @@ class StatusWriter:
         self.delivering_since: dict[tuple[str, str], float] = {}  # monotonic
         self.timers: dict[str, asyncio.TimerHandle] = {}  # namespace -> its deferred write
         self.deferred: set[asyncio.Task[None]] = set()
+        # The last status reduced for each CR, and all it was reduced from (`_pod_inputs`):
+        # a pass over 10,000 CRs reduces only those whose inputs changed (one, for a change).
+        self.reduced: dict[tuple[str, str], tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self.views: dict[tuple[str, str], tuple[Outcome, Any, int, CRView]] = {}
 
     def seen(self, key: tuple[str, str], status: dict[str, Any]) -> None:
         """A CR seen for the first time (or a new one under the same name): its status as it
@@ -77,6 +115,8 @@ class StatusWriter:
         self.delivering_since.pop(key, None)
         self.served_secret.pop(key, None)
         self.patched.pop(key, None)
+        self.reduced.pop(key, None)
+        self.views.pop(key, None)
 
     async def write(self, namespace: str) -> None:
         # Serialized per namespace: two writers computing transitions from the same old
@@ -100,18 +140,24 @@ class StatusWriter:
             cr = tracked.get(ref)
             if cr is None or cr.deleting:
                 continue
-            view = self._view(ref, cr, outcome, plan)
+            key = (namespace, ref)
+            view = self._view(key, cr, outcome, plan)
             did_count = (
                 dids_by_trunk[cr.resource.name] if cr.resource.kind == TRUNK else outcome.did_count
             )
             pods = [w.state for w in workers if ref in w.owners]
             if not pods and outcome.trunk:
                 pods = [w.state for w in workers if f"{TRUNK}/{outcome.trunk}" in w.owners]
-            status = reduce_status(view, outcome, pods, did_count)
-            if outcome.conflicts:
-                status["conflicts"] = outcome.conflicts
-                status["conflictCount"] = outcome.conflict_count
-            key = (namespace, ref)
+            inputs = (view, outcome, did_count, tuple(_pod_inputs(p, view) for p in pods))
+            reduced = self.reduced.get(key)
+            if reduced is not None and reduced[0] == inputs:
+                status = reduced[1]
+            else:
+                status = reduce_status(view, outcome, pods, did_count)
+                if outcome.conflicts:
+                    status["conflicts"] = outcome.conflicts
+                    status["conflictCount"] = outcome.conflict_count
+                self.reduced[key] = (inputs, status)
             if status["reason"] != "Delivering" or _reads_as_current(
                 self.statuses.get(key), status
             ):
@@ -179,17 +225,27 @@ class StatusWriter:
             self.statuses[key] = final
         self._count_rotation(key, final)
 
-    def _view(self, ref: str, cr: Tracked, outcome: Outcome, plan: Plan) -> CRView:
+    def _view(self, key: tuple[str, str], cr: Tracked, outcome: Outcome, plan: Plan) -> CRView:
+        """What the reducer needs of the CR; kept while its outcome and trunk are the same
+        objects (the plan keeps both for an unchanged CR)."""
+        trunk = plan.trunk_specs.get(cr.resource.name) if cr.resource.kind == TRUNK else None
+        problems = len(outcome.problems)  # the controller can add one after the plan
+        cached = self.views.get(key)
+        if cached and cached[0] is outcome and cached[1] is trunk and cached[2] == problems:
+            return cached[3]
+        ref = cr.resource.ref
         # The generation this plan rendered, and the files a pod must have for it: never the
         # newest generation seen, which a later plan has yet to render.
         served = (outcome.generation, None if outcome.blocked else outcome.digest)
         if cr.resource.kind == TRUNK:
-            trunk = plan.trunk_specs.get(cr.resource.name)
             contexts = frozenset({trunk.inbound.context}) if trunk else frozenset()
             endpoint = trunk.endpoint(cr.resource.name) if trunk else None
             qualify = bool(trunk and trunk.qualify_frequency_seconds > 0)
-            return CRView(ref, *served, endpoint, contexts, qualify)
-        return CRView(ref, *served, None, outcome.user_contexts, False)
+            view = CRView(ref, *served, endpoint, contexts, qualify)
+        else:
+            view = CRView(ref, *served, None, outcome.user_contexts, False)
+        self.views[key] = (outcome, trunk, problems, view)
+        return view
 
     def _event_on_transition(
         self, namespace: str, cr: Tracked, old: Mapping[str, Any], new: Mapping[str, Any]

@@ -86,13 +86,15 @@ class Observation:
     # observation says nothing of what is missing, and is not verified.
     cut_short: list[str] = field(default_factory=list)
 
-    def carry(self, before: Observation | None, expected: Expected) -> Observation:
+    def carry(self, before: Observation | None) -> Observation:
         """A read without the listings (a push over ARI that only replaced objects, each shown
         in depth): the others are as `before` listed them, nothing having touched them since."""
         if self.listing.read or before is None:
             return self
         self.listing = before.listing
-        self.attach(expected)
+        # `before`'s endpoints as they are: each was attached from this listing, and an
+        # endpoint whose AORs changed since is one this push replaced, shown in depth here.
+        self.endpoints = dict(before.endpoints)
         for name, endpoint in self.shown.items():
             if name in self.endpoints:
                 self.endpoints[name] = endpoint

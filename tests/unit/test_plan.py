@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 from trunk_operator.plan import SEGMENT, TRUNK, Inputs, Plan, RenderCache, Resource, plan_namespace
 
 SECRET = {"username": "u", "password": "p"}
@@ -185,6 +187,17 @@ def test_a_plan_is_the_same_with_the_render_cache_and_renders_only_what_changed(
     again = plan_namespace(changed, cache)
     assert again.outcomes["TwilioTrunk/t2"].public is with_cache.outcomes["TwilioTrunk/t2"].public
     assert again.outcomes["DIDSegment/s"].public is with_cache.outcomes["DIDSegment/s"].public
+    # And the very outcomes (what is kept by identity downstream stays); a CR that changed
+    # in anything, its generation alone too, gets a new one.
+    bumped = _many(5, codecs=["alaw"])
+    bumped.secrets = changed.secrets
+    bumped.trunks[2] = replace(bumped.trunks[2], generation=7)
+    last = plan_namespace(bumped, cache)
+    assert last.outcomes["TwilioTrunk/t1"] is again.outcomes["TwilioTrunk/t1"]
+    assert last.outcomes["DIDSegment/s"] is again.outcomes["DIDSegment/s"]
+    assert last.outcomes["TwilioTrunk/t2"] is not again.outcomes["TwilioTrunk/t2"]
+    assert last.outcomes["TwilioTrunk/t2"].generation == 7
+    assert _files(last) == _files(plan_namespace(bumped))
 
 
 def test_the_render_cache_keeps_only_what_the_last_plan_used() -> None:

@@ -73,3 +73,21 @@ def test_a_secure_trunk_on_a_transport_that_is_not_tls_is_refused() -> None:
         "transport transport-udp-alt is udp: a secure trunk needs a TLS transport"
     ]
     assert verify(Expected((secure,)), listed, {"transport-udp-alt": "tls"}) == []
+
+
+def test_a_read_without_listings_keeps_the_last_ones_and_takes_what_it_showed() -> None:
+    """A push over ARI that only replaced objects reads those in depth and no listing: the
+    other endpoints are as the last read found them (the same objects, not rebuilt)."""
+    listing = Listing(endpoints={"A": "Not in use", "B": "Unavailable"})
+    before = Observation(listing).attach(Expected())
+    replaced = Endpoint("A", "In use")
+    light = Observation(Listing(read=set()), shown={"A": replaced}).carry(before)
+    assert light.listing is listing
+    assert light.endpoints == {"A": replaced, "B": before.endpoints["B"]}
+    assert light.endpoints["B"] is before.endpoints["B"]
+    assert before.endpoints["A"].state == "Not in use"  # the last read's own is unchanged
+    # A read with listings, or nothing to carry from: as read.
+    full = Observation(listing, shown={"A": replaced})
+    assert full.carry(before) is full and full.endpoints == {}
+    first = Observation(Listing(read=set()))
+    assert first.carry(None) is first

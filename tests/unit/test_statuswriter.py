@@ -1,0 +1,122 @@
+"""The status pass: a CR's status is reduced again exactly when something it is reduced from
+changed (a pass over 10,000 CRs reduces only those), and never kept when one did."""
+
+import asyncio
+
+import pytest
+
+from tests.unit.test_controller import GateKube, NoDelivery, pod_body, trunk_body
+from trunk_operator import asterisk_output, statuswriter
+from trunk_operator.podset import expected_for
+from trunk_operator.verify import Observation
+
+
+def observation(ctl: NoDelivery, contact: str = "Avail", **fields: object) -> Observation:
+    """What the pod shows: every expected endpoint, its contacts `contact`."""
+    expected = expected_for(ctl.pods.workers[("ns", "asterisk-0")].owners)
+    listing = asterisk_output.Listing(
+        endpoints={e.name: "Not in use" for e in expected.endpoints},
+        aors={a for e in expected.endpoints for a in e.aors},
+        contacts=[
+            asterisk_output.Contact(aor, uri, contact, 10.0)
+            for e in expected.endpoints
+            for aor, uri in e.aors.items()
+        ],
+    )
+    return Observation(listing, **fields).attach(expected)  # type: ignore[arg-type]
+
+
+def trunk(name: str, generation: int = 1, **spec: object) -> dict:
+    """A trunk that shares the pod with others (own accountSid and outbound context)."""
+    return trunk_body(
+        name,
+        generation,
+        inbound={"accountSid": "AC" + name[0] * 32},
+        outbound={"context": f"to-{name}"},
+        qualifyFrequencySeconds=60,
+        **spec,
+    )
+
+
+def test_each_input_of_a_status_brings_it_reduced_again_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(statuswriter, "DELIVERING_GRACE", 0.0)  # every state is written
+
+    async def scenario() -> None:
+        kube = GateKube()
+        written: list[str] = []
+        kube.during_status = written.append
+        ctl = NoDelivery(kube)
+        ctl.upsert_pod(pod_body("asterisk-0"))
+        for name in ("acme", "beta"):
+            ctl.upsert("TwilioTrunk", trunk(name))
+        await ctl.reconcile_namespace("ns")
+        worker = ctl.pods.workers[("ns", "asterisk-0")]
+        worker.set_delivered(dict(worker.owners))
+        worker.state.delivered_hash = worker.state.desired_hash
+        worker.state.observation = observation(ctl)
+
+        async def step() -> list[str]:
+            """One pass; then one with nothing remembered must find nothing to write (what
+            was kept is what a reduce gives)."""
+            written.clear()
+            await ctl.write_statuses("ns")
+            changed = sorted(written)
+            ctl.status.reduced.clear()
+            ctl.status.views.clear()
+            await ctl.write_statuses("ns")
+            assert sorted(written) == changed
+            return changed
+
+        await step()
+        assert kube.statuses["acme"]["conditions"][0]["status"] == "True"
+        assert await step() == []
+
+        # A new observation, the same for both: nothing to write.
+        worker.state.observation = observation(ctl)
+        assert await step() == []
+        # One endpoint's contact no longer answers.
+        unreachable = observation(ctl)
+        endpoint = unreachable.endpoints["ACME"]
+        endpoint.contacts = [
+            asterisk_output.Contact(c.aor, c.uri, "Unavailable", None) for c in endpoint.contacts
+        ]
+        worker.state.observation = unreachable
+        assert await step() == ["acme"]
+        assert kube.statuses["acme"]["endpointState"] == "Not in use"
+        reachable = [c for c in kube.statuses["acme"]["conditions"] if c["type"] == "Reachable"]
+        assert reachable[0]["status"] == "False"
+        # The user's context checked and missing: both send calls there (acme's contact
+        # answers again).
+        context = ctl.plans["ns"].trunk_specs["acme"].inbound.context
+        worker.state.observation = observation(
+            ctl, contexts_checked=frozenset({context}), contexts=set()
+        )
+        assert await step() == ["acme", "beta"]
+        assert kube.statuses["beta"]["reason"] == "Ready"
+        degraded = [c for c in kube.statuses["beta"]["conditions"] if c["type"] == "Degraded"]
+        assert degraded[0]["reason"] == "ContextMissing"
+        worker.state.observation = observation(ctl)
+        assert await step() == ["acme", "beta"]
+        # Asterisk's words about one CR.
+        worker.state.problems = {"TwilioTrunk/beta": ["endpoint BETA is not loaded"]}
+        assert await step() == ["beta"]
+        assert kube.statuses["beta"]["reason"] == "AsteriskRejected"
+        worker.state.problems = {}
+        assert await step() == ["beta"]
+        # What the pod did last, for every CR in it.
+        worker.state.last_reload_result = "PartiallyApplied"
+        assert await step() == ["acme", "beta"]
+        # One CR's new version, delivered.
+        ctl.upsert("TwilioTrunk", trunk("beta", 2, codecs=["alaw"]))
+        await ctl.reconcile_namespace("ns")
+        assert kube.statuses["beta"]["reason"] == "Delivering"
+        assert kube.statuses["acme"]["reason"] == "Ready"
+        worker.set_delivered(dict(worker.owners))
+        worker.state.delivered_hash = worker.state.desired_hash
+        assert await step() == ["beta"]
+        assert kube.statuses["beta"]["conditions"][0]["observedGeneration"] == 2
+        await ctl.stop()
+
+    asyncio.run(scenario())
