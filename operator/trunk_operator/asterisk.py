@@ -550,12 +550,13 @@ def deliver(
     probe: Probe = LISTINGS_ONLY,
     reload: Iterable[str] = (PJSIP_DIR, EXTENSIONS_DIR),
     ari: AriAccess | None = None,
+    digest: str | None = None,
 ) -> DeliveryResult:
     """Deliver, reload what `reload` names and verify; `probe` names what to check beyond
     the listings (what this delivery changes); `ari`: the pod takes its PJSIP objects over
-    ARI (asterisk_ari)."""
+    ARI (asterisk_ari); `digest`: the files' `files_hash`, when the caller has it."""
     started = time.monotonic()
-    digest = files_hash(files)
+    digest = digest or files_hash(files)
     payload = pack(files)
     details, contexts = _lines(probe.details), _lines(probe.contexts)
     reload = set(reload)

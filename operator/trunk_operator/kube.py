@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import gzip
 import hashlib
 import logging
@@ -326,6 +327,7 @@ def secret_files_hash(files: Mapping[str, str]) -> str:
     return keyed_secret_hash(files_hash(files))
 
 
+@functools.lru_cache(maxsize=1 << 16)  # asked for every CR at every plan
 def keyed_secret_hash(files_digest: str) -> str:
     """secret_files_hash from the files' `files_hash` (empty files: `files_hash({})`)."""
     if files_digest == files_hash({}):

@@ -336,9 +336,9 @@ class AsteriskPods:
         await self.gates.settled(namespace, worker.pod.name)  # before any reopening
         if worker.adoptable:
             worker.adoptable = False
-            if await self._adopt(namespace, worker, owners, files):
+            if await self._adopt(namespace, worker, owners, files, desired_hash):
                 return
-        result = await self._deliver(namespace, worker, owners, files)
+        result = await self._deliver(namespace, worker, owners, files, desired_hash)
         if result.ok:
             return
         if result.ari_unavailable:
@@ -371,7 +371,12 @@ class AsteriskPods:
             worker.settle(desired_hash)
 
     async def _adopt(
-        self, namespace: str, worker: PodWorker, owners: dict[str, Outcome], files: Files
+        self,
+        namespace: str,
+        worker: PodWorker,
+        owners: dict[str, Outcome],
+        files: Files,
+        digest: str | None,
     ) -> bool:
         """Take over a pod that already serves exactly this set (the operator restarted, or the
         container did and kept its files): verified by content and by what Asterisk shows, so
@@ -401,7 +406,7 @@ class AsteriskPods:
             worker.pod.ari_secret is not None,
         )
         if (
-            observation.delivered_hash != files_hash(files)
+            observation.delivered_hash != (digest or files_hash(files))
             or drifted(files, observation)
             or verify(expected, observation)
         ):
@@ -423,7 +428,9 @@ class AsteriskPods:
         worker: PodWorker,
         owners: dict[str, Outcome],
         files: Files | None = None,
+        digest: str | None = None,
     ) -> asterisk.DeliveryResult:
+        """`files`: `files_of(owners)`, `digest` their `files_hash`, when known."""
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
         try:
             ari = await self._ari_access(namespace, worker.pod)
@@ -444,6 +451,7 @@ class AsteriskPods:
             probe_for(owners, worker.delivered_owners),
             reloads_for(files, before),
             ari,
+            digest,
         )
         worker.state.last_reload_time = timestamp()
         listed = result.observation is None or bool(result.observation.listing.read)

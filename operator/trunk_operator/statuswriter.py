@@ -118,13 +118,14 @@ class StatusWriter:
         self.reduced.pop(key, None)
         self.views.pop(key, None)
 
-    async def write(self, namespace: str) -> None:
+    async def write(self, namespace: str, only: frozenset[str] | None = None) -> None:
+        """Write what changed in the statuses of the namespace's CRs (`only`: of these)."""
         # Serialized per namespace: two writers computing transitions from the same old
         # status would both record the transition (and both emit its Event).
         async with self.locks[namespace]:
-            await self._write(namespace)
+            await self._write(namespace, only)
 
-    async def _write(self, namespace: str) -> None:
+    async def _write(self, namespace: str, only: frozenset[str] | None) -> None:
         plan = self.plans.get(namespace)
         if plan is None:
             return
@@ -138,7 +139,7 @@ class StatusWriter:
         now, until = time.monotonic(), float("inf")
         for ref, outcome in plan.outcomes.items():
             cr = tracked.get(ref)
-            if cr is None or cr.deleting:
+            if cr is None or cr.deleting or (only is not None and ref not in only):
                 continue
             key = (namespace, ref)
             view = self._view(key, cr, outcome, plan)
@@ -187,8 +188,11 @@ class StatusWriter:
 
         async def deferred() -> None:
             self.timers.pop(namespace, None)
+            # Only the CRs whose Delivering was held back: any other change since brought
+            # its own pass.
+            held = frozenset(ref for ns, ref in self.delivering_since if ns == namespace)
             try:
-                await self.write(namespace)
+                await self.write(namespace, held)
             except Exception as error:  # the next pass (plan, delivery, observation) retries
                 log.warning("status pass of %s failed: %s", namespace, type(error).__name__)
 
