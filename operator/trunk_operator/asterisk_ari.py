@@ -103,7 +103,11 @@ def pushed_endpoints(state_dir: str) -> str:
     """Shell printing the endpoints this Asterisk process was given (none after a restart;
     `boot` set before)."""
     state = f"{state_dir}/pushed.state"
-    listed = """awk -F'\t' '$1 == "endpoint" && $3 != "-" { print $2 }'"""
+    # The record is appended to: an endpoint's last line says its state.
+    listed = (
+        """awk -F'\t' '$1 == "endpoint" { state[$2] = $3 }"""
+        """ END { for (e in state) if (state[e] != "-" && state[e] != "gone") print e }'"""
+    )
     return f"{{ if {_given_to_this_asterisk(state)}; then {listed} {state}; fi; }}"
 
 
