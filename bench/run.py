@@ -24,6 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import operator_work
 import scale
 from rig import (
     BASE_IMAGE,
@@ -727,6 +728,20 @@ def m8_scale(args: argparse.Namespace, workdir: Path) -> Section:
     return sec
 
 
+def m9_operator_work(args: argparse.Namespace, workdir: Path) -> Section:
+    sec = Section(
+        "9. The operator's own work per change: this checkout vs before the incremental passes",
+        f"sizes {args.work_sizes}, no cluster and no Asterisk (bench/operator_work.py): a"
+        " stand-in API and one pod whose delivery returns at once after packing its files"
+        f" (a light ARI push's reads); {args.work_changes} codec changes of one trunk, each"
+        " timed from its watch event to its Ready written. The same in another process with"
+        f" the operator at {operator_work.BASELINE_COMMIT[:7]}. Floor: joining, hashing and"
+        " packing the pod's files once (what whole-file delivery cannot skip)",
+    )
+    operator_work.run(args, sec)
+    return sec
+
+
 MEASUREMENTS = {
     1: m1_latency,
     2: m2_burst,
@@ -736,12 +751,13 @@ MEASUREMENTS = {
     6: m6_invariant,
     7: m7_incluster,
     8: m8_scale,
+    9: m9_operator_work,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--only", default="1,2,3,4,5,6,7,8", help="measurements to run, e.g. 1,3")
+    p.add_argument("--only", default="1,2,3,4,5,6,7,8,9", help="measurements to run, e.g. 1,3")
     p.add_argument("--applies", type=int, default=20, help="(1, 7) creates and updates, each")
     p.add_argument("--pods", type=int, default=2, help="(1, 2) Asterisk pods")
     p.add_argument("--burst", type=int, default=50, help="(2) trunks in the burst")
@@ -781,6 +797,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--scale-baseline-changes", type=int, default=2, help="(8) per-CR files, >= 1,000 trunks"
     )
+    p.add_argument("--work-sizes", default="1000,10000", help="(9) trunks per run")
+    p.add_argument("--work-changes", type=int, default=10, help="(9) changes of one trunk")
     p.add_argument(
         "--shared-secret",
         action="store_true",

@@ -57,13 +57,13 @@ SHARED_SECRET, OWN_SECRET = "bench-sip", "first-sip"
 CACHE = Path(os.environ.get("TRUNKOP_CACHE", Path.home() / ".cache/asterisk-trunk-operator"))
 
 
-def baseline_source() -> Path:
-    """The baseline operator's package directory (extracted once per machine)."""
-    target = CACHE / "bench" / f"operator-{BASELINE_COMMIT[:12]}"
+def baseline_source(commit: str = BASELINE_COMMIT) -> Path:
+    """The package directory of the operator at `commit` (extracted once per machine)."""
+    target = CACHE / "bench" / f"operator-{commit[:12]}"
     if not (target / "trunk_operator").is_dir():
         target.mkdir(parents=True, exist_ok=True)
         archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", BASELINE_COMMIT, "operator"],
+            ["git", "-C", str(ROOT), "archive", commit, "operator"],
             capture_output=True,
             check=True,
         )
