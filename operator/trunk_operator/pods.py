@@ -129,7 +129,9 @@ class PodWorker:
     # delivery came meanwhile (it would report drift that is not there).
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task[None] | None = None
-    adoptable: bool = True  # first delivery: the pod may already hold this set (restart)
+    # Until the first round has checked it: the pod may already hold this set (the operator or
+    # the container restarted), so a status that says Ready for it may still be true.
+    adoptable: bool = True
     # The desired set of the last round that ended with some CRs refused: nothing more to do
     # for it (the others were delivered) until the desired set changes, or `retry_refused`
     # fires (`refused_retry` seconds later: doubled each time the same set is refused again).
@@ -335,8 +337,11 @@ class AsteriskPods:
         worker.settled_hash = None
         await self.gates.settled(namespace, worker.pod.name)  # before any reopening
         if worker.adoptable:
-            worker.adoptable = False
-            if await self._adopt(namespace, worker, owners, files, desired_hash):
+            try:
+                adopted = await self._adopt(namespace, worker, owners, files, desired_hash)
+            finally:
+                worker.adoptable = False  # tried: whatever the pod holds, it gets this set now
+            if adopted:
                 return
         result = await self._deliver(namespace, worker, owners, files, desired_hash)
         if result.ok:

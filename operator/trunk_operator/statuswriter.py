@@ -146,9 +146,10 @@ class StatusWriter:
             did_count = (
                 dids_by_trunk[cr.resource.name] if cr.resource.kind == TRUNK else outcome.did_count
             )
-            pods = [w.state for w in workers if ref in w.owners]
-            if not pods and outcome.trunk:
-                pods = [w.state for w in workers if f"{TRUNK}/{outcome.trunk}" in w.owners]
+            selected = [w for w in workers if ref in w.owners]
+            if not selected and outcome.trunk:
+                selected = [w for w in workers if f"{TRUNK}/{outcome.trunk}" in w.owners]
+            pods = [w.state for w in selected]
             inputs = (view, outcome, did_count, tuple(_pod_inputs(p, view) for p in pods))
             reduced = self.reduced.get(key)
             if reduced is not None and reduced[0] == inputs:
@@ -159,8 +160,11 @@ class StatusWriter:
                     status["conflicts"] = outcome.conflicts
                     status["conflictCount"] = outcome.conflict_count
                 self.reduced[key] = (inputs, status)
-            if status["reason"] != "Delivering" or _reads_as_current(
-                self.statuses.get(key), status
+            # A pod not checked yet by this process (the operator just started) is no change
+            # under delivery: it most likely serves what the written Ready says (adopted).
+            if status["reason"] != "Delivering" or (
+                _reads_as_current(self.statuses.get(key), status)
+                and not any(w.adoptable for w in selected)
             ):
                 self.delivering_since.pop(key, None)
             elif (since := self.delivering_since.setdefault(key, now)) + DELIVERING_GRACE > now:

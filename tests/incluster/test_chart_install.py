@@ -275,11 +275,23 @@ def test_install_use_restart_upgrade_uninstall(
     assert lease_holder(cluster, release.namespace) == successor
 
     # ---- helm upgrade with a changed value: a new pod with it, the trunk stays served ----
+    before_upgrade = {p["metadata"]["name"] for p in release.operator_pods()}
     release.upgrade(observeIntervalSeconds=3)
     for upgraded in release.operator_pods():
         env = {e["name"]: e.get("value") for e in upgraded["spec"]["containers"][0]["env"]}
         assert env["TRUNKOP_OBSERVE_INTERVAL"] == "3"
-    wait_for(lambda: ready(trunk_status(cluster, telephony)), timeout=60, what="Ready after")
+
+    def taken_over() -> bool:
+        """A new pod leads and has adopted the Asterisk pod; the trunk Ready. (The status
+        alone says Ready from before the upgrade: the old operator's.)"""
+        holder = lease_holder(cluster, release.namespace)
+        return (
+            holder not in ("", *before_upgrade)
+            and "adopted" in release.pod_log(holder)
+            and ready(trunk_status(cluster, telephony))
+        )
+
+    wait_for(taken_over, timeout=90, what="the upgraded operator leading, Asterisk adopted")
 
     # ---- RBAC: enough (no 403 anywhere) and no more than documented ----
     log = release.operator_log()

@@ -661,6 +661,7 @@ def test_a_delivery_under_way_is_written_only_when_it_takes_longer_than_the_grac
         assert writes == []  # delivering, within the grace: nothing written yet
         worker.state.delivered = dict(worker.state.desired)  # delivered quickly
         worker.state.delivered_hash = worker.state.desired_hash
+        worker.adoptable = False  # its first round done
         await ctl.write_statuses("ns")
         assert writes == ["Ready"]
         await asyncio.sleep(0.5)
@@ -683,6 +684,47 @@ def test_a_delivery_under_way_is_written_only_when_it_takes_longer_than_the_grac
         ctl.secret_changed("ns", "sip")
         await ctl.reconcile_namespace("ns")
         assert writes[-1] == "Delivering"
+        await ctl.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_new_operator_writes_no_delivering_while_it_checks_what_the_pod_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The operator restarted (an upgrade, a new leader): the statuses say Ready, and the pod
+    most likely still serves exactly that. Flipping every CR to Delivering until it is adopted
+    would be 1,000 writes and 1,000 back, and a moment of false news."""
+    monkeypatch.setattr(statuswriter, "DELIVERING_GRACE", 0.3)
+    writes: list[str] = []
+
+    async def scenario() -> None:
+        kube = GateKube()
+        kube.during_status = lambda name: writes.append(ready(kube.statuses[name])[1])
+        ctl = NoDelivery(kube)
+        ctl.upsert_pod(pod_body("asterisk-0"))
+        body = trunk_body("acme")
+        body["status"] = {
+            "observedGeneration": 1,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Ready"}],
+        }
+        ctl.upsert("TwilioTrunk", body)
+        await ctl.reconcile_namespace("ns")
+        worker = ctl.pods.workers[("ns", "asterisk-0")]
+        assert writes == []  # not checked yet, within the grace: the written Ready stands
+        worker.set_delivered(dict(worker.owners))  # adopted
+        worker.state.delivered_hash = worker.state.desired_hash
+        worker.adoptable = False
+        await ctl.write_statuses("ns")
+        await asyncio.sleep(0.5)
+        assert writes == ["Ready"]
+        # Not adopted in time (the pod held something else): Delivering once the grace is up.
+        ctl.pods.workers.clear()
+        ctl.upsert_pod(pod_body("asterisk-1"))
+        await ctl.reconcile_namespace("ns")
+        assert writes == ["Ready"]
+        await asyncio.sleep(0.5)
+        assert writes == ["Ready", "Delivering"]
         await ctl.stop()
 
     asyncio.run(scenario())
