@@ -643,6 +643,15 @@ def test_a_set_asterisk_refused_part_of_is_tried_again_with_backoff(
     asyncio.run(scenario())
 
 
+def recording(writes: list[str]) -> Any:
+    """A controller with one pod whose status writes append their Ready reason to `writes`."""
+    kube = GateKube()
+    kube.during_status = lambda name: writes.append(ready(kube.statuses[name])[1])
+    ctl = NoDelivery(kube)
+    ctl.upsert_pod(pod_body("asterisk-0"))
+    return ctl
+
+
 def test_a_delivery_under_way_is_written_only_when_it_takes_longer_than_the_grace(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -651,10 +660,8 @@ def test_a_delivery_under_way_is_written_only_when_it_takes_longer_than_the_grac
     writes: list[str] = []
 
     async def scenario() -> None:
-        kube = GateKube()
-        kube.during_status = lambda name: writes.append(ready(kube.statuses[name])[1])
-        ctl = NoDelivery(kube)
-        ctl.upsert_pod(pod_body("asterisk-0"))
+        ctl = recording(writes)
+        kube = ctl.kube
         ctl.upsert("TwilioTrunk", trunk_body("acme"))
         await ctl.reconcile_namespace("ns")
         worker = ctl.pods.workers[("ns", "asterisk-0")]
@@ -699,10 +706,7 @@ def test_a_new_operator_writes_no_delivering_while_it_checks_what_the_pod_holds(
     writes: list[str] = []
 
     async def scenario() -> None:
-        kube = GateKube()
-        kube.during_status = lambda name: writes.append(ready(kube.statuses[name])[1])
-        ctl = NoDelivery(kube)
-        ctl.upsert_pod(pod_body("asterisk-0"))
+        ctl = recording(writes)
         body = trunk_body("acme")
         body["status"] = {
             "observedGeneration": 1,
