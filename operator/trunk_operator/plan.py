@@ -13,7 +13,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -178,11 +178,10 @@ class RenderCache:
         self._used: dict[tuple[Any, ...], Any] = {}
         self._outcomes: dict[str, Outcome] = {}  # the last plan's
 
-    def by_identity(self, objects: tuple[Any, ...], make: Callable[[], T], *values: Any) -> T:
-        """A value for these very objects (and `values`): keyed by their ids, which the entry
-        keeps alive (so an id is not reused while the entry exists) and checks on the way
-        out."""
-        key = ("identity", *map(id, objects), *values)
+    def _by_identity(self, objects: tuple[Any, ...], make: Callable[[], T]) -> T:
+        """A value for these very objects: keyed by their ids, which the entry keeps alive
+        (so an id is not reused while the entry exists) and checks on the way out."""
+        key = ("identity", *map(id, objects))
         hit = self._used.get(key) or self._last.get(key)
         if hit is None or any(a is not b for a, b in zip(hit[0], objects, strict=True)):
             hit = (objects, make())
@@ -193,11 +192,11 @@ class RenderCache:
     def spec_key(self, spec: dict[str, Any]) -> str:
         """The canonical JSON of a spec; specs are replaced, never changed, by watch events,
         so an unchanged CR's spec is the same object and its JSON is not made again."""
-        return self.by_identity((spec,), lambda: _spec_key(spec))
+        return self._by_identity((spec,), lambda: _spec_key(spec))
 
     def derive(self, outcome: Outcome) -> None:
         """Hashes and contexts of an outcome whose file dicts came out of this cache."""
-        values = self.by_identity((outcome.public, outcome.secret), outcome.derived)
+        values = self._by_identity((outcome.public, outcome.secret), outcome.derived)
         outcome.take_derived(values)
 
     def get(self, key: tuple[Any, ...], make: Callable[..., T], *args: Any) -> T:
@@ -216,7 +215,7 @@ class RenderCache:
         the others get their hashes and contexts."""
         for ref, outcome in outcomes.items():
             before = self._outcomes.get(ref)
-            if before is not None and (before is outcome or before == outcome):
+            if before is not None and before == outcome:
                 outcomes[ref] = before
             else:
                 self.derive(outcome)
@@ -246,22 +245,23 @@ def _validation_message(error: ValidationError) -> str:
 def _plan_trunk(
     resource: Resource, inputs: Inputs, claimed: dict[str, dict[str, str]], cache: RenderCache
 ) -> tuple[Outcome, TwilioTrunkSpec | None]:
-    credentials = resource.spec.get("credentials")
-    name = credentials.get("secretName") if isinstance(credentials, dict) else None
-    secret = inputs.secrets.get(name) if isinstance(name, str) else None
-    version = inputs.secret_versions.get(name) if isinstance(name, str) else None
-    # The same spec and Secret objects: the last plan's outcome (10,000 trunks: one changed).
-    outcome, spec, claims = cache.by_identity(
-        (resource.spec, secret),
-        lambda: _trunk_outcome(resource, secret, version, cache),
-        resource.name,
-        resource.generation,
-        version,
-    )
-    if spec is None:
+    outcome = Outcome(trunk=resource.name, generation=resource.generation)
+    cache_key = (TRUNK, resource.name, cache.spec_key(resource.spec))
+    spec = cache.get(cache_key, _validated, TwilioTrunkSpec, resource.spec)
+    if isinstance(spec, str):
+        outcome.problems.append(Problem("InvalidSpec", spec))
         return outcome, None
-    problems = []
-    for what, key in claims:
+    outcome.trunk_spec = spec
+    outcome.user_contexts = frozenset({spec.inbound.context})
+    names = trunk_names(resource.name, spec)
+    ip_identified = spec.inbound.account_sid is None
+    for what, key in (
+        ("endpoint name", names.endpoint),
+        ("outbound context", spec.outbound.context),
+        ("IP-based inbound identification", "ip" if ip_identified else None),
+    ):
+        if key is None:
+            continue
         owner = claimed[what].setdefault(key, resource.name)
         if owner != resource.name:
             reason = {
@@ -271,41 +271,21 @@ def _plan_trunk(
             }[what]
             hint = (
                 "; set inbound.accountSid on every Twilio trunk that shares these pods"
-                if what.startswith("IP")
+                if ip_identified and what.startswith("IP")
                 else ""
             )
-            problems.append(
+            outcome.problems.append(
                 Problem(reason, f"{what} {key!r} is already used by TwilioTrunk {owner}{hint}")
             )
-    if problems:  # first: they are why the trunk is held back
-        outcome = replace(outcome, problems=[*problems, *outcome.problems])
-    return outcome, spec
-
-
-def _trunk_outcome(
-    resource: Resource, secret: dict[str, str] | None, version: str | None, cache: RenderCache
-) -> tuple[Outcome, TwilioTrunkSpec | None, tuple[tuple[str, str], ...]]:
-    """The trunk's outcome but for conflicts with other trunks, and the names it claims."""
-    outcome = Outcome(trunk=resource.name, generation=resource.generation)
-    cache_key = (TRUNK, resource.name, cache.spec_key(resource.spec))
-    spec = cache.get(cache_key, _validated, TwilioTrunkSpec, resource.spec)
-    if isinstance(spec, str):
-        outcome.problems.append(Problem("InvalidSpec", spec))
-        return outcome, None, ()
-    outcome.trunk_spec = spec
-    outcome.user_contexts = frozenset({spec.inbound.context})
-    names = trunk_names(resource.name, spec)
-    claims = [("endpoint name", names.endpoint), ("outbound context", spec.outbound.context)]
-    if spec.inbound.account_sid is None:
-        claims.append(("IP-based inbound identification", "ip"))
     outcome.public = cache.get((*cache_key, "files"), render_trunk, resource.name, spec)
     creds = spec.credentials
-    outcome.secret_version = version
+    secret = inputs.secrets.get(creds.secret_name)
+    outcome.secret_version = inputs.secret_versions.get(creds.secret_name)
     if secret is None:
         outcome.problems.append(
             Problem("SecretNotFound", f"Secret {creds.secret_name} does not exist")
         )
-        return outcome, spec, tuple(claims)
+        return outcome, spec
     missing = [k for k in (creds.username_key, creds.password_key) if not secret.get(k)]
     if missing:
         outcome.problems.append(
@@ -314,7 +294,7 @@ def _trunk_outcome(
                 f"Secret {creds.secret_name} has no (or an empty) {', '.join(missing)}",
             )
         )
-        return outcome, spec, tuple(claims)
+        return outcome, spec
     try:
         username, password = secret[creds.username_key], secret[creds.password_key]
         outcome.secret = cache.get(
@@ -325,14 +305,16 @@ def _trunk_outcome(
             username,
             password,
         )
-        outcome.username = username
-        outcome.password_sha256 = hashlib.sha256(f"{password}\n".encode()).hexdigest()
+        outcome.username = secret[creds.username_key]
+        outcome.password_sha256 = hashlib.sha256(
+            f"{secret[creds.password_key]}\n".encode()
+        ).hexdigest()
     except RenderError as error:
         # The message names the rule broken, never the value.
         outcome.problems.append(
             Problem("InvalidCredentials", f"Secret {creds.secret_name}: {error}")
         )
-    return outcome, spec, tuple(claims)
+    return outcome, spec
 
 
 def plan_namespace(inputs: Inputs, cache: RenderCache | None = None) -> Plan:
