@@ -241,8 +241,14 @@ class AsteriskPods:
             return False
         before = self.known[namespace].get(pod.name)
         self.known[namespace][pod.name] = pod
-        if before and before.incarnation not in ("", pod.incarnation) and pod.gate_open:
-            self.gates.close(namespace, pod)
+        if before and before.incarnation not in ("", pod.incarnation):
+            log.info(
+                "%s/%s: the %s container restarted: its set is verified again%s",
+                namespace, pod.name, self.settings.container,
+                " (readiness gate closed)" if pod.gate_open else "",
+            )  # fmt: skip
+            if pod.gate_open:
+                self.gates.close(namespace, pod)
         worker = self.workers.get((namespace, pod.name))
         if worker and before and (before.incarnation != pod.incarnation or before.uid != pod.uid):
             worker.forget_delivered()  # a new container starts empty
@@ -386,6 +392,7 @@ class AsteriskPods:
         """Take over a pod that already serves exactly this set (the operator restarted, or the
         container did and kept its files): verified by content and by what Asterisk shows, so
         no reload is needed."""
+        started = time.monotonic()
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
         expected = expected_for(owners, self.expected_endpoints)
         # Every object's presence; in depth a first batch of endpoints (the observer audits
@@ -423,8 +430,9 @@ class AsteriskPods:
         worker.set_delivered(owners, files)
         await self.gates.open(namespace, worker.pod)  # closed if its container restarted
         log.info(
-            "%s/%s already serves %d resources: adopted", namespace, worker.pod.name, len(owners)
-        )
+            "%s/%s already serves %d resources: adopted in %.2f s",
+            namespace, worker.pod.name, len(owners), time.monotonic() - started,
+        )  # fmt: skip
         return True
 
     async def _deliver(

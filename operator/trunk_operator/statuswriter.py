@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 # fewer; each spec change: one write, and one watch event for Argo CD and Flux, fewer). Only
 # where the status as it stands cannot pass for the change's: see `_reads_as_current`.
 DELIVERING_GRACE = 1.0
+MANY_WRITES = 100  # a pass writing this many statuses is logged, with its time
 
 
 def _reads_as_current(written: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
@@ -95,7 +96,13 @@ class StatusWriter:
         self.statuses: dict[tuple[str, str], dict[str, Any]] = {}
         self.patched: dict[tuple[str, str], dict[str, Any]] = {}
         self.served_secret: dict[tuple[str, str], str] = {}  # Secret version last Ready with
-        self.locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # The newest status to write for each CR, the one being written, and the task writing
+        # them (one per CR, so transitions are computed from the status written before). A
+        # status is taken when an API slot is free: one that a later pass changed is never
+        # written (a restarted pod's 1,000 CRs: those not yet written when it is back stay).
+        self.wanted: dict[tuple[str, str], tuple[Tracked, dict[str, Any]]] = {}
+        self.in_flight: dict[tuple[str, str], dict[str, Any]] = {}
+        self.writing: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.delivering_since: dict[tuple[str, str], float] = {}  # monotonic
         self.timers: dict[str, asyncio.TimerHandle] = {}  # namespace -> its deferred write
         self.deferred: set[asyncio.Task[None]] = set()
@@ -117,15 +124,11 @@ class StatusWriter:
         self.patched.pop(key, None)
         self.reduced.pop(key, None)
         self.views.pop(key, None)
+        self.wanted.pop(key, None)
 
     async def write(self, namespace: str, only: frozenset[str] | None = None) -> None:
-        """Write what changed in the statuses of the namespace's CRs (`only`: of these)."""
-        # Serialized per namespace: two writers computing transitions from the same old
-        # status would both record the transition (and both emit its Event).
-        async with self.locks[namespace]:
-            await self._write(namespace, only)
-
-    async def _write(self, namespace: str, only: frozenset[str] | None) -> None:
+        """Write what changed in the statuses of the namespace's CRs (`only`: of these); returns
+        once they are written (or superseded)."""
         plan = self.plans.get(namespace)
         if plan is None:
             return
@@ -135,7 +138,7 @@ class StatusWriter:
         for r, o in plan.outcomes.items():
             if r.startswith(SEGMENT + "/") and o.trunk:
                 dids_by_trunk[o.trunk] += o.did_count
-        writes = []
+        writes: list[asyncio.Task[None]] = []
         now, until = time.monotonic(), float("inf")
         for ref, outcome in plan.outcomes.items():
             cr = tracked.get(ref)
@@ -170,14 +173,18 @@ class StatusWriter:
             elif (since := self.delivering_since.setdefault(key, now)) + DELIVERING_GRACE > now:
                 until = min(until, since + DELIVERING_GRACE)
                 continue
-            if self.patched.get(key) == status:
+            shown = self.in_flight[key] if key in self.in_flight else self.patched.get(key)
+            if shown == status:
+                self.wanted.pop(key, None)  # a newer status queued before is moot now
                 continue
-            old = self.statuses.get(key, {})
-            final = with_transition_times(
-                {**status, "conditions": [dict(c) for c in status["conditions"]]}, old, timestamp()
-            )
-            writes.append(self._write_status(namespace, cr, status, old, final))
-        await asyncio.gather(*writes)
+            writes.append(self._queue(key, cr, status))
+        started = time.monotonic()
+        await asyncio.gather(*(asyncio.shield(w) for w in writes))
+        if len(writes) >= MANY_WRITES:
+            log.info(
+                "%s: %d statuses written in %.2f s",
+                namespace, len(writes), time.monotonic() - started,
+            )  # fmt: skip
         if until != float("inf"):
             self._write_later(namespace, until - time.monotonic())
 
@@ -210,24 +217,52 @@ class StatusWriter:
     async def stop(self) -> None:
         for timer in self.timers.values():
             timer.cancel()
-        for task in list(self.deferred):
+        tasks = [*self.deferred, *self.writing.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.deferred, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _write_status(
-        self,
-        namespace: str,
-        cr: Tracked,
-        status: dict[str, Any],
-        old: dict[str, Any],
-        final: dict[str, Any],
-    ) -> None:
+    def _queue(
+        self, key: tuple[str, str], cr: Tracked, status: dict[str, Any]
+    ) -> asyncio.Task[None]:
+        """`status` is the CR's newest; the task that writes it (one per CR)."""
+        self.wanted[key] = (cr, status)
+        task = self.writing.get(key)
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(self._drain(key))
+            self.writing[key] = task
+        return task
+
+    async def _drain(self, key: tuple[str, str]) -> None:
+        """Write the CR's newest status until none is left to write."""
+        try:
+            while key in self.wanted:
+                async with self.calls.api:
+                    if key not in self.wanted:  # superseded while waiting for the slot
+                        break
+                    cr, status = self.wanted.pop(key)
+                    self.in_flight[key] = status
+                    try:
+                        await self._write_status(key[0], cr, status)
+                    finally:
+                        del self.in_flight[key]
+        finally:
+            if self.writing.get(key) is asyncio.current_task():
+                del self.writing[key]
+
+    async def _write_status(self, namespace: str, cr: Tracked, status: dict[str, Any]) -> None:
+        """One status PATCH (and its Event), the API slot held by the caller."""
+        key = (namespace, cr.resource.ref)
+        old = self.statuses.get(key, {})
+        final = with_transition_times(
+            {**status, "conditions": [dict(c) for c in status["conditions"]]}, old, timestamp()
+        )
+
         def write() -> None:
             self.kube.patch_status(PLURALS[cr.resource.kind], namespace, cr.resource.name, final)
             self._event_on_transition(namespace, cr, old, final)
 
-        await self.calls.api_call(write)
-        key = (namespace, cr.resource.ref)
+        await self.calls.run(write)
         if self.resources.get(namespace, {}).get(cr.resource.ref, cr).uid == cr.uid:
             self.patched[key] = status
             self.statuses[key] = final

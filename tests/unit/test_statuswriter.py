@@ -2,6 +2,7 @@
 changed (a pass over 10,000 CRs reduces only those), and never kept when one did."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -117,6 +118,62 @@ def test_each_input_of_a_status_brings_it_reduced_again_and_nothing_else(
         worker.state.delivered_hash = worker.state.desired_hash
         assert await step() == ["beta"]
         assert kube.statuses["beta"]["conditions"][0]["observedGeneration"] == 2
+        await ctl.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_status_superseded_before_it_is_written_is_never_written() -> None:
+    """A restarted pod's CRs go NoAsteriskPods, and Ready again once it is adopted: the writes
+    still waiting for an API slot then take the newest status (Ready, as written: nothing to
+    write), so the CRs are current as soon as the slots allow, not after every stale write."""
+    count = 60
+
+    async def scenario() -> None:
+        kube = GateKube()
+        patched: list[tuple[str, str]] = []
+        kube.during_status = lambda name: (
+            patched.append((name, kube.statuses[name]["reason"])),
+            time.sleep(0.01),  # in the API threads: the writes queue for their slots
+        )
+        ctl = NoDelivery(kube)
+        ctl.upsert_pod(pod_body("asterisk-0"))
+        names = [f"t{i:03d}" for i in range(count)]
+        for i, name in enumerate(names):
+            sid = f"AC{i:032x}"  # each its own: trunks sharing a pod
+            spec = {"inbound": {"accountSid": sid}, "outbound": {"context": f"to-{name}"}}
+            ctl.upsert("TwilioTrunk", trunk_body(name, **spec))
+        await ctl.reconcile_namespace("ns")
+        worker = ctl.pods.workers[("ns", "asterisk-0")]
+        worker.set_delivered(dict(worker.owners))
+        worker.state.delivered_hash = worker.state.desired_hash
+        await ctl.write_statuses("ns")
+        assert {kube.statuses[n]["reason"] for n in names} == {"Ready"}
+        patched.clear()
+
+        # The container restarts: no ready pod, every CR NoAsteriskPods...
+        down = pod_body("asterisk-0")
+        down["status"]["containerStatuses"][0]["ready"] = False
+        ctl.upsert_pod(down)
+        flip = asyncio.create_task(ctl.write_statuses("ns"))
+        while len(patched) < 5:
+            await asyncio.sleep(0.005)
+        # ...and it is back with its files (adopted) while most are still to be written.
+        ctl.upsert_pod(pod_body("asterisk-0"))
+        worker = ctl.pods.workers[("ns", "asterisk-0")]
+        worker.set_delivered(dict(worker.owners))
+        worker.state.delivered_hash = worker.state.desired_hash
+        await ctl.write_statuses("ns")
+        await flip
+
+        assert {kube.statuses[n]["reason"] for n in names} == {"Ready"}
+        down_written = {name for name, reason in patched if reason == "NoAsteriskPods"}
+        # Only the CRs written NoAsteriskPods were written again; the rest never were.
+        assert 5 <= len(down_written) < count
+        assert sorted(patched) == sorted(
+            [(n, "NoAsteriskPods") for n in down_written] + [(n, "Ready") for n in down_written]
+        )
+        assert kube.events.count("NoAsteriskPods") == len(down_written)
         await ctl.stop()
 
     asyncio.run(scenario())

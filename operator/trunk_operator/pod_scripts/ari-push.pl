@@ -27,6 +27,7 @@ use warnings;
 use Digest::MD5 qw(md5_hex);
 use HTTP::Tiny;
 use MIME::Base64 qw(encode_base64);
+use Time::HiRes qw(time sleep);
 
 my @KINDS = qw(auth aor endpoint identify);
 my %RANK = map { $KINDS[$_] => $_ } 0 .. $#KINDS;
@@ -220,7 +221,31 @@ sub run_phase {  # the outcome lines of one phase's objects, stopping at an unav
     return @outcomes;
 }
 
+# Sorcery tells res_pjsip of a new AOR asynchronously, and res_pjsip then retrieves every
+# endpoint into a sorted list (sip_options_aor_observer_modified_task in res_pjsip/pjsip_options.c; the list in
+# main/sorcery.c): each new AOR costs m^2 for the m endpoints there when its task runs. So the
+# endpoints go in once those tasks are done: 7,000 trunks added to a pod of 3,000 then cost
+# 7,000 x 3,000^2, not up to 7,000 x 10,000^2 (a quarter of an hour of one core).
+my $SETTLE_AT_MOST = 120;  # seconds; then the endpoints go in anyway
+
+sub aor_tasks_queued {
+    my $queued = 0;
+    for my $line (`asterisk -rx 'core show taskprocessors like sorcery/aor' 2>/dev/null`) {
+        my @fields = split ' ', $line;
+        $queued += $fields[2] if @fields > 2 && $fields[0] =~ m{^sorcery/aor-} && $fields[2] =~ /^\d+$/;
+    }
+    return $queued;
+}
+
+sub settle_aors {  # seconds waited for the AOR tasks of this push; undef: none were queued
+    my $started = time;
+    return undef unless aor_tasks_queued();
+    sleep 0.05 while aor_tasks_queued() && time - $started < $SETTLE_AT_MOST;
+    return time - $started;
+}
+
 my %done = (created => 0, replaced => 0, deleted => 0, failed => 0);
+my $settled;
 my $unavailable;
 my @phases = (
     (map { my $k = $_; ['delete', grep { (split /\t/)[0] eq $k } @deletes] } reverse @KINDS),
@@ -241,6 +266,8 @@ for my $phase (@phases) {
             $done{$what}++;
         }
     }
+    $settled = settle_aors() if $op eq 'put' && @keys && (split /\t/, $keys[0])[0] eq 'aor';
 }
 record(@deletes, @puts) if @deletes || @puts;
 print "ari: created $done{created} replaced $done{replaced} deleted $done{deleted} failed $done{failed}\n";
+printf "ari: waited %.2f s for Asterisk's AOR observers\n", $settled if defined $settled;
