@@ -76,6 +76,7 @@ class Controller:
             self.expected_endpoints,
             after_delivery=self._after_delivery,
             after_observation=self.write_statuses,
+            reported_since=lambda *of: self.status.reported_since(*of),
         )
         self.status = StatusWriter(kube, self.calls, self.plans, self.resources, self.pods.workers)
 

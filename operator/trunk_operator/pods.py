@@ -163,16 +163,23 @@ class PodWorker:
         self.settled_hash = None
         self.set_delivered({})
 
-    def set_delivered(self, owners: dict[str, Outcome], files: Files | None = None) -> None:
-        """What the pod has now: these CRs, as `files` (from `files_of(owners)`)."""
-        before, now = self.state.delivered, timestamp()
+    def set_delivered(
+        self,
+        owners: dict[str, Outcome],
+        files: Files | None = None,
+        since: Mapping[str, str] | None = None,
+    ) -> None:
+        """What the pod has now: these CRs, as `files` (from `files_of(owners)`); `since`: when
+        it took some of them, where that is known from before (an adoption)."""
+        before, now, since = self.state.delivered, timestamp(), since or {}
         self.delivered_owners = owners
         self.delivered_files = files if files is not None else files_of(owners)
         self.state.delivered = {ref: outcome.digest for ref, outcome in owners.items()}
         self.state.delivered_at = {
-            ref: self.state.delivered_at.get(ref, now) if before.get(ref) == digest else now
+            ref: self.state.delivered_at.get(ref, now) if before.get(ref) == digest
+            else since.get(ref, now)
             for ref, digest in self.state.delivered.items()
-        }
+        }  # fmt: skip
 
 
 def _delivery_of(pod: Pod) -> tuple[str | None, str]:
@@ -195,9 +202,12 @@ class AsteriskPods:
         expected_endpoints: dict[tuple[str, str], ExpectedEndpoint],
         after_delivery: Callable[[str], Awaitable[None]],
         after_observation: Callable[[str], Awaitable[None]],
+        reported_since: Callable[[str, str, str, str], str | None] = lambda *_: None,
     ) -> None:
         """`expected_endpoints`: the controller's cache, pruned to its plans' CRs; the two
-        callbacks write statuses (and release finalizers) for the namespace."""
+        callbacks write statuses (and release finalizers) for the namespace;
+        `reported_since(namespace, pod, ref, digest)`: when the CR's status says the pod
+        took that version, if it says so."""
         self.kube = kube
         self.settings = settings
         self.calls = calls
@@ -205,6 +215,7 @@ class AsteriskPods:
         self.expected_endpoints = expected_endpoints
         self.after_delivery = after_delivery
         self.after_observation = after_observation
+        self.reported_since = reported_since
         self.known: dict[str, dict[str, Pod]] = defaultdict(dict)  # namespace -> name -> pod
         self.workers: dict[tuple[str, str], PodWorker] = {}
         # The CRs of each namespace's last assignment: a pod that comes or goes is assigned at
@@ -427,7 +438,14 @@ class AsteriskPods:
         worker.state.observation = observation
         worker.state.problems = {}
         worker.state.last_reload_result = "Verified"
-        worker.set_delivered(owners, files)
+        # The time the statuses already report for what the pod holds (a restarted container
+        # or operator): those still written as before stay as they are, not 1,000 writes.
+        since = {
+            ref: at
+            for ref, outcome in owners.items()
+            if (at := self.reported_since(namespace, worker.pod.name, ref, outcome.digest))
+        }
+        worker.set_delivered(owners, files, since)
         await self.gates.open(namespace, worker.pod)  # closed if its container restarted
         log.info(
             "%s/%s already serves %d resources: adopted in %.2f s",

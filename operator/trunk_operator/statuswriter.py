@@ -117,6 +117,13 @@ class StatusWriter:
         self.statuses[key] = status
         self.patched.pop(key, None)
 
+    def reported_since(self, namespace: str, pod: str, ref: str, digest: str) -> str | None:
+        """When the CR's status (as written, or as first seen) says `pod` took this version."""
+        for entry in self.statuses.get((namespace, ref), {}).get("pods") or []:
+            if entry.get("pod") == pod and entry.get("deliveredHash") == digest:
+                return entry.get("lastReloadTime")
+        return None
+
     def forget(self, key: tuple[str, str]) -> None:
         self.statuses.pop(key, None)
         self.delivering_since.pop(key, None)

@@ -798,3 +798,62 @@ def test_adoption_checks_the_contexts_of_its_audit_batch_and_refuses_a_dialplan_
         await ctl.stop()
 
     asyncio.run(scenario())
+
+
+def test_an_adopted_pod_keeps_the_load_times_its_statuses_report(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restarted container that kept its files is adopted: the CRs whose status still says
+    the pod took their version (not flipped while it was down) are not written again (with
+    1,000 trunks, 1,000 writes while kubelet takes the pod Ready)."""
+    files_in_pod: list[str] = []
+
+    def delivered(pod_exec, files, *args: Any) -> asterisk.DeliveryResult:
+        files_in_pod[:] = [files_hash(files)]
+        return asterisk.DeliveryResult(True, files_hash(files), [], None)
+
+    def serving(pod_exec, expected, timeout, probe, pushed) -> verify.Observation:
+        return verify.Observation(asterisk_output.Listing(), files_in_pod[0])
+
+    monkeypatch.setattr(asterisk, "deliver", delivered)
+    monkeypatch.setattr(asterisk, "observe", serving)
+    monkeypatch.setattr(pods, "drifted", lambda files, observation: False)
+    monkeypatch.setattr(pods, "verify", lambda expected, observation, *more: [])
+
+    async def scenario() -> None:
+        kube = GateKube()
+        written: list[str] = []
+        kube.during_status = written.append
+        ctl = NoDelivery(kube)
+        ctl.upsert_pod(pod_body("asterisk-0"))
+        for i, name in enumerate(("acme", "beta")):
+            spec = {"inbound": {"accountSid": f"AC{i:032x}"}, "outbound": {"context": name}}
+            ctl.upsert("TwilioTrunk", trunk_body(name, **spec))
+        await ctl.reconcile_namespace("ns")
+        worker = ctl.pods.workers[("ns", "asterisk-0")]
+        worker.adoptable = False
+        await ctl.pods.deliver_once("ns", worker)
+        await ctl.write_statuses("ns")
+        assert {ready(kube.statuses[n])[1] for n in ("acme", "beta")} == {"Ready"}
+        took = kube.statuses["acme"]["pods"][0]["lastReloadTime"]
+
+        monkeypatch.setattr(pods, "timestamp", lambda: "2099-01-01T00:00:00Z")  # later
+        restarted = pod_body("asterisk-0")
+        restarted["status"]["containerStatuses"][0].update(
+            containerID="containerd://two", restartCount=1, ready=False
+        )
+        ctl.upsert_pod(restarted)
+        kube.statuses["beta"] = dict(kube.statuses["beta"], pods=[])  # flipped while down
+        ctl.status.statuses[("ns", "TwilioTrunk/beta")] = kube.statuses["beta"]
+        restarted["status"]["containerStatuses"][0]["ready"] = True
+        ctl.upsert_pod(restarted)
+        worker = ctl.pods.workers[("ns", "asterisk-0")]
+        written.clear()
+        await ctl.pods.deliver_once("ns", worker)  # adopted: the same files
+        await ctl.write_statuses("ns")
+        assert written == ["beta"]
+        assert kube.statuses["acme"]["pods"][0]["lastReloadTime"] == took
+        assert kube.statuses["beta"]["pods"][0]["lastReloadTime"] == "2099-01-01T00:00:00Z"
+        await ctl.stop()
+
+    asyncio.run(scenario())
