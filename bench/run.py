@@ -795,6 +795,11 @@ def main(argv: list[str] | None = None) -> int:
         help="(8) sizes run on the real node with an examples/asterisk-ari pod (ARI push)",
     )
     p.add_argument(
+        "--scale-pod-last-sizes",
+        default="10000",
+        help="(8) real-node sizes whose pod is added once every CR has a status",
+    )
+    p.add_argument(
         "--scale-baseline-changes", type=int, default=2, help="(8) per-CR files, >= 1,000 trunks"
     )
     p.add_argument("--work-sizes", default="1000,10000", help="(9) trunks per run")

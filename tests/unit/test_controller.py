@@ -827,8 +827,11 @@ def test_an_adopted_pod_keeps_the_load_times_its_statuses_report(
         ctl = NoDelivery(kube)
         ctl.upsert_pod(pod_body("asterisk-0"))
         for i, name in enumerate(("acme", "beta")):
-            spec = {"inbound": {"accountSid": f"AC{i:032x}"}, "outbound": {"context": name}}
-            ctl.upsert("TwilioTrunk", trunk_body(name, **spec))
+            sid = f"AC{i:032x}"  # each its own: trunks sharing a pod
+            ctl.upsert(
+                "TwilioTrunk",
+                trunk_body(name, inbound={"accountSid": sid}, outbound={"context": name}),
+            )
         await ctl.reconcile_namespace("ns")
         worker = ctl.pods.workers[("ns", "asterisk-0")]
         worker.adoptable = False

@@ -132,17 +132,21 @@ def test_a_status_superseded_before_it_is_written_is_never_written() -> None:
     async def scenario() -> None:
         kube = GateKube()
         patched: list[tuple[str, str]] = []
-        kube.during_status = lambda name: (
-            patched.append((name, kube.statuses[name]["reason"])),
-            time.sleep(0.01),  # in the API threads: the writes queue for their slots
-        )
+
+        def slow_patch(name: str) -> None:
+            patched.append((name, kube.statuses[name]["reason"]))
+            time.sleep(0.01)  # in the API threads: the writes queue for their slots
+
+        kube.during_status = slow_patch
         ctl = NoDelivery(kube)
         ctl.upsert_pod(pod_body("asterisk-0"))
         names = [f"t{i:03d}" for i in range(count)]
         for i, name in enumerate(names):
             sid = f"AC{i:032x}"  # each its own: trunks sharing a pod
-            spec = {"inbound": {"accountSid": sid}, "outbound": {"context": f"to-{name}"}}
-            ctl.upsert("TwilioTrunk", trunk_body(name, **spec))
+            ctl.upsert(
+                "TwilioTrunk",
+                trunk_body(name, inbound={"accountSid": sid}, outbound={"context": f"to-{name}"}),
+            )
         await ctl.reconcile_namespace("ns")
         worker = ctl.pods.workers[("ns", "asterisk-0")]
         worker.set_delivered(dict(worker.owners))
