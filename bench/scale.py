@@ -281,7 +281,14 @@ def real_node_size(
         # reopens it once it verified (or pushed again) the new container's set.
         before = _restart_state(rig, pod).restarts
         if before:
-            log(f"[{label}] asterisk-0 restarted {before} times before `core stop now`")
+            kept = workdir / f"{label}-asterisk-previous.log"
+            assert rig.cluster
+            previous = rig.cluster.kubectl(
+                "logs", "-n", rig.namespace, pod.name, "-c", "asterisk", "--previous",
+                check=False,
+            )  # fmt: skip
+            kept.write_text(str(previous.stdout) + str(previous.stderr))
+            log(f"[{label}] asterisk-0 restarted {before} times before `core stop now` ({kept})")
         started = time.monotonic()
         pod.rx("core stop now")
         seen: dict[str, float] = {}  # milestone -> seconds after `core stop now`, first seen
