@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -52,6 +53,7 @@ class FakeAri:
         self.connections: set[int] = set()  # the clients' ports
         self.password = PASSWORD
         self.refuse: set[str] = set()  # keys answered 400, as ARI does for an invalid field
+        self.journal: Path | None = None  # each request appended there too, when set
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -78,6 +80,9 @@ class FakeAri:
                 assert self.path.startswith(prefix), self.path
                 key = self.path.removeprefix(prefix)
                 fake.requests.append((self.command, key))
+                if fake.journal is not None:
+                    with fake.journal.open("a") as journal:
+                        journal.write(f"{self.command} {key.split('/')[0]}\n")
                 fake.connections.add(self.client_address[1])
                 if self.command == "PUT" and key in fake.refuse:
                     self._reply(400, b'{"message":"Fields are invalid"}')
@@ -108,9 +113,15 @@ def ari() -> Iterator[FakeAri]:
 
 
 def push(
-    tmp_path: Path, ari: FakeAri, text: str | None, boot: int = 1000, password: str = PASSWORD
+    tmp_path: Path,
+    ari: FakeAri,
+    text: str | None,
+    boot: int = 1000,
+    password: str = PASSWORD,
+    path: str | None = None,
 ) -> list[str]:
-    """Run the pusher as the delivery script does: the credentials on its stdin."""
+    """Run the pusher as the delivery script does: the credentials on its stdin; `path`: its
+    PATH (where it finds `asterisk`)."""
     script, wanted, state = tmp_path / "ari-push.pl", tmp_path / "pjsip.conf", tmp_path / "state"
     script.write_text(PUSH_SCRIPT)
     if text is None:
@@ -125,6 +136,7 @@ def push(
         capture_output=True,
         timeout=30,
         check=False,
+        env={**os.environ, "PATH": path} if path else None,
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.decode().splitlines()
@@ -292,3 +304,48 @@ def test_the_record_is_appended_to_read_last_line_first_and_kept_small(
     push(tmp_path, ari, AUTH)
     listed = subprocess.run(listed.args, capture_output=True, text=True, check=True)
     assert listed.stdout.split() == []
+
+
+def test_the_endpoints_wait_for_asterisks_tasks_of_the_new_aors(
+    tmp_path: Path, ari: FakeAri
+) -> None:
+    """Asterisk takes each new AOR in a task queued after the PUT returned, costing the square
+    of the endpoints there: the endpoints go in once `sorcery/aor` has nothing queued."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    calls.write_text("")
+    # A stand-in for `asterisk -rx`: 2 AOR tasks queued, one fewer at each look.
+    fake = bin_dir / "asterisk"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f"n=$(grep -c rx {calls}); left=$((2 - n)); [ $left -lt 0 ] && left=0\n"
+        f'echo "rx $2 $left" >> {calls}\n'
+        'echo "Processor  Processed   In Queue  Max Depth  Low water High water"\n'
+        'echo "sorcery/aor-0000000e  10  $left  3  450  500  0  0"\n'
+        'echo "sorcery/aorx  10  7  3  450  500  0  0"\n'
+    )
+    fake.chmod(0o755)
+    ari.journal = calls
+    out = push(tmp_path, ari, TRUNK + AUTH, path=f"{bin_dir}:{os.environ['PATH']}")
+    look = "rx core show taskprocessors like sorcery/aor"
+    assert calls.read_text().splitlines() == [
+        "PUT auth",
+        "PUT aor",
+        f"{look} 2",
+        f"{look} 1",
+        f"{look} 0",
+        "PUT endpoint",
+        "PUT identify",
+    ]
+    assert out[0] == "ari: created 4 replaced 0 deleted 0 failed 0"
+    assert out[1].startswith("ari: waited ")
+    # A push that creates no AOR does not look.
+    calls.write_text("")
+    ari.journal = None
+    out = push(
+        tmp_path,
+        ari,
+        TRUNK.replace("ulaw,alaw", "ulaw") + AUTH,
+        path=f"{bin_dir}:{os.environ['PATH']}",
+    )
+    assert calls.read_text() == "" and out == ["ari: created 0 replaced 1 deleted 0 failed 0"]

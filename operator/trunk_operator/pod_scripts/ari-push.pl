@@ -17,10 +17,12 @@
 # A changed object is replaced (DELETE, then PUT), never updated: a PUT on an existing object
 # merges into it (contacts and ACL entries accumulate, callerid turns "unknown"). Deletions go
 # first (identify, endpoint, aor, auth), then creations (auth, aor, endpoint, identify), so
-# references resolve. Prints "ari: created N replaced N deleted N failed N", and one
-# "ari-failed: ..." line for each of the first failures ("ari-unavailable: ..." when ARI
-# cannot be reached or refuses the credentials: it stops there); exits 0 unless it cannot start, so
-# the delivery reads back what Asterisk has either way and verification decides.
+# references resolve; the endpoints wait for Asterisk's tasks of new AORs (settle_aors).
+# Prints "ari: created N replaced N deleted N failed N" ("ari: waited S s for ..." after it
+# when it waited for those tasks), and one "ari-failed: ..." line for each of the first
+# failures ("ari-unavailable: ..." when ARI cannot be reached or refuses the credentials: it
+# stops there); exits 0 unless it cannot start, so the delivery reads back what Asterisk has
+# either way and verification decides.
 
 use strict;
 use warnings;
@@ -222,17 +224,18 @@ sub run_phase {  # the outcome lines of one phase's objects, stopping at an unav
 }
 
 # Sorcery tells res_pjsip of a new AOR asynchronously, and res_pjsip then retrieves every
-# endpoint into a sorted list (sip_options_aor_observer_modified_task in res_pjsip/pjsip_options.c; the list in
-# main/sorcery.c): each new AOR costs m^2 for the m endpoints there when its task runs. So the
-# endpoints go in once those tasks are done: 7,000 trunks added to a pod of 3,000 then cost
-# 7,000 x 3,000^2, not up to 7,000 x 10,000^2 (a quarter of an hour of one core).
+# endpoint into a sorted list (sip_options_aor_observer_modified_task in
+# res_pjsip/pjsip_options.c; the list in main/sorcery.c): each new AOR costs m^2 for the m
+# endpoints there when its task runs. So the endpoints go in once those tasks are done: 7,000
+# trunks added to a pod of 3,000 then cost 7,000 x 3,000^2, not up to 7,000 x 10,000^2.
 my $SETTLE_AT_MOST = 120;  # seconds; then the endpoints go in anyway
 
 sub aor_tasks_queued {
     my $queued = 0;
     for my $line (`asterisk -rx 'core show taskprocessors like sorcery/aor' 2>/dev/null`) {
         my @fields = split ' ', $line;
-        $queued += $fields[2] if @fields > 2 && $fields[0] =~ m{^sorcery/aor-} && $fields[2] =~ /^\d+$/;
+        next unless @fields > 2 && $fields[0] =~ m{^sorcery/aor-} && $fields[2] =~ /^\d+$/;
+        $queued += $fields[2];
     }
     return $queued;
 }
