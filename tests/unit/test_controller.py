@@ -4,6 +4,7 @@ status may claim while plans and deliveries interleave (with a fake API; no clus
 import asyncio
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -643,12 +644,19 @@ def test_a_set_asterisk_refused_part_of_is_tried_again_with_backoff(
     asyncio.run(scenario())
 
 
-def recording(writes: list[str]) -> Any:
-    """A controller with one pod whose status writes append their Ready reason to `writes`."""
+def one_pod(during_status: Callable[[str], None] = lambda name: None) -> tuple[GateKube, Any]:
+    """A GateKube calling `during_status` with the name of each status written, and a
+    controller with one pod on it."""
     kube = GateKube()
-    kube.during_status = lambda name: writes.append(ready(kube.statuses[name])[1])
+    kube.during_status = during_status
     ctl = NoDelivery(kube)
     ctl.upsert_pod(pod_body("asterisk-0"))
+    return kube, ctl
+
+
+def recording(writes: list[str]) -> Any:
+    """A controller with one pod whose status writes append their Ready reason to `writes`."""
+    kube, ctl = one_pod(lambda name: writes.append(ready(kube.statuses[name])[1]))
     return ctl
 
 
@@ -821,11 +829,8 @@ def test_an_adopted_pod_keeps_the_load_times_its_statuses_report(
     monkeypatch.setattr(pods, "verify", lambda expected, observation, *more: [])
 
     async def scenario() -> None:
-        kube = GateKube()
         written: list[str] = []
-        kube.during_status = written.append
-        ctl = NoDelivery(kube)
-        ctl.upsert_pod(pod_body("asterisk-0"))
+        kube, ctl = one_pod(written.append)
         for i, name in enumerate(("acme", "beta")):
             sid = f"AC{i:032x}"  # each its own: trunks sharing a pod
             ctl.upsert(

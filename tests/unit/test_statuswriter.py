@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.unit.test_controller import GateKube, NoDelivery, pod_body, trunk_body
+from tests.unit.test_controller import GateKube, NoDelivery, one_pod, pod_body, trunk_body
 from trunk_operator import asterisk_output, pods, statuswriter
 from trunk_operator.podset import expected_for
 from trunk_operator.verify import Observation
@@ -45,11 +45,8 @@ def test_each_input_of_a_status_brings_it_reduced_again_and_nothing_else(
     monkeypatch.setattr(statuswriter, "DELIVERING_GRACE", 0.0)  # every state is written
 
     async def scenario() -> None:
-        kube = GateKube()
         written: list[str] = []
-        kube.during_status = written.append
-        ctl = NoDelivery(kube)
-        ctl.upsert_pod(pod_body("asterisk-0"))
+        kube, ctl = one_pod(written.append)
         for name in ("acme", "beta"):
             ctl.upsert("TwilioTrunk", trunk(name))
         await ctl.reconcile_namespace("ns")
