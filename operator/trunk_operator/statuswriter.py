@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # fewer; each spec change: one write, and one watch event for Argo CD and Flux, fewer). Only
 # where the status as it stands cannot pass for the change's: see `_reads_as_current`.
 DELIVERING_GRACE = 1.0
-MANY_WRITES = 100  # a pass writing this many statuses is logged, with its time
+MANY_WRITES = 100  # a pass with this many statuses to write is logged, with its time
 
 
 def _reads_as_current(written: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
@@ -189,7 +189,7 @@ class StatusWriter:
         await asyncio.gather(*(asyncio.shield(w) for w in writes))
         if len(writes) >= MANY_WRITES:
             log.info(
-                "%s: %d statuses written in %.2f s",
+                "%s: %d statuses to write, written (or superseded) in %.2f s",
                 namespace, len(writes), time.monotonic() - started,
             )  # fmt: skip
         if until != float("inf"):
