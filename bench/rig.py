@@ -216,9 +216,12 @@ class AsteriskPod:
                     times.append(_parse_rfc3339(stamp))
         return times
 
+    def rx(self, command: str, check: bool = False) -> str:
+        """`asterisk -rx command` in the container (as ClusterAsteriskPod.rx)."""
+        return self.container.rx(command, timeout=60, check=check)
+
     def endpoint_count(self) -> int:
-        text = self.container.rx("pjsip show endpoints", timeout=60, check=False)
-        return len(parse_endpoints(text))
+        return len(parse_endpoints(self.rx("pjsip show endpoints")))
 
 
 def _parse_rfc3339(stamp: str) -> float:

@@ -93,8 +93,7 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> float:
 
 
 def _listed_endpoints(pod: AsteriskPod | ClusterAsteriskPod) -> int:
-    rx = pod.rx if isinstance(pod, ClusterAsteriskPod) else pod.container.rx
-    out = rx("pjsip list endpoints", check=False)
+    out = pod.rx("pjsip list endpoints")
     found = re.search(r"Objects found: (\d+)", out)
     return int(found.group(1)) if found else 0
 
@@ -105,9 +104,8 @@ def sorcery_backlog(pod: AsteriskPod | ClusterAsteriskPod) -> int:
     created object asynchronously; res_pjsip's AOR observer then retrieves every endpoint
     into a sorted list (main/sorcery.c), so n new AORs in a pod of m endpoints keep Asterisk
     busy for n x m^2 after the pushes returned (bench/README.md, 8c)."""
-    rx = pod.rx if isinstance(pod, ClusterAsteriskPod) else pod.container.rx
     queued = 0
-    for line in rx("core show taskprocessors", check=False).splitlines():
+    for line in pod.rx("core show taskprocessors").splitlines():
         fields = line.split()
         if fields and fields[0].startswith("sorcery/") and len(fields) > 2:
             queued += int(fields[2]) if fields[2].isdigit() else 0
@@ -231,12 +229,11 @@ def one_size(
             _wait(lambda: _listed_endpoints(fresh) == n, args.timeout, "full set in a new pod")
             out["new pod -> full set loaded"] = time.monotonic() - added
             started = time.monotonic()
-            pod.container.rx("core restart now", check=False)
+            pod.rx("core restart now")
             time.sleep(1)
             _wait(
                 lambda: (
-                    "fully booted" in pod.container.rx("core waitfullybooted", check=False)
-                    and _listed_endpoints(pod) == n
+                    "fully booted" in pod.rx("core waitfullybooted") and _listed_endpoints(pod) == n
                 ),
                 args.timeout,
                 "Asterisk start with the files",
@@ -263,18 +260,17 @@ def real_node_size(
             resources={"limits": {"memory": memory}},
         )
 
-        def add() -> ClusterAsteriskPod:
-            return rig.add_asterisk(NODE_ASTERISK_IP, {HOST: STANDIN_IP}, example)
+        added: list[ClusterAsteriskPod] = []
 
-        if n in {int(x) for x in args.scale_pod_last_sizes.split(",") if x}:
-            # Applied at once to a running pod, 10,000 trunks arrive in rounds, and Asterisk
-            # takes each round's new AORs in m x n^2 (bench/README.md, 8c).
-            out = _steps(args, rig, add, label, n, args.scale_changes)
-            assert rig.cluster
-            pod = ClusterAsteriskPod(rig.cluster, rig.namespace, "asterisk-0")
-        else:
-            pod = add()
-            out = _steps(args, rig, pod, label, n, args.scale_changes)
+        def add() -> ClusterAsteriskPod:
+            added.append(rig.add_asterisk(NODE_ASTERISK_IP, {HOST: STANDIN_IP}, example))
+            return added[0]
+
+        # Applied at once to a running pod, 10,000 trunks arrive in rounds, and Asterisk takes
+        # each round's new AORs in m x n^2 (bench/README.md, 8c): such sizes get the pod last.
+        pod_last = n in {int(x) for x in args.scale_pod_last_sizes.split(",") if x}
+        out = _steps(args, rig, add if pod_last else add(), label, n, args.scale_changes)
+        [pod] = added
         out["operator VmHWM MiB"] = rig.operator_memory().get("VmHWM", 0) / 1024
         # Asterisk's container restarts (kubelet restarts it; its files stay in the pod's
         # emptyDir, pushed objects are gone): the operator closes the readiness gate and

@@ -242,8 +242,12 @@ sub aor_tasks_queued {
 
 sub settle_aors {  # seconds waited for the AOR tasks of this push; undef: none were queued
     my $started = time;
-    return undef unless aor_tasks_queued();
-    sleep 0.05 while aor_tasks_queued() && time - $started < $SETTLE_AT_MOST;
+    my $queued = aor_tasks_queued();
+    return undef unless $queued;
+    while ($queued && time - $started < $SETTLE_AT_MOST) {
+        sleep 0.05;
+        $queued = aor_tasks_queued();
+    }
     return time - $started;
 }
 
