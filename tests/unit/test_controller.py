@@ -12,6 +12,7 @@ import pytest
 
 from trunk_operator import asterisk, asterisk_output, pods, statuswriter, verify
 from trunk_operator.apiclient import KubeError
+from trunk_operator.asterisk_ari import ARI_CREDENTIALS_ANNOTATION
 from trunk_operator.controller import Controller
 from trunk_operator.kube import SecretRead
 from trunk_operator.plan import Inputs, Resource, plan_namespace
@@ -862,6 +863,41 @@ def test_an_adopted_pod_keeps_the_load_times_its_statuses_report(
         assert written == ["beta"]
         assert kube.statuses["acme"]["pods"][0]["lastReloadTime"] == took
         assert kube.statuses["beta"]["pods"][0]["lastReloadTime"] == "2099-01-01T00:00:00Z"
+        await ctl.stop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("pushed", [False, True])
+def test_a_container_started_while_watched_is_adopted_only_if_it_kept_its_files(
+    pushed: bool,
+) -> None:
+    """A restarted container keeps the pod's files, so it may serve its set already (adopted
+    after a read); objects pushed over ARI do not outlive the process, so a new ARI container
+    is pushed its set at once (the read took ~0.7 s of a restart at 1,000 trunks). An ARI pod
+    that ran before this operator started may hold them: it is read."""
+
+    async def scenario() -> None:
+        kube = GateKube()
+        ctl = NoDelivery(kube)
+        body = pod_body("asterisk-0")
+        if pushed:
+            body["metadata"]["annotations"] = {ARI_CREDENTIALS_ANNOTATION: "ari-user"}
+        body["status"]["containerStatuses"][0]["containerID"] = "containerd://one"
+        ctl.upsert_pod(body)
+        ctl.upsert("TwilioTrunk", trunk_body("acme"))
+        await ctl.reconcile_namespace("ns")
+        assert ctl.pods.workers[("ns", "asterisk-0")].adoptable  # it ran before: read it
+
+        body["status"]["containerStatuses"][0].update(
+            containerID="containerd://two", restartCount=1, ready=False
+        )
+        ctl.upsert_pod(body)
+        await asyncio.sleep(0)
+        assert ("ns", "asterisk-0") not in ctl.pods.workers
+        body["status"]["containerStatuses"][0]["ready"] = True
+        ctl.upsert_pod(body)
+        assert ctl.pods.workers[("ns", "asterisk-0")].adoptable is not pushed
         await ctl.stop()
 
     asyncio.run(scenario())
