@@ -96,9 +96,9 @@ def pod_of(body: Mapping[str, Any], settings: Settings, gate_closing: bool) -> P
         and bool(ours and ours[0].get("ready"))
         and not meta.get("deletionTimestamp")
     )
-    incarnation = (
-        f"{ours[0].get('containerID', '')}/{ours[0].get('restartCount', 0)}" if ours else ""
-    )
+    container_id = ours[0].get("containerID", "") if ours else ""
+    # "": not started yet (its first start is no restart)
+    incarnation = f"{container_id}/{ours[0].get('restartCount', 0)}" if container_id else ""
     gate_open = not gate_closing and any(
         c.get("type") == settings.readiness_condition and c.get("status") == "True"
         for c in status.get("conditions") or []

@@ -2,6 +2,7 @@
 status may claim while plans and deliveries interleave (with a fake API; no cluster)."""
 
 import asyncio
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -144,7 +145,12 @@ def pod_body(name: str) -> dict:
     return {
         "metadata": {"name": name, "namespace": "ns", "uid": name, "labels": {"app": "asterisk"}},
         "spec": {"containers": [{"name": "asterisk"}]},
-        "status": {"phase": "Running", "containerStatuses": [{"name": "asterisk", "ready": True}]},
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [
+                {"name": "asterisk", "ready": True, "containerID": f"containerd://{name}"}
+            ],
+        },
     }
 
 
@@ -898,6 +904,29 @@ def test_a_container_started_while_watched_is_adopted_only_if_it_kept_its_files(
         body["status"]["containerStatuses"][0]["ready"] = True
         ctl.upsert_pod(body)
         assert ctl.pods.workers[("ns", "asterisk-0")].adoptable is not pushed
+        await ctl.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_containers_first_start_is_no_restart(caplog: pytest.LogCaptureFixture) -> None:
+    """A pod seen while its container is created (no container id yet) then running: not
+    logged as a restart; over ARI its new Asterisk holds nothing, so it is not read first."""
+
+    async def scenario() -> None:
+        ctl = NoDelivery(GateKube())
+        body = pod_body("asterisk-0")
+        body["metadata"]["annotations"] = {ARI_CREDENTIALS_ANNOTATION: "ari-user"}
+        body["status"]["containerStatuses"][0].update(ready=False, restartCount=0)
+        del body["status"]["containerStatuses"][0]["containerID"]
+        ctl.upsert_pod(body)  # ContainerCreating: no containerID
+        ctl.upsert("TwilioTrunk", trunk_body("acme"))
+        await ctl.reconcile_namespace("ns")
+        body["status"]["containerStatuses"][0].update(containerID="containerd://one", ready=True)
+        with caplog.at_level(logging.INFO, logger="trunk_operator.pods"):
+            ctl.upsert_pod(body)
+        assert "restarted" not in caplog.text
+        assert not ctl.pods.workers[("ns", "asterisk-0")].adoptable
         await ctl.stop()
 
     asyncio.run(scenario())
