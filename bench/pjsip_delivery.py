@@ -20,7 +20,7 @@ operator and no API server:
   over ARI (`asterisk.deliver` as a pod worker calls it, over `podman exec`);
 - the operator's observation of a pod with the N trunks (`asterisk.observe` over `podman exec`:
   the listings, the delivered hash, the files' digests, 10 endpoints in depth), which the
-  observer repeats per pod (at most a tenth of the time: `pods.OBSERVE_SHARE`).
+  observer repeats per pod (at most a tenth of the time: `observer.OBSERVE_SHARE`).
 Medians of `--repeat` (the first reload after a start is left out), one second apart.
 """
 

@@ -20,6 +20,7 @@ from typing import Any
 from trunk_operator import metrics
 from trunk_operator.apiclient import KubeError, describe
 from trunk_operator.kube import Kube, Owner, SecretRead, keyed_secret_hash
+from trunk_operator.observer import Observer
 from trunk_operator.plan import (
     PLURALS,
     SEGMENT,
@@ -75,9 +76,9 @@ class Controller:
             self.stats,
             self.expected_endpoints,
             after_delivery=self._after_delivery,
-            after_observation=self.write_statuses,
             reported_since=lambda *of: self.status.reported_since(*of),
         )
+        self.observer = Observer(self.pods, after_observation=self.write_statuses)
         self.status = StatusWriter(kube, self.calls, self.plans, self.resources, self.pods.workers)
 
     # ---- inputs from Kopf ------------------------------------------------------------
@@ -173,7 +174,7 @@ class Controller:
     def start(self) -> None:
         self.tasks = [
             asyncio.create_task(self._plan_loop(), name="plan"),
-            asyncio.create_task(self.pods.observe_loop(), name="observe"),
+            asyncio.create_task(self.observer.loop(), name="observe"),
             asyncio.create_task(self._watch_audit_loop(), name="watch-audit"),
         ]
 

@@ -1,11 +1,9 @@
-"""The Asterisk pods: what each should serve, one delivery worker per pod, their readiness
-gates, and the observer that reads back what each serves.
+"""The Asterisk pods: what each should serve, and one delivery worker per pod.
 
 Each pod's worker always delivers the newest desired set, so a burst of changes becomes one
-exec round (changes arriving during a reload fold into the next); the observer execs once per
-pod per interval for all its CRs (less often for a pod whose read is long: OBSERVE_SHARE), to
-refresh live status and detect drift (files changed by hand, a restarted container) by content
-hashes.
+exec round (changes arriving during a reload fold into the next). A pod that may already serve
+its set (the operator or its container restarted) is first read, and adopted when it does.
+What each pod serves afterwards is read back by the observer (observer.py).
 """
 
 from __future__ import annotations
@@ -42,14 +40,11 @@ from trunk_operator.podset import (
 from trunk_operator.render import Files, files_hash
 from trunk_operator.status import PodDelivery, timestamp
 from trunk_operator.threads import BlockingCalls
-from trunk_operator.verify import Expected, ExpectedEndpoint, Probe, drifted, verify
+from trunk_operator.verify import ExpectedEndpoint, Probe, drifted, verify
 
 log = logging.getLogger(__name__)
 
-AUDIT_BATCH = 10  # endpoints the observer re-checks in depth per pod and round
-# A pod is observed at most once per OBSERVE_SHARE times its last observation's exec: reading
-# 10,000 trunks takes Asterisk ~2.5 s, which every 5 s would keep its CLI busy half the time.
-OBSERVE_SHARE = 10
+AUDIT_BATCH = 10  # endpoints the observer (and an adoption) re-checks in depth per round
 # A set some CRs of which Asterisk refused is tried whole again after this long, doubling up to
 # REFUSED_RETRY_MAX: a refusal can come from Asterisk's passing state, or from something that
 # changes without the CR changing (a transport that a restart of Asterisk brought).
@@ -156,6 +151,15 @@ class PodWorker:
 
         self.retry_refused = asyncio.get_running_loop().call_later(delay, retry)
 
+    def audit_batch(self, owners: Mapping[str, Outcome]) -> list[str]:
+        """The next AUDIT_BATCH endpoints of the pod, round robin: over the rounds, every
+        endpoint is read back in depth again (Asterisk's memory can change without files)."""
+        names = sorted(changed_endpoints(owners, {}))
+        if not names:
+            return []
+        start = self.audit_cursor % len(names)
+        return (names[start:] + names[:start])[:AUDIT_BATCH]
+
     def forget_delivered(self) -> None:
         """What the pod holds is not known: everything is delivered, now (a refused set too:
         a restarted Asterisk may serve what it refused)."""
@@ -201,11 +205,10 @@ class AsteriskPods:
         stats: dict[str, int],
         expected_endpoints: dict[tuple[str, str], ExpectedEndpoint],
         after_delivery: Callable[[str], Awaitable[None]],
-        after_observation: Callable[[str], Awaitable[None]],
         reported_since: Callable[[str, str, str, str], str | None] = lambda *_: None,
     ) -> None:
-        """`expected_endpoints`: the controller's cache, pruned to its plans' CRs; the two
-        callbacks write statuses (and release finalizers) for the namespace;
+        """`expected_endpoints`: the controller's cache, pruned to its plans' CRs;
+        `after_delivery` writes statuses (and releases finalizers) for the namespace;
         `reported_since(namespace, pod, ref, digest)`: when the CR's status says the pod
         took that version, if it says so."""
         self.kube = kube
@@ -214,7 +217,6 @@ class AsteriskPods:
         self.stats = stats
         self.expected_endpoints = expected_endpoints
         self.after_delivery = after_delivery
-        self.after_observation = after_observation
         self.reported_since = reported_since
         self.known: dict[str, dict[str, Pod]] = defaultdict(dict)  # namespace -> name -> pod
         self.workers: dict[tuple[str, str], PodWorker] = {}
@@ -230,21 +232,6 @@ class AsteriskPods:
 
     def tasks(self) -> list[asyncio.Task[None]]:
         return [w.task for w in self.workers.values() if w.task]
-
-    async def observe_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.observe_interval)
-            for (namespace, _), worker in list(self.workers.items()):
-                if time.monotonic() < worker.observe_after:
-                    continue
-                try:
-                    took = await self.observe(namespace, worker)
-                    worker.observe_after = time.monotonic() + (OBSERVE_SHARE - 1) * took
-                except asyncio.CancelledError:
-                    raise
-                except Exception as error:
-                    text = str(error) if isinstance(error, asterisk.ExecError) else describe(error)
-                    log.info("observing %s/%s failed: %s", namespace, worker.pod.name, text)
 
     def upsert(self, body: Mapping[str, Any]) -> bool:
         """A pod event; True when the namespace needs a new plan (a pod came, went ready or
@@ -424,7 +411,7 @@ class AsteriskPods:
         # whole set after each container restart: the largest read there is, and the likeliest
         # to be cut short on a busy node.) The user contexts too: their presence is in the
         # statuses.
-        batch = frozenset(self._audit_batch(worker, owners))
+        batch = frozenset(worker.audit_batch(owners))
         batch_owners = {e.owner for e in expected.endpoints if e.name in batch}
         probe = Probe(
             batch,
@@ -551,59 +538,6 @@ class AsteriskPods:
                 f" (pod annotation {ARI_CREDENTIALS_ANNOTATION})"
             )
         return AriAccess(pod.ari_url, data["username"], data["password"])
-
-    @staticmethod
-    def _audit_batch(worker: PodWorker, owners: Mapping[str, Outcome]) -> list[str]:
-        """The next AUDIT_BATCH endpoints of the pod, round robin: over the rounds, every
-        endpoint is read back in depth again (Asterisk's memory can change without files)."""
-        names = sorted(changed_endpoints(owners, {}))
-        if not names:
-            return []
-        start = worker.audit_cursor % len(names)
-        return (names[start:] + names[:start])[:AUDIT_BATCH]
-
-    # ---- observation -----------------------------------------------------------------
-
-    async def observe(self, namespace: str, worker: PodWorker) -> float:
-        """Read what the pod serves, write statuses, repair drift; the exec's seconds."""
-        pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
-        if worker.busy.locked():
-            return 0.0  # a delivery is under way: it reads the pod itself
-        # Not under the lock: a delivery must not wait for a read (10,000 trunks on a busy
-        # node: 30 s and more). One that comes meanwhile makes this read stale: dropped below.
-        delivered, delivered_files = worker.delivered_owners, worker.delivered_files
-        expected = expected_for(delivered, self.expected_endpoints)
-        batch = set(self._audit_batch(worker, delivered))
-        audited = Expected(tuple(e for e in expected.endpoints if e.name in batch))
-        probe = Probe(frozenset(e.name for e in audited.endpoints), user_contexts_of(delivered))
-        started = time.monotonic()
-        pushed = worker.pod.ari_secret is not None
-        observation = await self.calls.run(
-            asterisk.observe, pod_exec, expected, self.settings.exec_timeout, probe, pushed
-        )
-        took = time.monotonic() - started
-        if worker.delivered_owners is not delivered or worker.busy.locked():
-            return took  # a delivery came meanwhile: its own reads are newer than these
-        worker.state.observation = observation
-        worker.audit_cursor += len(audited.endpoints)
-        drift = (
-            "the delivered hash changed"
-            if observation.delivered_hash != worker.state.delivered_hash
-            else "its files changed"
-            if drifted(delivered_files, observation)
-            else "; ".join(p.message for p in verify(audited, observation)[:3])
-        )
-        if (
-            drift
-            and worker.delivered_owners is delivered
-            and worker.state.delivered_hash == worker.state.desired_hash
-            and worker.state.last_reload_result == "Verified"
-        ):
-            log.info("drift in %s/%s (%s): redelivering", namespace, worker.pod.name, drift)
-            worker.forget_delivered()  # whatever is there, it is not our set
-            worker.wake.set()
-        await self.after_observation(namespace)
-        return took
 
     def removed_everywhere(self, namespace: str, ref: str) -> bool:
         """No pod serves, or is to get, this CR's files (pods that went away count)."""

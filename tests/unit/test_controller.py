@@ -17,7 +17,7 @@ from trunk_operator.asterisk_ari import ARI_CREDENTIALS_ANNOTATION
 from trunk_operator.controller import Controller
 from trunk_operator.kube import SecretRead
 from trunk_operator.plan import Inputs, Resource, plan_namespace
-from trunk_operator.pods import AsteriskPods, Pod, PodWorker
+from trunk_operator.pods import Pod, PodWorker
 from trunk_operator.podset import (
     expected_for,
     files_of,
@@ -382,11 +382,11 @@ def test_the_observer_audits_every_endpoint_in_depth_over_the_rounds(
 ) -> None:
     outcomes = plan_with_two_trunks().outcomes
     worker = PodWorker(Pod("p", "u", {}, True, ""), PodDelivery("p"))
-    assert AsteriskPods._audit_batch(worker, outcomes) == ["A", "B"]  # all fit in one batch
+    assert worker.audit_batch(outcomes) == ["A", "B"]  # all fit in one batch
     monkeypatch.setattr(pods, "AUDIT_BATCH", 1)
     seen = []
     for _ in range(3):
-        batch = AsteriskPods._audit_batch(worker, outcomes)
+        batch = worker.audit_batch(outcomes)
         seen += batch
         worker.audit_cursor += len(batch)
     assert seen == ["A", "B", "A"]
@@ -409,11 +409,11 @@ def test_the_observer_reads_a_slow_pod_at_most_a_tenth_of_the_time(
             await asyncio.sleep(took)
             return took
 
-        monkeypatch.setattr(ctl.pods, "observe", observe)
+        monkeypatch.setattr(ctl.observer, "observe", observe)
         for name in calls:
             worker = PodWorker(Pod(name, name, {}, True, ""), PodDelivery(name))
             ctl.pods.workers[("ns", name)] = worker
-        loop = asyncio.create_task(ctl.pods.observe_loop())
+        loop = asyncio.create_task(ctl.observer.loop())
         await asyncio.sleep(1.0)
         loop.cancel()
 
@@ -578,7 +578,7 @@ def test_a_delivery_does_not_wait_for_an_observation_and_drops_its_stale_read(
         await ctl.reconcile_namespace("ns")
         worker = ctl.pods.workers[("ns", "asterisk-0")]
         worker.adoptable = False
-        observing = asyncio.ensure_future(ctl.pods.observe("ns", worker))
+        observing = asyncio.ensure_future(ctl.observer.observe("ns", worker))
         await asyncio.to_thread(reading.wait, 5)
         await asyncio.wait_for(ctl.pods.deliver_once("ns", worker), 2)  # not behind the read
         assert worker.state.observation is fresh

@@ -45,6 +45,7 @@ LAYERS = [
     {"apiclient", "kube", "leader"},
     {"gates"},
     {"pods"},
+    {"observer"},
     {"statuswriter"},
     {"controller"},
     {"handlers"},
