@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5.0  # after a failed write of one CR's rendered state
 STUCK_PLAN_SECONDS = 600.0  # API calls time out after 60 s each: a plan this old is stuck
+SLOW_RECONCILE = 2.0  # a namespace's reconcile that takes this long is logged, with its phases
 FINALIZER = "trunks.asterisk-operator.dev/delivered"
 
 
@@ -259,6 +260,11 @@ class Controller:
 
     async def reconcile_namespace(self, namespace: str) -> None:
         self.stats["plans"] += 1
+        started = time.monotonic()
+        took: dict[str, float] = {}
+
+        def phase(name: str) -> None:
+            took[name] = time.monotonic() - started - sum(took.values())
         tracked = self.resources.get(namespace, {})
         live = [t for t in tracked.values() if not t.deleting]
         inputs = Inputs(
@@ -274,7 +280,9 @@ class Controller:
             if secret is not None:
                 inputs.secrets[name] = secret.data
                 inputs.secret_versions[name] = secret.resource_version
+        phase("secrets")
         plan = plan_namespace(inputs, self.render_caches[namespace])
+        phase("plan")
 
         refs, writes = [], []
         for ref, outcome in plan.outcomes.items():
@@ -326,8 +334,17 @@ class Controller:
         self.pods.assign(
             namespace, {ref: o for (ns, ref), o in self.last_good.items() if ns == namespace}
         )
+        phase("rendered state")
         await self.write_statuses(namespace)
+        phase("statuses")
         await self.sync_finalizers(namespace)
+        phase("finalizers")
+        if sum(took.values()) >= SLOW_RECONCILE:
+            log.info(
+                "%s: %d resources reconciled in %.2f s (%s)",
+                namespace, len(plan.outcomes), sum(took.values()),
+                ", ".join(f"{name} {seconds:.2f} s" for name, seconds in took.items()),
+            )  # fmt: skip
 
     async def _read_secret(self, namespace: str, name: str) -> SecretRead | None:
         key = (namespace, name)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from trunk_operator import asterisk, asterisk_output, pods, statuswriter, verify
+from trunk_operator import asterisk, asterisk_output, controller, pods, statuswriter, verify
 from trunk_operator.apiclient import KubeError
 from trunk_operator.asterisk_ari import ARI_CREDENTIALS_ANNOTATION
 from trunk_operator.controller import Controller
@@ -930,3 +930,24 @@ def test_a_containers_first_start_is_no_restart(caplog: pytest.LogCaptureFixture
         await ctl.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_slow_reconcile_is_logged_with_where_its_time_went(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At 10,000 CRs a reconcile waits seconds for status writes and finalizer PATCHes: the
+    log says which, so a slow namespace can be read from the operator's log."""
+    monkeypatch.setattr(controller, "SLOW_RECONCILE", 0.0)
+
+    async def scenario() -> None:
+        _, ctl = one_pod()
+        ctl.upsert("TwilioTrunk", trunk_body("acme"))
+        with caplog.at_level(logging.INFO, logger="trunk_operator.controller"):
+            await ctl.reconcile_namespace("ns")
+        await ctl.stop()
+
+    asyncio.run(scenario())
+    [line] = [r.getMessage() for r in caplog.records if "reconciled in" in r.getMessage()]
+    assert line.startswith("ns: 1 resources reconciled in ")
+    for phase in ("secrets", "plan", "rendered state", "statuses", "finalizers"):
+        assert f"{phase} " in line
