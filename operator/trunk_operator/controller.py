@@ -265,6 +265,7 @@ class Controller:
 
         def phase(name: str) -> None:
             took[name] = time.monotonic() - started - sum(took.values())
+
         tracked = self.resources.get(namespace, {})
         live = [t for t in tracked.values() if not t.deleting]
         inputs = Inputs(
