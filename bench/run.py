@@ -785,6 +785,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--scale-changes", type=int, default=10, help="(8) changes of one trunk")
     p.add_argument(
+        "--scale-restarts",
+        type=int,
+        default=3,
+        help="(8) restarts measured per real-node size up to 1,000 trunks (median; from the"
+        " second on, each in a new pod: kubelet waits 10 s before a second restart)",
+    )
+    p.add_argument(
         "--scale-node-sizes",
         default="1000",
         help="(8) sizes run again with the chart's operator and Asterisk on the real node",
