@@ -302,20 +302,19 @@ def real_node_size(
 def _replace_pod(rig: InClusterRig, pod: ClusterAsteriskPod, n: int, timeout: float) -> None:
     """Delete the pod; its StatefulSet makes a new one, which gets the whole set: back once it
     is Ready with its gate open and Asterisk lists all `n` endpoints."""
-    old_uid = rig.core.read_namespaced_pod(pod.name, pod.namespace).metadata.uid
+    old_uid = _restart_state(rig, pod).uid
     rig.core.delete_namespaced_pod(pod.name, pod.namespace)
 
     def back() -> bool:
         try:
-            fresh = rig.core.read_namespaced_pod(pod.name, pod.namespace)
+            state = _restart_state(rig, pod)
         except ApiException as error:  # 404 between the old pod's deletion and the new one
             if error.status == 404:
                 return False
             raise
-        if fresh.metadata.uid == old_uid:
+        if state.uid == old_uid or not (state.ready and state.gate):
             return False
-        state = _restart_state(rig, pod)
-        return state.ready and bool(state.gate) and _listed_endpoints(pod) == n
+        return _listed_endpoints(pod) == n
 
     _wait(back, timeout, "a new pod Ready with its set")
     time.sleep(NEW_POD_SETTLE)
@@ -362,11 +361,7 @@ def _restart(
         seen.pop("pod Ready")
         return False
 
-    _wait(
-        back,
-        timeout,
-        "the restarted pod Ready with its set",
-    )
+    _wait(back, timeout, "the restarted pod Ready with its set")
     log(
         f"[{label}] restart: "
         + ", ".join(f"{what} +{at:.2f} s" for what, at in sorted(seen.items(), key=lambda i: i[1]))
@@ -376,6 +371,7 @@ def _restart(
 
 @dataclass
 class RestartState:
+    uid: str  # the pod's: a new pod has another
     restarts: int  # of the pod's containers
     ready: bool  # the pod's Ready condition
     container_ready: bool  # every container's readiness (its probe)
@@ -384,10 +380,12 @@ class RestartState:
 
 def _restart_state(rig: Rig, pod: ClusterAsteriskPod) -> RestartState:
     """One read of the pod's status."""
-    status = rig.core.read_namespaced_pod(pod.name, pod.namespace).status
+    read = rig.core.read_namespaced_pod(pod.name, pod.namespace)
+    status = read.status
     containers = status.container_statuses or []
     conditions = {c.type: c.status == "True" for c in status.conditions or []}
     return RestartState(
+        read.metadata.uid,
         sum(c.restart_count for c in containers),
         conditions.get("Ready", False),
         bool(containers) and all(c.ready for c in containers),

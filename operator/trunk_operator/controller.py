@@ -260,11 +260,13 @@ class Controller:
 
     async def reconcile_namespace(self, namespace: str) -> None:
         self.stats["plans"] += 1
-        started = time.monotonic()
-        took: dict[str, float] = {}
+        took: dict[str, float] = {}  # phase -> seconds, for the log of a slow reconcile
+        since = time.monotonic()
 
         def phase(name: str) -> None:
-            took[name] = time.monotonic() - started - sum(took.values())
+            nonlocal since
+            now = time.monotonic()
+            took[name], since = now - since, now
 
         tracked = self.resources.get(namespace, {})
         live = [t for t in tracked.values() if not t.deleting]
@@ -340,10 +342,10 @@ class Controller:
         phase("statuses")
         await self.sync_finalizers(namespace)
         phase("finalizers")
-        if sum(took.values()) >= SLOW_RECONCILE:
+        if (total := sum(took.values())) >= SLOW_RECONCILE:
             log.info(
                 "%s: %d resources reconciled in %.2f s (%s)",
-                namespace, len(plan.outcomes), sum(took.values()),
+                namespace, len(plan.outcomes), total,
                 ", ".join(f"{name} {seconds:.2f} s" for name, seconds in took.items()),
             )  # fmt: skip
 

@@ -52,10 +52,10 @@ class Observer:
 
     async def observe(self, namespace: str, worker: PodWorker) -> float:
         """Read what the pod serves, write statuses, repair drift; the exec's seconds."""
-        pods = self.pods
-        pod_exec = pods.kube.pod_exec(namespace, worker.pod.name, pods.settings.container)
         if worker.busy.locked():
             return 0.0  # a delivery is under way: it reads the pod itself
+        pods = self.pods
+        pod_exec = pods.kube.pod_exec(namespace, worker.pod.name, pods.settings.container)
         # Not under the lock: a delivery must not wait for a read (10,000 trunks on a busy
         # node: 30 s and more). One that comes meanwhile makes this read stale: dropped below.
         delivered, delivered_files = worker.delivered_owners, worker.delivered_files

@@ -243,9 +243,11 @@ class AsteriskPods:
             return False
         before = self.known[namespace].get(pod.name)
         self.known[namespace][pod.name] = pod
-        if before and before.incarnation != pod.incarnation:
+        # Its container started while we watched ("" before: its first start, no restart).
+        started = before is not None and before.incarnation != pod.incarnation
+        if started:
             self.started_while_watched[(namespace, pod.name)] = pod.incarnation
-        if before and before.incarnation not in ("", pod.incarnation):
+        if started and before and before.incarnation:
             log.info(
                 "%s/%s: the %s container restarted: its set is verified again%s",
                 namespace, pod.name, self.settings.container,
@@ -254,7 +256,7 @@ class AsteriskPods:
             if pod.gate_open:
                 self.gates.close(namespace, pod)
         worker = self.workers.get((namespace, pod.name))
-        if worker and before and (before.incarnation != pod.incarnation or before.uid != pod.uid):
+        if worker and before and (started or before.uid != pod.uid):
             worker.forget_delivered()  # a new container starts empty
         elif worker and before and _delivery_of(before) != _delivery_of(pod):
             worker.forget_delivered()  # files to ARI or back: everything moves
@@ -264,7 +266,7 @@ class AsteriskPods:
             before is None
             or before.ready != pod.ready
             or before.labels != pod.labels
-            or before.incarnation != pod.incarnation
+            or started
             or _delivery_of(before) != _delivery_of(pod)
         )
         if changed and namespace in self.assigned:
