@@ -10,6 +10,7 @@ delivery worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -65,9 +66,13 @@ class Observer:
         probe = Probe(frozenset(e.name for e in audited.endpoints), user_contexts_of(delivered))
         started = time.monotonic()
         pushed = worker.pod.ari_secret is not None
-        observation = await pods.calls.run(
-            asterisk.observe, pod_exec, expected, pods.settings.exec_timeout, probe, pushed
-        )
+        # Over ARI, though, a push waits for the read: a PJSIP CLI read that prints an endpoint
+        # the push replaces can find it between its two states and crash Asterisk 22 (the
+        # pusher's notes, pod_scripts/ari-push.pl). Reads are 1/OBSERVE_SHARE of the time.
+        async with worker.busy if pushed else contextlib.nullcontext():
+            observation = await pods.calls.run(
+                asterisk.observe, pod_exec, expected, pods.settings.exec_timeout, probe, pushed
+            )
         took = time.monotonic() - started
         if worker.delivered_owners is not delivered or worker.busy.locked():
             return took  # a delivery came meanwhile: its own reads are newer than these

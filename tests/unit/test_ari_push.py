@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,11 +46,19 @@ password = p
 
 
 class FakeAri:
-    """Sorcery objects in a dict, behind ARI's PUT/DELETE semantics and Basic auth."""
+    """Sorcery objects in a dict, behind ARI's PUT/DELETE semantics and Basic auth; and, as
+    res_pjsip keeps it, each endpoint's state (its Stasis snapshot): a DELETE queues the task
+    that shuts it down, run one per look at `core show taskprocessors` (`tasks_cli`), and a PUT
+    of an id whose task has not run yet takes the old state over and loses it with that task
+    (asterisk/asterisk#2172: `pjsip show endpoint` then crashes Asterisk)."""
 
     def __init__(self) -> None:
         self.objects: dict[str, list[dict[str, str]]] = {}
         self.requests: list[tuple[str, str]] = []
+        self.states: set[str] = set()  # endpoints that have their state
+        self.tasks: list[str] = []  # queued on sorcery's endpoint serializer: the ids' shutdowns
+        self.processed = 0
+        self.taken_over: set[str] = set()  # new endpoints holding a state about to be shut down
         self.connections: set[int] = set()  # the clients' ports
         self.password = PASSWORD
         self.refuse: set[str] = set()  # keys answered 400, as ARI does for an invalid field
@@ -72,6 +81,9 @@ class FakeAri:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
+                if self.command == "GET" and self.path == "/taskprocessors":  # the CLI's
+                    self._reply(200, fake.taskprocessors().encode())
+                    return
                 token = base64.b64encode(f"{USER}:{fake.password}".encode()).decode()
                 if self.headers.get("Authorization") != f"Basic {token}":
                     self._reply(401)
@@ -87,16 +99,54 @@ class FakeAri:
                 if self.command == "PUT" and key in fake.refuse:
                     self._reply(400, b'{"message":"Fields are invalid"}')
                 elif self.command == "DELETE":
-                    self._reply(204 if fake.objects.pop(key, None) is not None else 404)
+                    existed = fake.objects.pop(key, None) is not None
+                    if existed and key.startswith("endpoint/"):
+                        fake.tasks.append(key.removeprefix("endpoint/"))
+                    self._reply(204 if existed else 404)
                 else:
+                    created = key not in fake.objects
                     fake.objects[key] = json.loads(body)["fields"]
+                    endpoint = key.removeprefix("endpoint/")
+                    if created and key.startswith("endpoint/"):
+                        if endpoint in fake.tasks:
+                            fake.taken_over.add(endpoint)
+                        else:
+                            fake.states.add(endpoint)
                     self._reply(200, json.dumps(fake.objects[key]).encode())
 
-            do_PUT = do_DELETE = _handle
+            do_PUT = do_DELETE = do_GET = _handle
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/ari"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def taskprocessors(self) -> str:
+        """`core show taskprocessors like sorcery/endpoint`, after the next task ran."""
+        if self.tasks:
+            endpoint = self.tasks.pop(0)
+            self.states.discard(endpoint)  # a new endpoint that took the state over loses it
+            self.taken_over.discard(endpoint)
+            self.processed += 1
+        return (
+            "Processor  Processed   In Queue  Max Depth  Low water High water\n"
+            f"sorcery/endpoint-00000004  {self.processed}  {len(self.tasks)}  3  450  500\n"
+            "sorcery/endpointx  10  7  3  450  500\n"
+            "1 taskprocessors\n"
+        )
+
+    def tasks_cli(self, tmp_path: Path) -> str:
+        """A PATH whose `asterisk -rx` shows this Asterisk's sorcery tasks."""
+        bin_dir = tmp_path / "tasks-bin"
+        bin_dir.mkdir(exist_ok=True)
+        fake = bin_dir / "asterisk"
+        fake.write_text(
+            f"#!{sys.executable}\n"
+            "import urllib.request\n"
+            f"print(urllib.request.urlopen('{self.url.removesuffix('/ari')}/taskprocessors')"
+            ".read().decode(), end='')\n"
+        )
+        fake.chmod(0o755)
+        return f"{bin_dir}:{os.environ['PATH']}"
 
     def close(self) -> None:
         self.server.shutdown()
@@ -174,6 +224,43 @@ def test_only_what_changed_is_sent_and_a_change_replaces_the_object(
     assert ari.requests == [("DELETE", "endpoint/acme"), ("PUT", "endpoint/acme")]
     assert {"attribute": "allow", "value": "alaw"} in ari.objects["endpoint/acme"]
     assert out == ["ari: created 0 replaced 1 deleted 0 failed 0"]
+
+
+def test_a_replaced_endpoint_is_put_again_once_its_old_state_is_shut_down(
+    tmp_path: Path, ari: FakeAri
+) -> None:
+    """res_pjsip shuts a deleted endpoint's state down in a task queued when the DELETE
+    returned; a PUT of the id before that task ran takes the old state over and loses it, and
+    Asterisk 22 then crashes on the next `pjsip show endpoint(s)` or `pjsip list endpoints`
+    (#2172). The PUT waits for the task."""
+    path = ari.tasks_cli(tmp_path)
+    push(tmp_path, ari, TRUNK + "\n" + AUTH, path=path)
+    assert ari.states == {"acme"}
+    ari.tasks = ["other"] * 2  # tasks queued before this push's: they run first
+    ari.processed = 40
+    out = push(tmp_path, ari, TRUNK.replace("ulaw,alaw", "alaw") + "\n" + AUTH, path=path)
+    assert ari.requests == [("DELETE", "endpoint/acme"), ("PUT", "endpoint/acme")]
+    assert ari.processed == 43 and ari.tasks == []
+    assert ari.states == {"acme"} and not ari.taken_over  # the new endpoint has its own
+    assert out[0] == "ari: created 0 replaced 1 deleted 0 failed 0"
+    assert out[1].startswith("ari: waited ")
+    assert out[1].endswith(" s for Asterisk's endpoint observers")
+
+
+def test_deleted_endpoints_state_is_shut_down_before_the_push_ends(
+    tmp_path: Path, ari: FakeAri
+) -> None:
+    """So that the next push may bring the id back; an object already gone (404) queues no
+    task to wait for."""
+    path = ari.tasks_cli(tmp_path)
+    push(tmp_path, ari, TRUNK + "\n" + AUTH, path=path)
+    del ari.objects["endpoint/acme"]  # gone already, without its task
+    ari.states.discard("acme")
+    push(tmp_path, ari, AUTH, path=path)
+    assert ari.processed == 0
+    push(tmp_path, ari, TRUNK + "\n" + AUTH, path=path)
+    assert push(tmp_path, ari, AUTH, path=path)[0].endswith("deleted 3 failed 0")
+    assert ari.processed == 1 and ari.tasks == [] and ari.states == set()
 
 
 def test_objects_no_longer_wanted_are_deleted_referring_ones_first(
@@ -348,4 +435,5 @@ def test_the_endpoints_wait_for_asterisks_tasks_of_the_new_aors(
         TRUNK.replace("ulaw,alaw", "ulaw") + AUTH,
         path=f"{bin_dir}:{os.environ['PATH']}",
     )
-    assert calls.read_text() == "" and out == ["ari: created 0 replaced 1 deleted 0 failed 0"]
+    assert "sorcery/aor" not in calls.read_text()  # (its endpoint's DELETE: sorcery/endpoint)
+    assert out == ["ari: created 0 replaced 1 deleted 0 failed 0"]

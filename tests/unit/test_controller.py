@@ -590,6 +590,55 @@ def test_a_delivery_does_not_wait_for_an_observation_and_drops_its_stale_read(
     asyncio.run(scenario())
 
 
+def test_over_ari_a_push_waits_for_an_observation_in_flight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A PJSIP CLI read that prints an endpoint a push replaces can find it between its two
+    states and crash Asterisk 22 (pod_scripts/ari-push.pl): over ARI the delivery waits."""
+    reading, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def slow_observe(*args: Any) -> verify.Observation:
+        reading.set()
+        release.wait(10)
+        order.append("read")
+        return verify.Observation(asterisk_output.Listing(), "stale")
+
+    def delivered(pod_exec: Any, files: Any, *args: Any) -> asterisk.DeliveryResult:
+        order.append("push")
+        observation = verify.Observation(asterisk_output.Listing())
+        return asterisk.DeliveryResult(True, files_hash(files), [], observation)
+
+    monkeypatch.setattr(asterisk, "observe", slow_observe)
+    monkeypatch.setattr(asterisk, "deliver", delivered)
+
+    async def scenario() -> None:
+        ctl = NoDelivery(GateKube())
+        body = pod_body("asterisk-0")
+        body["metadata"]["annotations"] = {ARI_CREDENTIALS_ANNOTATION: "ari-user"}
+        ctl.upsert_pod(body)
+        ctl.upsert("TwilioTrunk", trunk_body("acme"))
+        await ctl.reconcile_namespace("ns")
+        worker = ctl.pods.workers[("ns", "asterisk-0")]
+        worker.adoptable = False
+        observing = asyncio.ensure_future(ctl.observer.observe("ns", worker))
+        await asyncio.to_thread(reading.wait, 5)
+
+        async def deliver() -> None:
+            async with worker.busy:  # as the worker's loop does
+                await ctl.pods.deliver_once("ns", worker)
+
+        delivering = asyncio.ensure_future(deliver())
+        await asyncio.sleep(0.3)
+        assert order == [] and not delivering.done()
+        release.set()
+        await asyncio.wait_for(asyncio.gather(observing, delivering), 5)
+        assert order == ["read", "push"]
+        await ctl.stop()
+
+    asyncio.run(scenario())
+
+
 def test_a_set_asterisk_refused_part_of_is_tried_again_with_backoff(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -17,7 +17,8 @@
 # A changed object is replaced (DELETE, then PUT), never updated: a PUT on an existing object
 # merges into it (contacts and ACL entries accumulate, callerid turns "unknown"). Deletions go
 # first (identify, endpoint, aor, auth), then creations (auth, aor, endpoint, identify), so
-# references resolve; the endpoints wait for Asterisk's tasks of new AORs (settle_aors).
+# references resolve; the endpoints wait for Asterisk's tasks of new AORs (settle_aors), and
+# a replaced endpoint for the tasks of its DELETE (await_endpoint_tasks).
 # Prints "ari: created N replaced N deleted N failed N" ("ari: waited S s for ..." after it
 # when it waited for those tasks), and one "ari-failed: ..." line for each of the first
 # failures ("ari-unavailable: ..." when ARI cannot be reached or refuses the credentials: it
@@ -103,6 +104,8 @@ if (open my $in, '<', $state_path) {
 
 my @deletes = grep { !exists $settings{$_} } keys %had;
 my @puts = grep { !exists $had{$_} || $had{$_} ne $digest{$_} } @order;
+# Endpoints to replace: DELETEd with the deletions, PUT after their state is gone (below).
+my %cleared = map { $_ => 1 } grep { (split /\t/)[0] eq 'endpoint' && exists $had{$_} } @puts;
 my %rank_of = map { $_ => $RANK{(split /\t/)[0]} // 0 } @deletes, @puts;
 @deletes = sort { $rank_of{$b} <=> $rank_of{$a} || $a cmp $b } @deletes;
 @puts = sort { $rank_of{$a} <=> $rank_of{$b} || $a cmp $b } @puts;
@@ -171,14 +174,16 @@ sub failure {  # the outcome of a refused request
 }
 
 sub outcome {  # one object: deleted, or replaced (DELETE, then PUT), or created
-    my ($op, $key) = @_;
+    my ($op, $key) = @_;  # $op: delete, put, or clear (the DELETE of an endpoint's replacement)
     my ($kind, $id) = split /\t/, $key;
     my $existed = exists $had{$key};
-    if ($op eq 'delete' || $existed) {
+    if ($op ne 'put' || ($existed && !$cleared{$key})) {
         my $response = $http->request('DELETE', object_url($key));
         return failure('DELETE', $key, '-', $response)
           unless $response->{status} == 204 || $response->{status} == 404;
-        return "deleted $kind $id gone" if $op eq 'delete';
+        my $absent = $response->{status} == 404 ? ' absent' : '';
+        return "deleted $kind $id gone$absent" if $op eq 'delete';
+        return "cleared $kind $id -$absent" if $op eq 'clear';
     }
     my $response = $http->request('PUT', object_url($key), { content => body($key) });
     return failure('PUT', $key, '-', $response) unless $response->{success};
@@ -251,30 +256,80 @@ sub settle_aors {  # seconds waited for the AOR tasks of this push; undef: none 
     return time - $started;
 }
 
+# res_pjsip gives each endpoint an Asterisk endpoint, whose state (a Stasis snapshot) `pjsip
+# show endpoint(s)` and `pjsip list endpoints` print without checking that it exists. A DELETEd
+# endpoint's is shut down by a sorcery observer, in a task queued on sorcery's endpoint
+# serializer when the DELETE returned; a PUT of the same id before that task ran takes the old
+# one over, and the task then shuts it down: the new endpoint is left without its state for
+# good, and the next CLI read of it crashes Asterisk 22 (asterisk/asterisk#2172;
+# pjsip_configuration.c). So a replaced endpoint is DELETEd with the deletions, and PUT once
+# the tasks of those DELETEs have run (a created endpoint's state is in Asterisk's cache when
+# its PUT returns: the cache is updated in the publishing thread).
+sub endpoint_tasks {  # (processed, queued) of sorcery's endpoint serializer; () if not listed
+    my ($processed, $queued, $listed) = (0, 0, 0);
+    for my $line (`asterisk -rx 'core show taskprocessors like sorcery/endpoint' 2>/dev/null`) {
+        my @fields = split ' ', $line;
+        next unless @fields > 2 && $fields[0] =~ m{^sorcery/endpoint-}
+          && $fields[1] =~ /^\d+$/ && $fields[2] =~ /^\d+$/;
+        ($processed, $queued, $listed) = ($processed + $fields[1], $queued + $fields[2], 1);
+    }
+    return $listed ? ($processed, $queued) : ();
+}
+
+sub await_endpoint_tasks {  # seconds waited until `$count` tasks more than `$from` have run
+    my ($from, $count) = @_;
+    my ($started, $pause) = (time, 0.005);
+    while (time - $started < $SETTLE_AT_MOST) {
+        my ($processed) = endpoint_tasks();
+        last if !defined $processed || $processed >= $from + $count;
+        sleep $pause;
+        $pause = $pause * 2 > 0.2 ? 0.2 : $pause * 2;
+    }
+    return time - $started;
+}
+
 my %done = (created => 0, replaced => 0, deleted => 0, failed => 0);
 my $settled;
 my $unavailable;
-my @phases = (
-    (map { my $k = $_; ['delete', grep { (split /\t/)[0] eq $k } @deletes] } reverse @KINDS),
-    (map { my $k = $_; ['put', grep { (split /\t/)[0] eq $k } @puts] } @KINDS),
-);
-for my $phase (@phases) {
-    my ($op, @keys) = @$phase;
-    last if $unavailable;
-    for my $line (run_phase($op, @keys)) {
-        my ($what, $kind, $id, $result, $message) = split / /, $line, 5;
-        my $key = "$kind\t$id";
-        if ($result eq 'gone') { delete $state{$key} } else { $state{$key} = $result }
-        if ($what eq 'failed' || $what eq 'unavailable') {
-            $done{failed}++;
-            $unavailable = 1 if $what eq 'unavailable';
-            print "ari-$what: $message\n" if $done{failed} <= $SHOWN_FAILURES;
-        } else {
-            $done{$what}++;
-        }
+my %uncleared;  # replaced endpoints whose DELETE failed: not PUT (it would merge into them)
+sub tally {  # one outcome line
+    my ($line) = @_;
+    my ($what, $kind, $id, $result, $message) = split / /, $line, 5;
+    my $key = "$kind\t$id";
+    if ($result eq 'gone') { delete $state{$key} } else { $state{$key} = $result }
+    if ($what eq 'failed' || $what eq 'unavailable') {
+        $done{failed}++;
+        $uncleared{$key} = 1;
+        $unavailable = 1 if $what eq 'unavailable';
+        print "ari-$what: $message\n" if $done{failed} <= $SHOWN_FAILURES;
+    } elsif ($what ne 'cleared') {
+        $done{$what}++;
     }
-    $settled = settle_aors() if $op eq 'put' && @keys && (split /\t/, $keys[0])[0] eq 'aor';
+}
+sub of_kind { my $kind = shift; grep { (split /\t/)[0] eq $kind } @_ }
+
+my $endpoints_waited;
+for my $kind (reverse @KINDS) {
+    last if $unavailable;
+    my @clears = $kind eq 'endpoint' ? grep { $cleared{$_} } @puts : ();
+    my @keys = (of_kind($kind, @deletes), @clears);
+    my @before = @keys && $kind eq 'endpoint' ? endpoint_tasks() : ();
+    my @lines = (run_phase('delete', of_kind($kind, @deletes)), run_phase('clear', @clears));
+    tally($_) for @lines;
+    # One observer task per endpoint a DELETE took out (204; not 404: there was none).
+    my $tasks = grep { /^(?:deleted|cleared) / && !/ absent$/ } @lines;
+    # Also when none is replaced here: the next push may bring one back.
+    $endpoints_waited = await_endpoint_tasks($before[0] + $before[1], $tasks)
+      if @before && $tasks && !$unavailable;
+}
+for my $kind (@KINDS) {
+    last if $unavailable;
+    my @keys = grep { !$uncleared{$_} } of_kind($kind, @puts);
+    tally($_) for run_phase('put', @keys);
+    $settled = settle_aors() if $kind eq 'aor' && @keys;
 }
 record(@deletes, @puts) if @deletes || @puts;
 print "ari: created $done{created} replaced $done{replaced} deleted $done{deleted} failed $done{failed}\n";
 printf "ari: waited %.2f s for Asterisk's AOR observers\n", $settled if defined $settled;
+printf "ari: waited %.2f s for Asterisk's endpoint observers\n", $endpoints_waited
+  if ($endpoints_waited // 0) >= 0.01;
