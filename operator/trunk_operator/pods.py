@@ -343,6 +343,9 @@ class AsteriskPods:
                 log.warning("delivery to %s/%s failed: %s", namespace, worker.pod.name, text)
                 metrics.DELIVERIES.labels(result="Error").inc()
                 worker.state.last_reload_result = f"error: {text[:200]}"
+                # Its script may still have swapped the set in: delivered again, whatever the
+                # desired set is by then (`delivering` stays until that delivery ends).
+                worker.state.delivered_hash = None
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30)
                 worker.wake.set()
@@ -473,6 +476,7 @@ class AsteriskPods:
         files = files if files is not None else files_of(owners)
         before = worker.delivered_files if worker.state.delivered_hash is not None else None
         expected = expected_for(owners, self.expected_endpoints)
+        worker.state.delivering = {ref: outcome.digest for ref, outcome in owners.items()}
         result = await self.calls.run(
             asterisk.deliver,
             pod_exec,
@@ -484,6 +488,8 @@ class AsteriskPods:
             ari,
             digest,
         )
+        if result.ok or result.rolled_back:  # verified, or back to what it had
+            worker.state.delivering = None
         worker.state.last_reload_time = timestamp()
         listed = result.observation is None or bool(result.observation.listing.read)
         if result.observation is not None:

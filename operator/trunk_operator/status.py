@@ -25,6 +25,10 @@ class PodDelivery:
     delivered_hash: str | None = None
     desired: dict[str, str] = field(default_factory=dict)  # CR ref -> its digest, to deliver
     delivered: dict[str, str] = field(default_factory=dict)  # CR ref -> digest the pod has
+    # CR ref -> digest of the delivery under way (None: none): until it ends, Asterisk may
+    # serve that version as well as the delivered one. Left set when a delivery's end is not
+    # known (its exec failed), until the next one ends.
+    delivering: dict[str, str] | None = None
     delivered_at: dict[str, str] = field(default_factory=dict)  # CR ref -> when it took it
     last_reload_time: str | None = None
     last_reload_result: str | None = None
@@ -57,6 +61,12 @@ STALLED_REASONS = frozenset(
         "AsteriskRejected",
     }
 )
+
+
+def _serves(pod: PodDelivery, ref: str, digest: str | None) -> bool:
+    """The pod serves this version of the CR, whatever a delivery under way does."""
+    under_way = pod.delivering is None or pod.delivering.get(ref) == digest
+    return pod.delivered.get(ref) == digest and under_way
 
 
 def _condition(
@@ -92,12 +102,12 @@ def reduce_status(
     failed = [p for p in pods if p.problems.get(cr.ref)]
     # Per resource: another resource's change to the same pod does not make this one pending.
     # Compared with what this generation rendered (blocked: the last good version the pods
-    # keep), never with what a pod was last told to want.
+    # keep), never with what a pod was last told to want; and with what a delivery under way
+    # brings: a spec changed back (A, B, A) is A again while the pod is being given B.
     pending = [
         p
         for p in pods
-        if p not in failed
-        and p.delivered.get(cr.ref) != (cr.digest if cr.digest else p.desired.get(cr.ref))
+        if p not in failed and not _serves(p, cr.ref, cr.digest or p.desired.get(cr.ref))
     ]
     if not pods:
         delivered = _condition(

@@ -66,6 +66,7 @@ def _pod_inputs(pod: PodDelivery, cr: CRView) -> tuple[Any, ...]:
         pod.last_reload_result,
         pod.delivered.get(ref),
         pod.desired.get(ref),
+        pod.delivering is None or pod.delivering.get(ref),
         pod.delivered_at.get(ref),
         tuple(pod.problems.get(ref) or ()),
         observation is not None,

@@ -205,6 +205,52 @@ def test_status_never_claims_a_generation_no_pod_serves() -> None:
     asyncio.run(scenario())
 
 
+def test_a_spec_changed_back_is_not_ready_while_the_pod_is_given_the_version_between(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Codecs alaw (generation 1), ulaw (2), alaw again (3) while 2 is being delivered:
+    generation 3's files are those the pod had, but Asterisk is taking generation 2's (the
+    Ready invariant test's violation, CI 2026-11-28)."""
+    pushing, release = threading.Event(), threading.Event()
+
+    def slow_deliver(pod_exec: Any, files: Any, *args: Any) -> asterisk.DeliveryResult:
+        pushing.set()
+        release.wait(5)
+        observation = verify.Observation(asterisk_output.Listing())
+        return asterisk.DeliveryResult(True, files_hash(files), [], observation)
+
+    monkeypatch.setattr(asterisk, "deliver", slow_deliver)
+
+    async def scenario() -> None:
+        kube = GateKube()
+        controller = NoDelivery(kube)
+        controller.upsert_pod(pod_body("asterisk-0"))
+        controller.upsert("TwilioTrunk", trunk_body("acme", 1, codecs=["alaw"]))
+        await controller.reconcile_namespace("ns")
+        worker = controller.pods.workers[("ns", "asterisk-0")]
+        worker.adoptable = False
+        worker.set_delivered(dict(worker.owners))
+        worker.state.delivered_hash = worker.state.desired_hash
+        await controller.write_statuses("ns")
+        assert ready(kube.statuses["acme"]) == ("True", "Ready", 1)
+
+        controller.upsert("TwilioTrunk", trunk_body("acme", 2, codecs=["ulaw"]))
+        await controller.reconcile_namespace("ns")
+        delivering = asyncio.create_task(controller.pods.deliver_once("ns", worker))
+        await asyncio.to_thread(pushing.wait, 5)
+        controller.upsert("TwilioTrunk", trunk_body("acme", 3, codecs=["alaw"]))
+        await controller.reconcile_namespace("ns")
+        await controller.write_statuses("ns")
+        assert ready(kube.statuses["acme"]) != ("True", "Ready", 3)
+        release.set()
+        await delivering  # generation 2 in the pod: 3 is delivered next
+        await controller.write_statuses("ns")
+        assert ready(kube.statuses["acme"]) == ("False", "Delivering", 3)
+        await controller.stop()
+
+    asyncio.run(scenario())
+
+
 def test_a_secret_event_during_the_read_neither_loses_nor_caches_it() -> None:
     async def scenario() -> None:
         kube = FakeKube({"username": "u", "password": "p"})

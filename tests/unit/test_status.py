@@ -72,6 +72,20 @@ def test_another_resources_change_does_not_make_this_one_pending() -> None:
     assert conditions(reduce_status(TRUNK, Outcome(), [busy]))["Ready"] == ("True", "Ready")
 
 
+def test_a_version_the_pod_has_is_pending_while_a_delivery_brings_another() -> None:
+    """The invariant test's m3 (CI, 2026-11-28): codecs ulaw (generation 1), ulaw,alaw (2),
+    ulaw again (3) while 2 was being delivered. Generation 3's files are generation 1's, which
+    the pod had: "Ready for 3" was written while Asterisk took generation 2."""
+    changing = pod()
+    changing.delivering = {TRUNK.ref: "generation-2"}
+    assert conditions(reduce_status(TRUNK, Outcome(), [changing]))["Ready"] == (
+        "False",
+        "Delivering",
+    )
+    changing.delivering = {TRUNK.ref: "h", "TwilioTrunk/other": "new"}  # brings the same
+    assert conditions(reduce_status(TRUNK, Outcome(), [changing]))["Ready"] == ("True", "Ready")
+
+
 def test_pending_failed_and_podless_deliveries() -> None:
     assert conditions(reduce_status(TRUNK, Outcome(), []))["Ready"] == ("False", "NoAsteriskPods")
     assert conditions(reduce_status(TRUNK, Outcome(), [pod(delivered=None)]))["Ready"] == (

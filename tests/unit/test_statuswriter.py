@@ -115,6 +115,17 @@ def test_each_input_of_a_status_brings_it_reduced_again_and_nothing_else(
         worker.state.delivered_hash = worker.state.desired_hash
         assert await step() == ["beta"]
         assert kube.statuses["beta"]["conditions"][0]["observedGeneration"] == 2
+        # A delivery under way that brings another version of one CR (its exec failed, say:
+        # whether it landed is not known), then one that brings the same versions.
+        worker.state.delivering = {
+            ref: "another" if ref.endswith("/acme") else outcome.digest
+            for ref, outcome in worker.owners.items()
+        }
+        assert await step() == ["acme"]
+        assert kube.statuses["acme"]["reason"] == "Delivering"
+        worker.state.delivering = {ref: outcome.digest for ref, outcome in worker.owners.items()}
+        assert await step() == ["acme"]
+        assert kube.statuses["acme"]["reason"] == "Ready"
         await ctl.stop()
 
     asyncio.run(scenario())
