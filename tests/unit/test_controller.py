@@ -597,52 +597,17 @@ def test_hanging_deliveries_leave_the_default_executor_to_lease_renewals() -> No
     asyncio.run(scenario())
 
 
-def test_a_delivery_does_not_wait_for_an_observation_and_drops_its_stale_read(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("over_ari", [False, True])
+def test_a_delivery_waits_for_an_observation_only_over_ari(
+    monkeypatch: pytest.MonkeyPatch, over_ari: bool
 ) -> None:
     """Reading 10,000 trunks on a busy node takes 30 s and more: a change must not wait for
-    it, and what it read before the change must not become the pod's observation."""
-    reading = threading.Event()
-    release = threading.Event()
-    fresh = verify.Observation(asterisk_output.Listing(), "fresh")
-
-    def slow_observe(*args: Any) -> verify.Observation:
-        reading.set()
-        release.wait(10)
-        return verify.Observation(asterisk_output.Listing(), "stale")
-
-    def delivered(pod_exec: Any, files: Any, *args: Any) -> asterisk.DeliveryResult:
-        return asterisk.DeliveryResult(True, files_hash(files), [], fresh)
-
-    monkeypatch.setattr(asterisk, "observe", slow_observe)
-    monkeypatch.setattr(asterisk, "deliver", delivered)
-
-    async def scenario() -> None:
-        ctl = NoDelivery(GateKube())
-        ctl.upsert_pod(pod_body("asterisk-0"))
-        ctl.upsert("TwilioTrunk", trunk_body("acme"))
-        await ctl.reconcile_namespace("ns")
-        worker = ctl.pods.workers[("ns", "asterisk-0")]
-        worker.adoptable = False
-        observing = asyncio.ensure_future(ctl.observer.observe("ns", worker))
-        await asyncio.to_thread(reading.wait, 5)
-        await asyncio.wait_for(ctl.pods.deliver_once("ns", worker), 2)  # not behind the read
-        assert worker.state.observation is fresh
-        release.set()
-        await observing
-        assert worker.state.observation is fresh  # the read from before the change is dropped
-        await ctl.stop()
-
-    asyncio.run(scenario())
-
-
-def test_over_ari_a_push_waits_for_an_observation_in_flight(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A PJSIP CLI read that prints an endpoint a push replaces can find it between its two
-    states and crash Asterisk 22 (pod_scripts/ari-push.pl): over ARI the delivery waits."""
+    it, and what it read before the change must not become the pod's observation. Over ARI
+    it waits: a PJSIP CLI read that prints an endpoint a push replaces can find it between its
+    two states and crash Asterisk 22 (pod_scripts/ari-push.pl)."""
     reading, release = threading.Event(), threading.Event()
     order: list[str] = []
+    fresh = verify.Observation(asterisk_output.Listing(), "fresh")
 
     def slow_observe(*args: Any) -> verify.Observation:
         reading.set()
@@ -652,8 +617,7 @@ def test_over_ari_a_push_waits_for_an_observation_in_flight(
 
     def delivered(pod_exec: Any, files: Any, *args: Any) -> asterisk.DeliveryResult:
         order.append("push")
-        observation = verify.Observation(asterisk_output.Listing())
-        return asterisk.DeliveryResult(True, files_hash(files), [], observation)
+        return asterisk.DeliveryResult(True, files_hash(files), [], fresh)
 
     monkeypatch.setattr(asterisk, "observe", slow_observe)
     monkeypatch.setattr(asterisk, "deliver", delivered)
@@ -661,7 +625,8 @@ def test_over_ari_a_push_waits_for_an_observation_in_flight(
     async def scenario() -> None:
         ctl = NoDelivery(GateKube())
         body = pod_body("asterisk-0")
-        body["metadata"]["annotations"] = {ARI_CREDENTIALS_ANNOTATION: "ari-user"}
+        if over_ari:
+            body["metadata"]["annotations"] = {ARI_CREDENTIALS_ANNOTATION: "ari-user"}
         ctl.upsert_pod(body)
         ctl.upsert("TwilioTrunk", trunk_body("acme"))
         await ctl.reconcile_namespace("ns")
@@ -676,10 +641,11 @@ def test_over_ari_a_push_waits_for_an_observation_in_flight(
 
         delivering = asyncio.ensure_future(deliver())
         await asyncio.sleep(0.3)
-        assert order == [] and not delivering.done()
+        assert order == ([] if over_ari else ["push"])
         release.set()
         await asyncio.wait_for(asyncio.gather(observing, delivering), 5)
-        assert order == ["read", "push"]
+        assert order == (["read", "push"] if over_ari else ["push", "read"])
+        assert worker.state.observation is fresh  # not the read from before the change
         await ctl.stop()
 
     asyncio.run(scenario())
