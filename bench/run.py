@@ -24,6 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import ari_churn
 import operator_work
 import scale
 from rig import (
@@ -742,6 +743,20 @@ def m9_operator_work(args: argparse.Namespace, workdir: Path) -> Section:
     return sec
 
 
+def m10_ari_churn(args: argparse.Namespace, workdir: Path) -> Section:
+    sec = Section(
+        "10. Over ARI, one endpoint replaced again and again beside PJSIP reads",
+        f"a podman Asterisk over ARI with {args.churn_trunks} trunks (the operator's own"
+        f" delivery), then up to {args.churn_changes} codec changes of one trunk, one delivery"
+        " each; `pjsip show endpoint` / `pjsip list endpoints` every 0.05-0.4 s from another"
+        " thread, never during a delivery (as the operator's observer). The pusher of"
+        f" {ari_churn.BASELINE_COMMIT[:7]} (an endpoint deleted and created again at once) as the"
+        " baseline, in its own Asterisk (bench/ari_churn.py; asterisk/asterisk#2172)",
+    )
+    ari_churn.run(args, sec)
+    return sec
+
+
 MEASUREMENTS = {
     1: m1_latency,
     2: m2_burst,
@@ -752,12 +767,13 @@ MEASUREMENTS = {
     7: m7_incluster,
     8: m8_scale,
     9: m9_operator_work,
+    10: m10_ari_churn,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--only", default="1,2,3,4,5,6,7,8,9", help="measurements to run, e.g. 1,3")
+    p.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10", help="measurements to run, e.g. 1,3")
     p.add_argument("--applies", type=int, default=20, help="(1, 7) creates and updates, each")
     p.add_argument("--pods", type=int, default=2, help="(1, 2) Asterisk pods")
     p.add_argument("--burst", type=int, default=50, help="(2) trunks in the burst")
@@ -811,6 +827,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--work-sizes", default="1000,10000", help="(9) trunks per run")
     p.add_argument("--work-changes", type=int, default=10, help="(9) changes of one trunk")
+    p.add_argument("--churn-trunks", type=int, default=1000, help="(10) trunks in the pod")
+    p.add_argument("--churn-changes", type=int, default=300, help="(10) changes at most")
     p.add_argument(
         "--shared-secret",
         action="store_true",

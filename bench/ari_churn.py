@@ -1,0 +1,143 @@
+"""Measurement 10: Asterisk over ARI, one endpoint replaced again and again beside PJSIP reads.
+
+Asterisk 22 crashes when a PJSIP CLI read prints an endpoint without its Stasis state
+(asterisk/asterisk#2172). The pusher of BASELINE_COMMIT deleted and re-created a changed
+endpoint at once, and res_pjsip then shut the new endpoint's state down with the old one's;
+this checkout's waits for Asterisk's tasks of the deletion first (pod_scripts/ari-push.pl).
+
+One podman Asterisk (the examples' image, ARI, sorcery `memory` wizards) gets TRUNKS trunks
+with the operator's own delivery (`asterisk.deliver`), then one trunk's codecs change CHANGES
+times, each change one delivery. Beside them another thread runs `pjsip show endpoint` and
+`pjsip list endpoints` every 0.05-0.4 s, never during a delivery (as the operator's observer).
+Each pusher gets its own Asterisk; the figure is the changes it took until Asterisk died.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rig import HOST, trunk_spec
+
+from testbed.asterisk import AsteriskContainer
+from tests.cases import Case
+from tests.e2e.conftest import podman_exec
+from trunk_operator import asterisk, asterisk_ari
+from trunk_operator.asterisk_ari import AriAccess
+from trunk_operator.models import TwilioTrunkSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE_COMMIT = "78ec7a94472a26421ca3a2dee5aa2eec0a33efae"  # DELETE, then PUT at once
+USER, PASSWORD = "trunkop", "churn-pass"
+CODECS = (["alaw"], ["ulaw", "alaw"], ["ulaw"])
+
+
+@dataclass
+class Churn:
+    changes: int  # deliveries that returned before Asterisk died (all of them: it did not)
+    died: bool
+    reads: int
+    seconds: float
+
+
+def _case(trunks: int, codecs: list[str]) -> Case:
+    specs = {
+        # Qualified every 30 s, the default (OPTIONS to a host that does not answer).
+        f"c{i:05d}": TwilioTrunkSpec.model_validate(
+            {**trunk_spec(i, f"c{i:05d}", "sip"), "qualifyFrequencySeconds": 30}
+        )
+        for i in range(trunks)
+    }
+    specs["c00000"] = specs["c00000"].model_copy(update={"codecs": codecs})
+    return Case(specs)
+
+
+@contextlib.contextmanager
+def pusher(commit: str | None) -> Iterator[None]:
+    """The pod-side pusher of `commit` (None: this checkout's) for deliveries made meanwhile."""
+    mine = asterisk_ari.PUSH_SCRIPT
+    if commit is not None:
+        path = "operator/trunk_operator/pod_scripts/ari-push.pl"
+        asterisk_ari.PUSH_SCRIPT = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{commit}:{path}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    try:
+        yield
+    finally:
+        asterisk_ari.PUSH_SCRIPT = mine
+
+
+def churn(trunks: int, changes: int, bind_ip: str) -> Churn:
+    pbx = AsteriskContainer("churn", bind_ip, {HOST: "127.0.0.32"}, ari=(USER, PASSWORD))
+    pbx.start()
+    stop, lock = threading.Event(), threading.Lock()
+    reads = 0
+
+    def reader() -> None:
+        nonlocal reads
+        while not stop.is_set():
+            command = random.choice(
+                ("pjsip show endpoint C00000", "pjsip show endpoint C00001", "pjsip list endpoints")
+            )
+            with lock:
+                subprocess.run(
+                    ["podman", "exec", pbx.name, "asterisk", "-rx", command],
+                    capture_output=True,
+                    timeout=60,
+                    check=False,
+                )
+            reads += 1
+            time.sleep(random.uniform(0.05, 0.4))
+
+    thread = threading.Thread(target=reader, daemon=True)
+    try:
+        pod_exec, ari = podman_exec(pbx.name), AriAccess(pbx.ari_url, USER, PASSWORD)
+        case = _case(trunks, CODECS[-1])
+        files = case.pod_files()
+        assert asterisk.deliver(pod_exec, files, case.expected(files), 600, ari=ari).ok
+        thread.start()
+        started, done = time.monotonic(), 0
+        for change in range(changes):
+            case = _case(trunks, CODECS[change % len(CODECS)])
+            files = case.pod_files()
+            # An exec the container died under fails: told below.
+            with lock, contextlib.suppress(asterisk.ExecError):
+                asterisk.deliver(pod_exec, files, case.expected(files), 120, ari=ari)
+            if not pbx.running():
+                break
+            done += 1
+            time.sleep(0.1)  # the reads' turn
+        return Churn(done, not pbx.running(), reads, time.monotonic() - started)
+    finally:
+        stop.set()
+        thread.join(timeout=70)
+        pbx.stop()
+
+
+def run(args: Any, section: Any) -> None:
+    """Fill `section` (bench/run.py Section): the baseline's pusher, then this checkout's."""
+    results = {}
+    for label, commit, bind_ip in (
+        ("before", BASELINE_COMMIT, "127.0.10.71"),
+        ("this checkout", None, "127.0.10.72"),
+    ):
+        with pusher(commit):
+            results[label] = churn(args.churn_trunks, args.churn_changes, bind_ip)
+    for label, result in results.items():
+        section.add(
+            f"{label}: changes until Asterisk died",
+            result.changes,
+            "",
+            note=("died" if result.died else f"did not die in {args.churn_changes}")
+            + f", {result.reads} reads beside, {result.seconds:.0f} s",
+        )
