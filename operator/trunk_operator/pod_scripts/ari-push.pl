@@ -104,7 +104,8 @@ if (open my $in, '<', $state_path) {
 
 my @deletes = grep { !exists $settings{$_} } keys %had;
 my @puts = grep { !exists $had{$_} || $had{$_} ne $digest{$_} } @order;
-# Endpoints to replace: DELETEd with the deletions, PUT after their state is gone (below).
+# Endpoints to replace: DELETEd with the deletions, PUT once Asterisk ran those DELETEs'
+# tasks (await_endpoint_tasks, below).
 my %cleared = map { $_ => 1 } grep { (split /\t/)[0] eq 'endpoint' && exists $had{$_} } @puts;
 my %rank_of = map { $_ => $RANK{(split /\t/)[0]} // 0 } @deletes, @puts;
 @deletes = sort { $rank_of{$b} <=> $rank_of{$a} || $a cmp $b } @deletes;
@@ -235,23 +236,25 @@ sub run_phase {  # the outcome lines of one phase's objects, stopping at an unav
 # trunks added to a pod of 3,000 then cost 7,000 x 3,000^2, not up to 7,000 x 10,000^2.
 my $SETTLE_AT_MOST = 120;  # seconds; then the endpoints go in anyway
 
-sub aor_tasks_queued {
-    my $queued = 0;
-    for my $line (`asterisk -rx 'core show taskprocessors like sorcery/aor' 2>/dev/null`) {
+sub sorcery_tasks {  # (processed, queued) of sorcery's serializer of a type; () if not listed
+    my ($type) = @_;
+    my ($processed, $queued, $listed) = (0, 0, 0);
+    for my $line (`asterisk -rx 'core show taskprocessors like sorcery/$type' 2>/dev/null`) {
         my @fields = split ' ', $line;
-        next unless @fields > 2 && $fields[0] =~ m{^sorcery/aor-} && $fields[2] =~ /^\d+$/;
-        $queued += $fields[2];
+        next unless @fields > 2 && $fields[0] =~ m{^sorcery/\Q$type\E-}
+          && $fields[1] =~ /^\d+$/ && $fields[2] =~ /^\d+$/;
+        ($processed, $queued, $listed) = ($processed + $fields[1], $queued + $fields[2], 1);
     }
-    return $queued;
+    return $listed ? ($processed, $queued) : ();
 }
 
 sub settle_aors {  # seconds waited for the AOR tasks of this push; undef: none were queued
     my $started = time;
-    my $queued = aor_tasks_queued();
+    my (undef, $queued) = sorcery_tasks('aor');
     return undef unless $queued;
     while ($queued && time - $started < $SETTLE_AT_MOST) {
         sleep 0.05;
-        $queued = aor_tasks_queued();
+        (undef, $queued) = sorcery_tasks('aor');
     }
     return time - $started;
 }
@@ -265,22 +268,11 @@ sub settle_aors {  # seconds waited for the AOR tasks of this push; undef: none 
 # pjsip_configuration.c). So a replaced endpoint is DELETEd with the deletions, and PUT once
 # the tasks of those DELETEs have run (a created endpoint's state is in Asterisk's cache when
 # its PUT returns: the cache is updated in the publishing thread).
-sub endpoint_tasks {  # (processed, queued) of sorcery's endpoint serializer; () if not listed
-    my ($processed, $queued, $listed) = (0, 0, 0);
-    for my $line (`asterisk -rx 'core show taskprocessors like sorcery/endpoint' 2>/dev/null`) {
-        my @fields = split ' ', $line;
-        next unless @fields > 2 && $fields[0] =~ m{^sorcery/endpoint-}
-          && $fields[1] =~ /^\d+$/ && $fields[2] =~ /^\d+$/;
-        ($processed, $queued, $listed) = ($processed + $fields[1], $queued + $fields[2], 1);
-    }
-    return $listed ? ($processed, $queued) : ();
-}
-
 sub await_endpoint_tasks {  # seconds waited until `$count` tasks more than `$from` have run
     my ($from, $count) = @_;
     my ($started, $pause) = (time, 0.005);
     while (time - $started < $SETTLE_AT_MOST) {
-        my ($processed) = endpoint_tasks();
+        my ($processed) = sorcery_tasks('endpoint');
         last if !defined $processed || $processed >= $from + $count;
         sleep $pause;
         $pause = $pause * 2 > 0.2 ? 0.2 : $pause * 2;
@@ -311,10 +303,10 @@ sub of_kind { my $kind = shift; grep { (split /\t/)[0] eq $kind } @_ }
 my $endpoints_waited;
 for my $kind (reverse @KINDS) {
     last if $unavailable;
+    my @deleted = of_kind($kind, @deletes);
     my @clears = $kind eq 'endpoint' ? grep { $cleared{$_} } @puts : ();
-    my @keys = (of_kind($kind, @deletes), @clears);
-    my @before = @keys && $kind eq 'endpoint' ? endpoint_tasks() : ();
-    my @lines = (run_phase('delete', of_kind($kind, @deletes)), run_phase('clear', @clears));
+    my @before = $kind eq 'endpoint' && (@deleted || @clears) ? sorcery_tasks('endpoint') : ();
+    my @lines = (run_phase('delete', @deleted), run_phase('clear', @clears));
     tally($_) for @lines;
     # One observer task per endpoint a DELETE took out (204; not 404: there was none).
     my $tasks = grep { /^(?:deleted|cleared) / && !/ absent$/ } @lines;
