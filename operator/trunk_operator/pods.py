@@ -9,6 +9,7 @@ What each pod serves afterwards is read back by the observer (observer.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -127,6 +128,9 @@ class PodWorker:
     # Until the first round has checked it: the pod may already hold this set (the operator or
     # the container restarted), so a status that says Ready for it may still be true.
     adoptable: bool = True
+    # Until its first round ended: that round restores the pod's set (a new pod, a restarted
+    # container, or this process started), and status writes wait for it (`calls.restoring`).
+    first_round: bool = True
     # The desired set of the last round that ended with some CRs refused: nothing more to do
     # for it (the others were delivered) until the desired set changes, or `retry_refused`
     # fires (`refused_retry` seconds later: doubled each time the same set is refused again).
@@ -331,8 +335,9 @@ class AsteriskPods:
             worker.wake.clear()
             if worker.state.desired_hash in (worker.state.delivered_hash, worker.settled_hash):
                 continue
+            restore = self.calls.restoring() if worker.first_round else contextlib.nullcontext()
             try:
-                async with worker.busy:
+                async with worker.busy, restore:
                     await self.deliver_once(namespace, worker)
                 backoff = 1.0
             except asyncio.CancelledError:
@@ -349,6 +354,8 @@ class AsteriskPods:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30)
                 worker.wake.set()
+            finally:
+                worker.first_round = False
             await self.after_delivery(namespace)  # statuses; a deleted CR may have left
 
     async def deliver_once(self, namespace: str, worker: PodWorker) -> None:

@@ -245,9 +245,12 @@ class StatusWriter:
         """Write the CR's newest status until none is left to write."""
         try:
             while key in self.wanted:
+                await self.calls.status_turn()
                 async with self.calls.api:
                     if key not in self.wanted:  # superseded while waiting for the slot
                         break
+                    if not self.calls.status_may_go():
+                        continue  # a pod's restore began while this waited for the slot
                     cr, status = self.wanted.pop(key)
                     self.in_flight[key] = status
                     try:

@@ -2,13 +2,17 @@
 changed (a pass over 10,000 CRs reduces only those), and never kept when one did."""
 
 import asyncio
+import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
 from tests.unit.test_controller import GateKube, NoDelivery, one_pod, pod_body, trunk_body
-from trunk_operator import asterisk_output, pods, statuswriter
+from trunk_operator import asterisk, asterisk_output, pods, statuswriter
+from trunk_operator.controller import Controller
 from trunk_operator.podset import expected_for
+from trunk_operator.render import files_hash
 from trunk_operator.verify import Observation
 
 
@@ -190,6 +194,97 @@ def test_a_status_superseded_before_it_is_written_is_never_written(
             [(n, "NoAsteriskPods") for n in down_written] + [(n, "Ready") for n in down_written]
         )
         assert kube.events.count("NoAsteriskPods") == len(down_written)
+        await ctl.stop()
+
+    asyncio.run(scenario())
+
+
+def test_status_writes_wait_while_a_restarted_pod_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The writes of a restart's NoAsteriskPods share the cores and the API server with the
+    read that restores the pod: none starts while that read runs, and those it makes moot
+    (the pod serves them again) are never written."""
+    count = 60
+    monkeypatch.setattr(pods, "timestamp", lambda: "2026-11-28T00:00:00Z")
+    monkeypatch.setattr(pods, "drifted", lambda files, observation: False)
+    monkeypatch.setattr(pods, "verify", lambda expected, observation, *more: [])
+    reading, read_may_end = threading.Event(), threading.Event()
+    read_may_end.set()
+
+    def delivered(pod_exec, files, *args: object) -> asterisk.DeliveryResult:
+        return asterisk.DeliveryResult(True, files_hash(files), [], None)
+
+    def serving(pod_exec, expected, timeout, probe, pushed) -> Observation:
+        reading.set()
+        read_may_end.wait(10)
+        worker = ctl.pods.workers[("ns", "asterisk-0")]
+        return Observation(asterisk_output.Listing(), files_hash(worker.files))
+
+    monkeypatch.setattr(asterisk, "deliver", delivered)
+    monkeypatch.setattr(asterisk, "observe", serving)
+
+    async def until(condition: Callable[[], bool]) -> None:
+        for _ in range(1000):
+            if condition():
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError("timed out")
+
+    kube = GateKube()
+    patched: list[tuple[str, str]] = []
+
+    def slow_patch(name: str) -> None:
+        patched.append((name, kube.statuses[name]["reason"]))
+        time.sleep(0.03)  # in the API threads: the writes queue for their slots
+
+    kube.during_status = slow_patch
+    ctl = Controller(kube)  # type: ignore[arg-type]
+    names = [f"t{i:03d}" for i in range(count)]
+
+    async def scenario() -> None:
+        ctl.upsert_pod(pod_body("asterisk-0"))
+        for i, name in enumerate(names):
+            inbound, outbound = {"accountSid": f"AC{i:032x}"}, {"context": f"to-{name}"}
+            ctl.upsert("TwilioTrunk", trunk_body(name, inbound=inbound, outbound=outbound))
+        await ctl.reconcile_namespace("ns")
+        await until(lambda: {kube.statuses.get(n, {}).get("reason") for n in names} == {"Ready"})
+        await until(lambda: not ctl.status.writing)
+        patched.clear()
+
+        # The container restarts: no ready pod, every CR NoAsteriskPods...
+        down = pod_body("asterisk-0")
+        down["status"]["containerStatuses"][0].update(
+            containerID="containerd://two", restartCount=1, ready=False
+        )
+        ctl.upsert_pod(down)
+        flip = asyncio.create_task(ctl.write_statuses("ns"))
+        await until(lambda: len(patched) >= 5)
+        # ...and it is ready again while most are still to be written: its new container is
+        # read (adopted, it kept its files).
+        read_may_end.clear()
+        reading.clear()
+        back = pod_body("asterisk-0")
+        back["status"]["containerStatuses"][0].update(
+            containerID="containerd://two", restartCount=1
+        )
+        ctl.upsert_pod(back)
+        await until(reading.is_set)
+        await asyncio.sleep(0.1)  # in flight when the read began: done by now
+        during = len(patched)
+        await asyncio.sleep(0.3)  # ten writes' time
+        assert len(patched) == during  # none began while the pod was read
+        read_may_end.set()
+        await flip
+        await until(lambda: ctl.pods.workers[("ns", "asterisk-0")].state.delivered_hash is not None)
+        await until(lambda: not ctl.status.writing)
+
+        assert {kube.statuses[n]["reason"] for n in names} == {"Ready"}
+        down_written = {name for name, reason in patched if reason == "NoAsteriskPods"}
+        assert len(down_written) == during < count  # the rest were moot when their turn came
+        assert sorted(patched) == sorted(
+            [(n, "NoAsteriskPods") for n in down_written] + [(n, "Ready") for n in down_written]
+        )
         await ctl.stop()
 
     asyncio.run(scenario())
