@@ -43,6 +43,27 @@ def trunk(name: str, generation: int = 1, **spec: object) -> dict:
     )
 
 
+def slow_status_kube(delay: float) -> tuple[GateKube, list[tuple[str, str]]]:
+    """A kube whose status PATCHes take `delay` in the API threads, so the writes queue for
+    their slots; and the (CR, reason) of each PATCH, in order."""
+    kube = GateKube()
+    patched: list[tuple[str, str]] = []
+
+    def slow_patch(name: str) -> None:
+        patched.append((name, kube.statuses[name]["reason"]))
+        time.sleep(delay)
+
+    kube.during_status = slow_patch
+    return kube, patched
+
+
+def add_trunks(ctl: Controller, names: list[str]) -> None:
+    """Trunks sharing the pod: each its own accountSid and outbound context."""
+    for i, name in enumerate(names):
+        inbound, outbound = {"accountSid": f"AC{i:032x}"}, {"context": f"to-{name}"}
+        ctl.upsert("TwilioTrunk", trunk_body(name, inbound=inbound, outbound=outbound))
+
+
 def test_each_input_of_a_status_brings_it_reduced_again_and_nothing_else(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -146,23 +167,11 @@ def test_a_status_superseded_before_it_is_written_is_never_written(
     monkeypatch.setattr(pods, "timestamp", lambda: "2026-11-28T00:00:00Z")
 
     async def scenario() -> None:
-        kube = GateKube()
-        patched: list[tuple[str, str]] = []
-
-        def slow_patch(name: str) -> None:
-            patched.append((name, kube.statuses[name]["reason"]))
-            time.sleep(0.01)  # in the API threads: the writes queue for their slots
-
-        kube.during_status = slow_patch
+        kube, patched = slow_status_kube(0.01)
         ctl = NoDelivery(kube)
         ctl.upsert_pod(pod_body("asterisk-0"))
         names = [f"t{i:03d}" for i in range(count)]
-        for i, name in enumerate(names):
-            sid = f"AC{i:032x}"  # each its own: trunks sharing a pod
-            ctl.upsert(
-                "TwilioTrunk",
-                trunk_body(name, inbound={"accountSid": sid}, outbound={"context": f"to-{name}"}),
-            )
+        add_trunks(ctl, names)
         await ctl.reconcile_namespace("ns")
         worker = ctl.pods.workers[("ns", "asterisk-0")]
         worker.set_delivered(dict(worker.owners))
@@ -231,22 +240,13 @@ def test_status_writes_wait_while_a_restarted_pod_is_read(
             await asyncio.sleep(0.005)
         raise AssertionError("timed out")
 
-    kube = GateKube()
-    patched: list[tuple[str, str]] = []
-
-    def slow_patch(name: str) -> None:
-        patched.append((name, kube.statuses[name]["reason"]))
-        time.sleep(0.03)  # in the API threads: the writes queue for their slots
-
-    kube.during_status = slow_patch
+    kube, patched = slow_status_kube(0.03)
     ctl = Controller(kube)  # type: ignore[arg-type]
     names = [f"t{i:03d}" for i in range(count)]
 
     async def scenario() -> None:
         ctl.upsert_pod(pod_body("asterisk-0"))
-        for i, name in enumerate(names):
-            inbound, outbound = {"accountSid": f"AC{i:032x}"}, {"context": f"to-{name}"}
-            ctl.upsert("TwilioTrunk", trunk_body(name, inbound=inbound, outbound=outbound))
+        add_trunks(ctl, names)
         await ctl.reconcile_namespace("ns")
         await until(lambda: {kube.statuses.get(n, {}).get("reason") for n in names} == {"Ready"})
         await until(lambda: not ctl.status.writing)
