@@ -438,6 +438,7 @@ class AsteriskPods:
             probe,
             worker.pod.ari_secret is not None,
         )
+        read = time.monotonic()
         if (
             observation.delivered_hash != (digest or files_hash(files))
             or drifted(files, observation)
@@ -456,10 +457,14 @@ class AsteriskPods:
             if (at := self.reported_since(namespace, worker.pod.name, ref, outcome.digest))
         }
         worker.set_delivered(owners, files, since)
+        checked = time.monotonic()
         await self.gates.open(namespace, worker.pod)  # closed if its container restarted
+        done = time.monotonic()
         log.info(
-            "%s/%s already serves %d resources: adopted in %.2f s",
-            namespace, worker.pod.name, len(owners), time.monotonic() - started,
+            "%s/%s already serves %d resources: adopted in %.2f s (read %.2f s, check %.2f s,"
+            " readiness gate %.2f s)",
+            namespace, worker.pod.name, len(owners), done - started, read - started,
+            checked - read, done - checked,
         )  # fmt: skip
         return True
 
