@@ -2,7 +2,8 @@
 
 A pool of their own, not asyncio's default executor: that one has min(32, cores + 4)
 threads (6 on 2 cores), so 1,000 new CRs ran 6 API calls at a time, and deliveries hanging on
-slow pods would hold back the Lease renewals and Kopf's probes, which use it.
+slow pods would hold back the Lease renewals and Kopf's probes, which use it. Status writes
+give way to the calls that bring a pod's set back after a restart (`restoring`).
 """
 
 from __future__ import annotations
