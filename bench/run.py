@@ -803,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--scale-restarts",
         type=int,
-        default=3,
+        default=5,
         help="(8) restarts measured per real-node size up to 1,000 trunks (median; from the"
         " second on, each in a new pod: kubelet waits 10 s before a second restart)",
     )
