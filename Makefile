@@ -58,7 +58,7 @@ operator-image: deps  ## localhost/asterisk-trunk-operator:<version>, on a deboo
 platform: deps venv binaries image
 
 crds: venv
-	$(PY) -m trunk_operator.crdgen crds
+	$(PY) -m trunk_operator.core.crdgen crds
 	$(PY) -m tools.chartgen crds
 
 chart-crds: venv  ## the chart's templates/crds.yaml from crds/
@@ -73,6 +73,7 @@ lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check operator tests tools $(wildcard bench)
 	$(VENV)/bin/mypy operator/trunk_operator
+	$(VENV)/bin/lint-imports  # the layers contract: .importlinter
 	$(VENV)/bin/mypy tests testbed tools $(wildcard bench)
 
 test-unit: venv

@@ -6,7 +6,7 @@ endpoint at once, and res_pjsip then shut the new endpoint's state down with the
 this checkout's waits for Asterisk's tasks of the deletion first (pod_scripts/ari-push.pl).
 
 One podman Asterisk (the examples' image, ARI, sorcery `memory` wizards) gets TRUNKS trunks
-with the operator's own delivery (`asterisk.deliver`), then one trunk's codecs change CHANGES
+with the operator's own delivery (`channel.deliver`), then one trunk's codecs change CHANGES
 times, each change one delivery. Beside them another thread runs `pjsip show endpoint` and
 `pjsip list endpoints` every 0.05-0.4 s, never during a delivery (as the operator's observer).
 Each pusher gets its own Asterisk; the figure is the changes it took until Asterisk died.
@@ -29,9 +29,9 @@ from rig import HOST, trunk_spec
 from testbed.asterisk import AsteriskContainer
 from tests.cases import Case
 from tests.e2e.conftest import podman_exec
-from trunk_operator import asterisk, asterisk_ari
-from trunk_operator.asterisk_ari import AriAccess
-from trunk_operator.models import TwilioTrunkSpec
+from trunk_operator.core.models import TwilioTrunkSpec
+from trunk_operator.pod import ari, channel
+from trunk_operator.pod.ari import AriAccess
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE_COMMIT = "78ec7a94472a26421ca3a2dee5aa2eec0a33efae"  # DELETE, then PUT at once
@@ -62,10 +62,10 @@ def _case(trunks: int, codecs: list[str]) -> Case:
 @contextlib.contextmanager
 def pusher(commit: str | None) -> Iterator[None]:
     """The pod-side pusher of `commit` (None: this checkout's) for deliveries made meanwhile."""
-    mine = asterisk_ari.PUSH_SCRIPT
+    mine = ari.PUSH_SCRIPT
     if commit is not None:
-        path = "operator/trunk_operator/pod_scripts/ari-push.pl"
-        asterisk_ari.PUSH_SCRIPT = subprocess.run(
+        path = "operator/trunk_operator/pod/scripts/ari-push.pl"
+        ari.PUSH_SCRIPT = subprocess.run(
             ["git", "-C", str(ROOT), "show", f"{commit}:{path}"],
             capture_output=True,
             text=True,
@@ -74,7 +74,7 @@ def pusher(commit: str | None) -> Iterator[None]:
     try:
         yield
     finally:
-        asterisk_ari.PUSH_SCRIPT = mine
+        ari.PUSH_SCRIPT = mine
 
 
 def churn(trunks: int, changes: int, bind_ip: str) -> Churn:
@@ -104,15 +104,15 @@ def churn(trunks: int, changes: int, bind_ip: str) -> Churn:
         pod_exec, ari = podman_exec(pbx.name), AriAccess(pbx.ari_url, USER, PASSWORD)
         case = _case(trunks, CODECS[-1])
         files = case.pod_files()
-        assert asterisk.deliver(pod_exec, files, case.expected(files), 600, ari=ari).ok
+        assert channel.deliver(pod_exec, files, case.expected(files), 600, ari=ari).ok
         thread.start()
         started, done = time.monotonic(), 0
         for change in range(changes):
             case = _case(trunks, CODECS[change % len(CODECS)])
             files = case.pod_files()
             # An exec the container died under fails: told below.
-            with lock, contextlib.suppress(asterisk.ExecError):
-                asterisk.deliver(pod_exec, files, case.expected(files), 120, ari=ari)
+            with lock, contextlib.suppress(channel.ExecError):
+                channel.deliver(pod_exec, files, case.expected(files), 120, ari=ari)
             if not pbx.running():
                 break
             done += 1

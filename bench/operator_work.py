@@ -37,12 +37,14 @@ def measure(size: int, changes: int) -> dict[str, Any]:
     from rig import percentile, trunk_spec
 
     from tests.unit.test_controller import GateKube, pod_body
-    from trunk_operator import asterisk, pods
-    from trunk_operator.asterisk_output import Listing
-    from trunk_operator.controller import Controller
-    from trunk_operator.podset import files_of
-    from trunk_operator.render import files_hash
-    from trunk_operator.verify import Observation
+    from trunk_operator.core.asterisk_output import Listing
+    from trunk_operator.core.desired import files_of
+    from trunk_operator.core.render import files_hash
+    from trunk_operator.core.verify import Observation
+    from trunk_operator.pod import channel
+    from trunk_operator.runtime import pod_workers
+    from trunk_operator.runtime.controller import Controller
+    from trunk_operator.runtime.settings import Settings
 
     full_collections = [0]
 
@@ -52,9 +54,9 @@ def measure(size: int, changes: int) -> dict[str, Any]:
 
     def deliver(
         exec_: Any, files: Any, expected: Any, *args: Any, **kwargs: Any
-    ) -> asterisk.DeliveryResult:
+    ) -> channel.DeliveryResult:
         digest = files_hash(files)  # the real one hashes too, unless given the digest
-        asterisk.pack(files)
+        channel.pack(files)
         if not hasattr(deliver, "listed"):  # the first delivery lists everything
             deliver.listed = True  # type: ignore[attr-defined]
             listing = Listing(
@@ -63,11 +65,11 @@ def measure(size: int, changes: int) -> dict[str, Any]:
                 auths={e.auth: e.username for e in expected.endpoints},
                 identifies={e.identify: e.name for e in expected.endpoints},
             )
-            return asterisk.DeliveryResult(True, digest, [], Observation(listing).attach(expected))
-        return asterisk.DeliveryResult(True, digest, [], Observation(Listing(read=set())))
+            return channel.DeliveryResult(True, digest, [], Observation(listing).attach(expected))
+        return channel.DeliveryResult(True, digest, [], Observation(Listing(read=set())))
 
-    pods.asterisk.deliver = deliver
-    pods.asterisk.observe = lambda *a, **k: Observation(Listing())
+    pod_workers.channel.deliver = deliver
+    pod_workers.channel.observe = lambda *a, **k: Observation(Listing())
 
     def body(i: int, generation: int = 1, codec: str = "ulaw") -> dict[str, Any]:
         name = f"t{i:05d}"
@@ -87,7 +89,7 @@ def measure(size: int, changes: int) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
         kube = GateKube()
         kube.rendered_hashes = dict  # type: ignore[attr-defined]
-        ctl = Controller(kube, pods.Settings(observe_interval=1e6))  # type: ignore[arg-type]
+        ctl = Controller(kube, Settings(observe_interval=1e6))  # type: ignore[arg-type]
         ctl.upsert_pod(pod_body("asterisk-0"))
         for i in range(size):
             ctl.upsert("TwilioTrunk", body(i))
@@ -119,7 +121,7 @@ def measure(size: int, changes: int) -> dict[str, Any]:
         gc.callbacks.remove(count)
         worker = ctl.pods.workers[key]
         started = time.perf_counter()
-        asterisk.pack(files := files_of(worker.owners))
+        channel.pack(files := files_of(worker.owners))
         files_hash(files)
         floor = time.perf_counter() - started
         await ctl.stop()

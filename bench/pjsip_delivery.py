@@ -17,8 +17,8 @@ operator and no API server:
   start is Asterisk's start plus the push of every object (they live in memory only);
 - `none`: Asterisk without trunks: the floor of a reload;
 - the operator's delivery of one codec change into a pod with the N trunks, with the file and
-  over ARI (`asterisk.deliver` as a pod worker calls it, over `podman exec`);
-- the operator's observation of a pod with the N trunks (`asterisk.observe` over `podman exec`:
+  over ARI (`channel.deliver` as a pod worker calls it, over `podman exec`);
+- the operator's observation of a pod with the N trunks (`channel.observe` over `podman exec`:
   the listings, the delivered hash, the files' digests, 10 endpoints in depth), which the
   observer repeats per pod (at most a tenth of the time: `observer.OBSERVE_SHARE`).
 Medians of `--repeat` (the first reload after a start is left out), one second apart.
@@ -47,11 +47,11 @@ from testbed import asterisk as testbed_asterisk
 from testbed.asterisk import ARI_PORT, AsteriskContainer, ensure_image
 from tests.cases import Case
 from tests.e2e.conftest import podman_exec
-from trunk_operator import asterisk
-from trunk_operator.asterisk_ari import AriAccess
-from trunk_operator.models import TwilioTrunkSpec
-from trunk_operator.render import PJSIP_DIR, POD_FILE, Files
-from trunk_operator.verify import Expected, Probe
+from trunk_operator.core.models import TwilioTrunkSpec
+from trunk_operator.core.render import PJSIP_DIR, POD_FILE, Files
+from trunk_operator.core.verify import Expected, Probe
+from trunk_operator.pod import channel
+from trunk_operator.pod.ari import AriAccess
 
 TYPES = ("auth", "aor", "endpoint", "identify")  # creation order: references resolve
 ARI_USER, ARI_PASSWORD = "bench", "bench-only-password"
@@ -71,13 +71,13 @@ def measure_observation(case: Case, files: Files, repeat: int, bind_ip: str) -> 
     expected = case.expected(files, "secret")
     with AsteriskContainer("delivery-observe", bind_ip=bind_ip, tls=False) as ast:
         pod_exec = podman_exec(ast.name)
-        if not asterisk.deliver(pod_exec, files, expected, timeout=900).ok:
+        if not channel.deliver(pod_exec, files, expected, timeout=900).ok:
             raise RuntimeError("the case was not delivered")
         probe = Probe(frozenset(sorted(e.name for e in expected.endpoints)[:10]))
         times = []
         for _ in range(repeat + 1):
             began = time.monotonic()
-            asterisk.observe(pod_exec, expected, 300, probe)
+            channel.observe(pod_exec, expected, 300, probe)
             times.append(time.monotonic() - began)
         return statistics.median(times[1:])
 
@@ -86,7 +86,7 @@ def measure_operator_change(
     case: Case, files: Files, repeat: int, bind_ip: str, over_ari: bool
 ) -> float:
     """Median seconds of the operator's delivery of one trunk's codec change into a pod with
-    the case's `files` (`asterisk.deliver` as a pod worker calls it: the PJSIP file changed,
+    the case's `files` (`channel.deliver` as a pod worker calls it: the PJSIP file changed,
     that endpoint read in depth): the exec, the reload or the push, the reads, verification."""
     expected = case.expected(files, "secret")
     first = min(e.name for e in expected.endpoints)
@@ -94,7 +94,7 @@ def measure_operator_change(
     with AsteriskContainer("delivery-op", bind_ip=bind_ip, tls=False, ari=ari_user) as ast:
         pod_exec = podman_exec(ast.name)
         ari = AriAccess(ast.ari_url, ARI_USER, ARI_PASSWORD) if over_ari else None
-        if not asterisk.deliver(pod_exec, files, expected, timeout=900, ari=ari).ok:
+        if not channel.deliver(pod_exec, files, expected, timeout=900, ari=ari).ok:
             raise RuntimeError("the case was not delivered")
         times = []
         for k in range(repeat * 2):  # ends on an odd k: the rendered order
@@ -107,7 +107,7 @@ def measure_operator_change(
                 expected.transports,
             )  # fmt: skip
             began = time.monotonic()
-            result = asterisk.deliver(
+            result = channel.deliver(
                 pod_exec,
                 {**files, f"{PJSIP_DIR}/{POD_FILE}": text},
                 want,

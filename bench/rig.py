@@ -44,8 +44,8 @@ from testbed.release import (  # noqa: E402
     release_for,
     restricted_namespace,
 )
-from trunk_operator.asterisk_output import parse_endpoints  # noqa: E402
-from trunk_operator.models import GROUP, VERSION  # noqa: E402
+from trunk_operator.core.asterisk_output import parse_endpoints  # noqa: E402
+from trunk_operator.core.models import GROUP, VERSION  # noqa: E402
 
 STANDIN_IP = "127.0.0.21"  # nothing needs to answer there: qualify is off
 HOST = "bench.pstn.twilio.com"

@@ -48,7 +48,7 @@ from testbed.release import build_operator_image
 from tests.cases import large_case
 from tests.e2e.conftest import podman_exec
 from tests.e2e.ready_invariant import ReadyInvariant
-from trunk_operator import asterisk
+from trunk_operator.pod import channel
 
 
 @dataclass
@@ -221,7 +221,7 @@ class EndpointSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from trunk_operator.asterisk_output import parse_endpoints
+        from trunk_operator.core.asterisk_output import parse_endpoints
 
         while not self._stop.is_set():
             text = self.container.rx("pjsip show endpoints", timeout=60, check=False)
@@ -429,7 +429,7 @@ def m5_dids(args: argparse.Namespace, workdir: Path) -> Section:
         size = sum(len(t) for t in files.values())
         for attempt in ("first", "again"):
             t = time.monotonic()
-            result = asterisk.deliver(podman_exec(container.name), files, expected, 300)
+            result = channel.deliver(podman_exec(container.name), files, expected, 300)
             took = time.monotonic() - t
             if not result.ok:
                 sec.notes.append(f"pure {attempt} delivery FAILED: {result.problems[:3]}")

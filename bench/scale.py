@@ -19,7 +19,7 @@ examples/asterisk there, exec through the API server to kubelet and containerd (
 rig an exec goes through kwok's exec pod to `podman exec`, which costs more). The same steps
 up to the rotation (one real node: no second pod, and kubelet restarts Asterisk itself).
 Sizes in `--scale-ari-sizes` run there with an examples/asterisk-ari pod (trunks pushed over
-ARI, trunk_operator.asterisk_ari), side by side with the pod file when both run at a size.
+ARI, trunk_operator.pod.ari), side by side with the pod file when both run at a size.
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ from rig import (
 )
 
 from testbed.release import build_operator_image
-from trunk_operator.apiclient import load_config
-from trunk_operator.kube import Kube
-from trunk_operator.pods import Settings
+from trunk_operator.kube.api import Kube
+from trunk_operator.kube.client import load_config
+from trunk_operator.runtime.settings import Settings
 
 BASELINE_COMMIT = "cd9c2b2cb5ba2ff78da67fa0532b64e8bc5f8453"  # the last per-CR-file layout
 SHARED_SECRET, OWN_SECRET = "bench-sip", "first-sip"

@@ -188,7 +188,7 @@ def map_types(config_dir: Path, wizards: dict[str, list[str]]) -> None:
 
 def enable_ari(config_dir: Path, bind_ip: str, user: str, password: str) -> None:
     """ARI on bind_ip:ARI_PORT with one user, and the trunk types in memory after the files:
-    what a pod needs to take its trunks over ARI (trunk_operator.asterisk_ari)."""
+    what a pod needs to take its trunks over ARI (trunk_operator.pod.ari)."""
     modules = config_dir / "modules.conf"
     modules.write_text("".join(
         line for line in modules.read_text().splitlines(keepends=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from trunk_operator.models import DIDSegmentSpec, TwilioTrunkSpec
-from trunk_operator.podset import expected_endpoint
-from trunk_operator.render import (
+from trunk_operator.core.desired import expected_endpoint
+from trunk_operator.core.models import DIDSegmentSpec, TwilioTrunkSpec
+from trunk_operator.core.render import (
     Files,
     contexts_in,
     pod_files,
@@ -15,7 +15,7 @@ from trunk_operator.render import (
     render_trunk,
     render_trunk_auth,
 )
-from trunk_operator.verify import Expected
+from trunk_operator.core.verify import Expected
 
 PASSWORD = "pa;ss #1 [x] =>\\;"  # every character class Asterisk files treat specially
 ACCOUNT_SID_A = "AC" + "a" * 32

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from trunk_operator.plan import SEGMENT, TRUNK, Inputs, plan_namespace
-from trunk_operator.render import Files
+from trunk_operator.core.plan import SEGMENT, TRUNK, Inputs, plan_namespace
+from trunk_operator.core.render import Files
 
 # A Kubernetes object name (DNS-1123 subdomain). Names become file names, so nothing else
 # (`/`, `..`) may reach a path.
@@ -126,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from trunk_operator import handlers
 
-    namespaces = handlers.watched_namespaces()
+    namespaces = handlers.SETTINGS.watch_namespaces
     scope = [f"--namespace={n}" for n in namespaces] if namespaces else ["--all-namespaces"]
     sys.argv = ["kopf", "run", *scope, "-m", handlers.__name__, *args.kopf_args]
     return int(kopf_main() or 0)

@@ -13,15 +13,16 @@ from typing import Any
 
 import kopf
 
-from trunk_operator import metrics
-from trunk_operator.apiclient import Api, Connection, load_config
-from trunk_operator.controller import Controller
-from trunk_operator.kube import LABEL_MANAGED_BY, MANAGER, Kube
-from trunk_operator.leader import LeaderElector
-from trunk_operator.models import GROUP
-from trunk_operator.plan import SEGMENT, TRUNK
-from trunk_operator.pods import Settings
+from trunk_operator.core.models import GROUP
+from trunk_operator.core.plan import SEGMENT, TRUNK
+from trunk_operator.kube.api import LABEL_MANAGED_BY, MANAGER, Kube
+from trunk_operator.kube.client import Api, Connection, load_config
+from trunk_operator.kube.leader import LeaderElector
+from trunk_operator.runtime import metrics
+from trunk_operator.runtime.controller import Controller
+from trunk_operator.runtime.settings import Settings
 
+SETTINGS = Settings.from_env()  # parsed once, when Kopf loads this module
 controller: Controller | None = None
 
 
@@ -31,25 +32,10 @@ def _controller() -> Controller:
     return controller
 
 
-def watched_namespaces() -> tuple[str, ...]:
-    """TRUNKOP_WATCH_NAMESPACES (comma-separated); empty: every namespace."""
-    raw = os.environ.get("TRUNKOP_WATCH_NAMESPACES", "")
-    return tuple(n.strip() for n in raw.split(",") if n.strip())
-
-
 @functools.cache
 def connection() -> Connection:
     """One set of credentials for our API client and Kopf's watches."""
     return load_config()
-
-
-def settings_from_env() -> Settings:
-    selector = os.environ.get("TRUNKOP_DEFAULT_SELECTOR", "app=asterisk")
-    return Settings(
-        default_selector=dict(p.split("=", 1) for p in selector.split(",") if "=" in p),
-        container=os.environ.get("TRUNKOP_CONTAINER", "asterisk"),
-        observe_interval=float(os.environ.get("TRUNKOP_OBSERVE_INTERVAL", "5")),
-    )
 
 
 LEASE_NAME = "asterisk-trunk-operator"
@@ -57,15 +43,14 @@ _background: set[asyncio.Task[None]] = set()
 _leading: list[LeaderElector] = []  # the elector while this replica holds the Lease
 
 
-def leader_elector() -> LeaderElector | None:
+def leader_elector(settings: Settings) -> LeaderElector | None:
     """TRUNKOP_LEADER_ELECTION=true (the chart's default): a Lease in POD_NAMESPACE."""
-    if os.environ.get("TRUNKOP_LEADER_ELECTION", "").lower() != "true":
+    if not settings.leader_election:
         return None
-    identity = f"{os.environ.get('HOSTNAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
-    namespace = os.environ.get("POD_NAMESPACE", "default")
+    identity = f"{settings.hostname or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
     # Its own client: no retries, short timeouts, so renewals fail inside the renew deadline.
     api = Api(connection(), pool_size=2, retries=0, timeout=2.0)
-    return LeaderElector(api, namespace, LEASE_NAME, identity)
+    return LeaderElector(api, settings.pod_namespace, LEASE_NAME, identity)
 
 
 async def _lead(ctrl: Controller, elector: LeaderElector) -> None:
@@ -111,9 +96,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # The operator's own rendered Secrets never need to wake it: filter them out server-side.
     settings.watching.label_selectors["", "v1", "secrets"] = f"{LABEL_MANAGED_BY}!={MANAGER}"
-    controller = Controller(Kube(connection(), watched_namespaces()), settings_from_env())
+    controller = Controller(Kube(connection(), SETTINGS.watch_namespaces), SETTINGS)
     await controller.prime()
-    elector = leader_elector()
+    elector = leader_elector(SETTINGS)
     if elector is None:
         controller.start()
         metrics.LEADER.set(1)
@@ -121,9 +106,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         # Kopf's watches keep feeding the controller in every replica; its loops (plans,
         # deliveries, observation, status, finalizers) run only in the one holding the Lease.
         _background.add(asyncio.create_task(_lead(controller, elector), name="leader"))
-    port = int(os.environ.get("TRUNKOP_METRICS_PORT", "0") or 0)
-    if port:
-        metrics.serve(port, controller)
+    if SETTINGS.metrics_port:
+        metrics.serve(SETTINGS.metrics_port, controller)
 
 
 @kopf.on.login()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
-from trunk_operator.asterisk import Exec, ExecResult
+from trunk_operator.pod.channel import Exec, ExecResult
 
 
 def podman_exec(container: str) -> Exec:

@@ -26,8 +26,8 @@ from typing import Any, Protocol
 
 from kubernetes import client, watch
 
-from trunk_operator.asterisk_output import parse_endpoint_detail
-from trunk_operator.models import GROUP, VERSION
+from trunk_operator.core.asterisk_output import parse_endpoint_detail
+from trunk_operator.core.models import GROUP, VERSION
 
 PLURAL = "twiliotrunks"
 SECRET = "shared-sip"

@@ -19,7 +19,7 @@ from testbed.asterisk import AsteriskContainer
 from tests.conftest import wait_for
 from tests.e2e.test_operator import HOSTS, SID_A, SID_B, credentials, trunk, wait_ready
 from tests.health import ARGOCD, health
-from trunk_operator.models import GROUP, VERSION
+from trunk_operator.core.models import GROUP, VERSION
 
 pytestmark = pytest.mark.e2e
 

@@ -35,9 +35,9 @@ from tests.e2e.test_operator import (
     trunk,
     wait_ready,
 )
-from trunk_operator.asterisk import CONFIG_DIR, PUSHED_DIR, STATE_DIR
-from trunk_operator.asterisk_ari import ARI_CREDENTIALS_ANNOTATION, ARI_URL_ANNOTATION
-from trunk_operator.render import POD_FILE
+from trunk_operator.core.render import POD_FILE
+from trunk_operator.pod.ari import ARI_CREDENTIALS_ANNOTATION, ARI_URL_ANNOTATION
+from trunk_operator.pod.channel import CONFIG_DIR, PUSHED_DIR, STATE_DIR
 
 pytestmark = pytest.mark.e2e
 

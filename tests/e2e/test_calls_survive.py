@@ -25,7 +25,7 @@ from tests.e2e.test_operator import (
     trunk,
     wait_ready,
 )
-from trunk_operator.models import GROUP, VERSION
+from trunk_operator.core.models import GROUP, VERSION
 
 pytestmark = pytest.mark.e2e
 

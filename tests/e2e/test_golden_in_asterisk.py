@@ -17,8 +17,9 @@ from testbed.sipp import SipMessage, TwilioCaller, TwilioStandIn
 from tests.cases import ACCOUNT_SID_B, PASSWORD, Case, cases, large_case, trunk
 from tests.conftest import STANDIN_IP
 from tests.e2e.conftest import podman_exec
-from trunk_operator import asterisk, asterisk_output, verify
-from trunk_operator.render import POD_FILES, aors, contexts_in
+from trunk_operator.core import asterisk_output, verify
+from trunk_operator.core.render import POD_FILES, aors, contexts_in
+from trunk_operator.pod import channel
 
 pytestmark = pytest.mark.e2e
 
@@ -39,14 +40,14 @@ def with_a_broken_trunk(good: Case) -> Case:
     return Case(trunks={**good.trunks, "broken": broken}, segments=good.segments)
 
 
-def deliver(pbx: AsteriskContainer, case: Case) -> asterisk.DeliveryResult:
+def deliver(pbx: AsteriskContainer, case: Case) -> channel.DeliveryResult:
     """Verified in depth (codecs, encryption, context, username, password) for every trunk."""
     files = case.pod_files()
     expected = case.expected(files)
     probe = verify.Probe(
         frozenset(e.name for e in expected.endpoints), frozenset(expected.contexts)
     )
-    return asterisk.deliver(podman_exec(pbx.name), files, expected, probe=probe)
+    return channel.deliver(podman_exec(pbx.name), files, expected, probe=probe)
 
 
 @pytest.mark.parametrize("name", ["single-trunk", "two-trunks", "secure-trunk"])
@@ -182,7 +183,7 @@ def test_an_endpoint_asterisk_keeps_at_its_old_version_is_caught_and_rolled_back
     files[path] = files[path].replace("dtmf_mode = rfc4733", "dtmf_mode = rfc2833")  # refused
     expected = changed.expected(files)
     probe = verify.Probe(frozenset({"ACME"}))
-    result = asterisk.deliver(podman_exec(pbx.name), files, expected, probe=probe)
+    result = channel.deliver(podman_exec(pbx.name), files, expected, probe=probe)
     assert not result.ok and result.rolled_back
     assert any("codecs ('ulaw', 'alaw'), not ('alaw',)" in p.message for p in result.problems)
     # Without the in-depth check the same delivery passes: the listing alone cannot tell.
@@ -199,16 +200,16 @@ def test_one_script_at_a_time_in_a_pod(
     case = cases()["single-trunk"]
     pbx = start_asterisk("golden-lock", "127.0.10.25", hosts_of(case))
     files, expected = case.pod_files(), case.expected(case.pod_files())
-    hold = f"mkdir -p {asterisk.STATE_DIR}; exec 9> {asterisk.LOCK}; flock 9; exec sleep"
+    hold = f"mkdir -p {channel.STATE_DIR}; exec 9> {channel.LOCK}; flock 9; exec sleep"
     pbx.exec("sh", "-c", f"({hold} 3) > /dev/null 2>&1 &")  # a script still at work
     time.sleep(0.5)
     started = time.monotonic()
-    assert asterisk.deliver(podman_exec(pbx.name), files, expected, timeout=20).ok
+    assert channel.deliver(podman_exec(pbx.name), files, expected, timeout=20).ok
     assert time.monotonic() - started > 2  # it waited for the other one
     pbx.exec("sh", "-c", f"({hold} 15) > /dev/null 2>&1 &")
     time.sleep(0.5)
-    with pytest.raises(asterisk.ExecError, match="another delivery still runs in this pod"):
-        asterisk.deliver(podman_exec(pbx.name), files, expected, timeout=6)
+    with pytest.raises(channel.ExecError, match="another delivery still runs in this pod"):
+        channel.deliver(podman_exec(pbx.name), files, expected, timeout=6)
 
 
 def test_a_delivery_reads_at_most_fifty_changed_endpoints_in_depth(
@@ -226,12 +227,12 @@ def test_a_delivery_reads_at_most_fifty_changed_endpoints_in_depth(
     )
     pbx = start_asterisk("golden-many", "127.0.10.26", {"many.pstn.twilio.com": STANDIN_IP})
     pod_exec = podman_exec(pbx.name)
-    assert asterisk.deliver(pod_exec, before.pod_files(), before.expected(before.pod_files())).ok
+    assert channel.deliver(pod_exec, before.pod_files(), before.expected(before.pod_files())).ok
     files, expected = after.pod_files(), after.expected(after.pod_files())
     every = verify.Probe(frozenset(e.name for e in expected.endpoints))
-    result = asterisk.deliver(pod_exec, files, expected, probe=every)
+    result = channel.deliver(pod_exec, files, expected, probe=every)
     assert result.ok and result.observation is not None, result.problems
-    assert len(result.observation.shown) == asterisk.DETAILS_AT_MOST
+    assert len(result.observation.shown) == channel.DETAILS_AT_MOST
     assert {"endpoints", "aors", "auths", "identifies"} <= result.observation.listing.read
 
 
@@ -262,14 +263,14 @@ def test_output_the_cli_cut_short_is_read_again_not_taken_for_missing_objects(
     )  # fmt: skip
     pbx = start_asterisk("golden-cut", "127.0.10.27", {"many.pstn.twilio.com": STANDIN_IP})
     pod_exec = podman_exec(pbx.name)
-    assert asterisk.deliver(pod_exec, before.pod_files(), before.expected(before.pod_files())).ok
+    assert channel.deliver(pod_exec, before.pod_files(), before.expected(before.pod_files())).ok
     stalled = STALLED_READER.format(command="dialplan show", reader="sleep 3; cat")
     pbx.write_file("/usr/local/sbin/asterisk", stalled, "0755")
     files, expected = after.pod_files(), after.expected(after.pod_files())
     new_contexts = verify.Probe(contexts=frozenset(expected.contexts))  # > 40: one full listing
 
     pbx.write_file("/tmp/stalled-reads", "1\n")  # the delivery's own read is cut: read again
-    result = asterisk.deliver(pod_exec, files, expected, probe=new_contexts)
+    result = channel.deliver(pod_exec, files, expected, probe=new_contexts)
     assert result.ok, [p.message for p in result.problems[:3]]
     assert result.observation is not None and not result.observation.cut_short
     assert result.read_again == ["contexts"]  # the operator logs it
@@ -287,8 +288,8 @@ def test_output_the_cli_cut_short_is_read_again_not_taken_for_missing_objects(
     fewer = Case(dict(list(after.trunks.items())[:100]))
     files, expected = fewer.pod_files(), fewer.expected(fewer.pod_files())
     pbx.write_file("/tmp/stalled-reads", "9\n")
-    with pytest.raises(asterisk.ExecError, match=r"cut short its output \(list-endpoints\)"):
-        asterisk.deliver(pod_exec, files, expected)
+    with pytest.raises(channel.ExecError, match=r"cut short its output \(list-endpoints\)"):
+        channel.deliver(pod_exec, files, expected)
     pbx.write_file("/tmp/stalled-reads", "0\n")
     assert len(asterisk_output.parse_endpoints(pbx.rx("pjsip show endpoints"))) == 200
 

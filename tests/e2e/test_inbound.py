@@ -17,7 +17,7 @@ from testbed.asterisk import AsteriskContainer
 from testbed.sipp import TwilioCaller
 from tests.conftest import wait_for
 from tests.e2e.test_operator import HOSTS, SID_A, SID_B, credentials, status, trunk, wait_ready
-from trunk_operator.models import GROUP, VERSION
+from trunk_operator.core.models import GROUP, VERSION
 
 pytestmark = pytest.mark.e2e
 

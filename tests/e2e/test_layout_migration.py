@@ -14,10 +14,10 @@ from kubernetes import client
 from testbed.asterisk import AsteriskContainer
 from tests.e2e.conftest import podman_exec
 from tests.e2e.test_operator import HOSTS, PASSWORD, SID_A, SID_B, credentials, trunk, wait_ready
-from trunk_operator import asterisk
-from trunk_operator.plan import TRUNK, Inputs, Resource, plan_namespace
-from trunk_operator.podset import expected_for
-from trunk_operator.render import POD_FILES
+from trunk_operator.core.desired import expected_for
+from trunk_operator.core.plan import TRUNK, Inputs, Resource, plan_namespace
+from trunk_operator.core.render import POD_FILES
+from trunk_operator.pod import channel
 
 pytestmark = pytest.mark.e2e
 
@@ -54,7 +54,7 @@ def test_a_pod_with_the_old_layout_is_migrated_without_a_gap(
     plan = plan_namespace(inputs)
     old_layout = plan.all_files()
     assert "pjsip.d/twiliotrunk-acme-auth.conf" in old_layout
-    assert asterisk.deliver(podman_exec(pbx.name), old_layout, expected_for(plan.outcomes)).ok
+    assert channel.deliver(podman_exec(pbx.name), old_layout, expected_for(plan.outcomes)).ok
     reloads_before = pbx.logs().count("Reloading module 'res_pjsip.so'")
 
     sampler = subprocess.Popen(

@@ -13,9 +13,9 @@ from testbed.asterisk import AsteriskContainer
 from testbed.sipp import TwilioStandIn
 from tests.conftest import wait_for
 from tests.kstatus import kstatus
-from trunk_operator.asterisk_output import parse_contexts, parse_endpoints
-from trunk_operator.models import GROUP, VERSION
-from trunk_operator.render import POD_FILES
+from trunk_operator.core.asterisk_output import parse_contexts, parse_endpoints
+from trunk_operator.core.models import GROUP, VERSION
+from trunk_operator.core.render import POD_FILES
 
 pytestmark = pytest.mark.e2e
 

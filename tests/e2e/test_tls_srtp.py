@@ -31,7 +31,7 @@ from tests.e2e.test_operator import (
     trunk,
     wait_ready,
 )
-from trunk_operator.asterisk_output import parse_endpoints
+from trunk_operator.core.asterisk_output import parse_endpoints
 
 pytestmark = pytest.mark.e2e
 

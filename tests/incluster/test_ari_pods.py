@@ -23,9 +23,9 @@ from tests.incluster.test_chart_install import (
     restart_asterisk,
     trunk_status,
 )
-from trunk_operator.asterisk import CONFIG_DIR, PUSHED_DIR
-from trunk_operator.asterisk_output import parse_endpoints
-from trunk_operator.render import POD_FILE
+from trunk_operator.core.asterisk_output import parse_endpoints
+from trunk_operator.core.render import POD_FILE
+from trunk_operator.pod.channel import CONFIG_DIR, PUSHED_DIR
 
 pytestmark = pytest.mark.incluster
 

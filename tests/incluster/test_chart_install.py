@@ -25,8 +25,8 @@ from testbed.sipp import TwilioStandIn
 from tests.conftest import ROOT, wait_for
 from tests.integration.test_leader_election import LEASE, stamp
 from tests.packaging.test_chart import PERMISSIONS
-from trunk_operator.asterisk_output import parse_endpoints
-from trunk_operator.pods import Settings
+from trunk_operator.core.asterisk_output import parse_endpoints
+from trunk_operator.runtime.settings import Settings
 
 pytestmark = pytest.mark.incluster
 

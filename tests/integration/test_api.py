@@ -12,7 +12,7 @@ from kubernetes import client
 
 from tests.conftest import wait_for
 from tests.kstatus import kstatus
-from trunk_operator.models import GROUP, VERSION
+from trunk_operator.core.models import GROUP, VERSION
 
 pytestmark = pytest.mark.integration
 

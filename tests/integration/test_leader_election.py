@@ -27,7 +27,7 @@ from testbed.operator_process import OperatorProcess
 from tests.conftest import wait_for
 from tests.integration.test_api import TRUNK, secret
 from tests.integration.test_token_rotation import Relay, admin_cluster_entry, generations
-from trunk_operator.models import GROUP, VERSION
+from trunk_operator.core.models import GROUP, VERSION
 
 pytestmark = pytest.mark.integration
 

@@ -35,7 +35,7 @@ from tests.conftest import wait_for
 from tests.integration.test_api import TRUNK, secret, with_spec
 from tools.chartgen import CHART, GenerationError
 from tools.chartgen import helm as run_helm
-from trunk_operator.models import GROUP, VERSION
+from trunk_operator.core.models import GROUP, VERSION
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ import pytest
 from kubernetes import client
 
 from testbed.asterisk import AsteriskContainer
-from trunk_operator.apiclient import load_config
-from trunk_operator.kube import Kube
+from trunk_operator.kube.api import Kube
+from trunk_operator.kube.client import load_config
 
 pytestmark = pytest.mark.e2e
 

@@ -3,8 +3,8 @@ by the tests of the parsers, of verification and of the delivery script."""
 
 import hashlib
 
-from trunk_operator.asterisk_output import Endpoint, Listing
-from trunk_operator.verify import ExpectedEndpoint, Observation
+from trunk_operator.core.asterisk_output import Endpoint, Listing
+from trunk_operator.core.verify import ExpectedEndpoint, Observation
 
 
 def shown(endpoints: dict[str, Endpoint], **details: dict[str, str]) -> Observation:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from trunk_operator import apiclient
-from trunk_operator.apiclient import Api, Connection, KubeError, TokenSource
+from trunk_operator.kube import client as apiclient
+from trunk_operator.kube.client import Api, Connection, KubeError, TokenSource
 
 
 class Server(http.server.ThreadingHTTPServer):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from trunk_operator.asterisk_ari import PUSH_SCRIPT, pushed_endpoints
+from trunk_operator.pod.ari import PUSH_SCRIPT, pushed_endpoints
 
 USER, PASSWORD = "trunkop", "s3cret:with-colon"
 TRUNK = """; TwilioTrunk acme

@@ -5,9 +5,9 @@ import re
 from dataclasses import replace
 
 from tests.unit.asterisk_samples import DETAIL, LISTS, PASSWORD_SHA, detailed, shown
-from trunk_operator.asterisk import MARK, _observation, sections
-from trunk_operator.asterisk_output import Listing, parse_listing
-from trunk_operator.verify import Expected, ExpectedEndpoint, Observation, Probe, verify
+from trunk_operator.core.asterisk_output import Listing, parse_listing
+from trunk_operator.core.verify import Expected, ExpectedEndpoint, Observation, Probe, verify
+from trunk_operator.pod.channel import MARK, _observation, sections
 
 
 def test_marked_sections_split_script_output() -> None:
@@ -110,7 +110,7 @@ def test_contexts_are_verified_as_far_as_they_were_checked() -> None:
 
 
 def test_deliveries_reload_only_the_trunk_modules_never_transports() -> None:
-    from trunk_operator.asterisk import deliver_script, rollback_script
+    from trunk_operator.pod.channel import deliver_script, rollback_script
 
     def reloads(script: str) -> set[str]:
         return set(re.findall(r"asterisk -rx '([^']*reload[^']*)'", script))

@@ -1,7 +1,7 @@
 """The CLI parsers, against output captured from Asterisk 22.10.1."""
 
 from tests.unit.asterisk_samples import ENDPOINTS, LISTS
-from trunk_operator.asterisk_output import (
+from trunk_operator.core.asterisk_output import (
     contexts_complete,
     parse_contexts,
     parse_endpoints,

@@ -11,28 +11,30 @@ from typing import Any
 
 import pytest
 
-from trunk_operator import asterisk, asterisk_output, controller, pods, statuswriter, verify
-from trunk_operator.apiclient import KubeError
-from trunk_operator.asterisk_ari import ARI_CREDENTIALS_ANNOTATION
-from trunk_operator.controller import Controller
-from trunk_operator.kube import SecretRead
-from trunk_operator.plan import Inputs, Resource, plan_namespace
-from trunk_operator.pods import Pod, PodWorker
-from trunk_operator.podset import (
+from trunk_operator.core import asterisk_output, verify
+from trunk_operator.core.desired import (
     expected_for,
     files_of,
     probe_for,
     reloads_for,
     user_contexts_of,
 )
-from trunk_operator.render import files_hash
-from trunk_operator.status import PodDelivery
+from trunk_operator.core.plan import Inputs, Resource, plan_namespace
+from trunk_operator.core.render import files_hash
+from trunk_operator.core.status import PodDelivery
+from trunk_operator.kube.api import SecretRead
+from trunk_operator.kube.client import KubeError
+from trunk_operator.pod import channel
+from trunk_operator.pod.ari import ARI_CREDENTIALS_ANNOTATION
+from trunk_operator.runtime import controller, pod_workers, status_writer
+from trunk_operator.runtime.controller import Controller
+from trunk_operator.runtime.pod_workers import Pod, PodWorker
 
 
 @pytest.fixture(autouse=True)
 def delivering_written_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests look at every state a status goes through (the grace has its own test)."""
-    monkeypatch.setattr(statuswriter, "DELIVERING_GRACE", 0.0)
+    monkeypatch.setattr(status_writer, "DELIVERING_GRACE", 0.0)
 
 
 def plan_with_two_trunks():
@@ -213,13 +215,13 @@ def test_a_spec_changed_back_is_not_ready_while_the_pod_is_given_the_version_bet
     Ready invariant test's violation, CI 2026-11-28)."""
     pushing, release = threading.Event(), threading.Event()
 
-    def slow_deliver(pod_exec: Any, files: Any, *args: Any) -> asterisk.DeliveryResult:
+    def slow_deliver(pod_exec: Any, files: Any, *args: Any) -> channel.DeliveryResult:
         pushing.set()
         release.wait(5)
         observation = verify.Observation(asterisk_output.Listing())
-        return asterisk.DeliveryResult(True, files_hash(files), [], observation)
+        return channel.DeliveryResult(True, files_hash(files), [], observation)
 
-    monkeypatch.setattr(asterisk, "deliver", slow_deliver)
+    monkeypatch.setattr(channel, "deliver", slow_deliver)
 
     async def scenario() -> None:
         kube = GateKube()
@@ -275,8 +277,8 @@ def test_each_transition_posts_one_event_when_watch_echoes_race_the_write() -> N
     """Our own status write comes back as a watch event, which may be handled while the
     write is still in flight; the next transition must still be compared with what we wrote
     (it was compared with the status from before, and ContextMissing was announced again)."""
-    from trunk_operator.asterisk_output import Listing
-    from trunk_operator.verify import Observation
+    from trunk_operator.core.asterisk_output import Listing
+    from trunk_operator.core.verify import Observation
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
@@ -346,7 +348,7 @@ def test_a_pod_being_deleted_gets_nothing_new_and_holds_no_ready() -> None:
 def test_health_fails_when_a_loop_died_or_a_plan_is_stuck() -> None:
     import time
 
-    from trunk_operator import controller as controller_mod
+    from trunk_operator.runtime import controller as controller_mod
 
     async def scenario() -> None:
         controller = NoDelivery(FakeKube({"username": "u", "password": "p"}))
@@ -429,7 +431,7 @@ def test_the_observer_audits_every_endpoint_in_depth_over_the_rounds(
     outcomes = plan_with_two_trunks().outcomes
     worker = PodWorker(Pod("p", "u", {}, True, ""), PodDelivery("p"))
     assert worker.audit_batch(outcomes) == ["A", "B"]  # all fit in one batch
-    monkeypatch.setattr(pods, "AUDIT_BATCH", 1)
+    monkeypatch.setattr(pod_workers, "AUDIT_BATCH", 1)
     seen = []
     for _ in range(3):
         batch = worker.audit_batch(outcomes)
@@ -474,12 +476,12 @@ def test_a_pod_keeps_when_each_cr_arrived_across_deliveries(
 ) -> None:
     outcomes = plan_with_two_trunks().outcomes
     worker = PodWorker(Pod("p", "u", {}, True, ""), PodDelivery("p"))
-    monkeypatch.setattr(pods, "timestamp", lambda: "t1")
+    monkeypatch.setattr(pod_workers, "timestamp", lambda: "t1")
     worker.set_delivered(dict(outcomes))
     changed = dict(outcomes)
     a = changed["TwilioTrunk/a"]
     changed["TwilioTrunk/a"] = replace(a, public={p: t + ";\n" for p, t in a.public.items()})
-    monkeypatch.setattr(pods, "timestamp", lambda: "t2")
+    monkeypatch.setattr(pod_workers, "timestamp", lambda: "t2")
     worker.set_delivered(changed)
     assert worker.state.delivered_at == {
         "TwilioTrunk/a": "t2",
@@ -516,17 +518,17 @@ def test_the_readiness_gate_is_written_when_it_changes_and_closed_on_a_restart(
 ) -> None:
     delivered_files = []
 
-    def delivered(pod_exec, files, *args: Any) -> asterisk.DeliveryResult:
+    def delivered(pod_exec, files, *args: Any) -> channel.DeliveryResult:
         delivered_files.append(files)
-        return asterisk.DeliveryResult(True, files_hash(files), [], None)
+        return channel.DeliveryResult(True, files_hash(files), [], None)
 
     def serving(pod_exec, expected, timeout, probe, pushed) -> verify.Observation:
         return verify.Observation(asterisk_output.Listing(), files_hash(worker_files[0]))
 
-    monkeypatch.setattr(asterisk, "deliver", delivered)
-    monkeypatch.setattr(asterisk, "observe", serving)
-    monkeypatch.setattr(pods, "drifted", lambda files, observation: False)
-    monkeypatch.setattr(pods, "verify", lambda expected, observation, *more: [])
+    monkeypatch.setattr(channel, "deliver", delivered)
+    monkeypatch.setattr(channel, "observe", serving)
+    monkeypatch.setattr(pod_workers, "drifted", lambda files, observation: False)
+    monkeypatch.setattr(pod_workers, "verify", lambda expected, observation, *more: [])
     worker_files: list[dict[str, str]] = []
 
     async def scenario() -> None:
@@ -615,12 +617,12 @@ def test_a_delivery_waits_for_an_observation_only_over_ari(
         order.append("read")
         return verify.Observation(asterisk_output.Listing(), "stale")
 
-    def delivered(pod_exec: Any, files: Any, *args: Any) -> asterisk.DeliveryResult:
+    def delivered(pod_exec: Any, files: Any, *args: Any) -> channel.DeliveryResult:
         order.append("push")
-        return asterisk.DeliveryResult(True, files_hash(files), [], fresh)
+        return channel.DeliveryResult(True, files_hash(files), [], fresh)
 
-    monkeypatch.setattr(asterisk, "observe", slow_observe)
-    monkeypatch.setattr(asterisk, "deliver", delivered)
+    monkeypatch.setattr(channel, "observe", slow_observe)
+    monkeypatch.setattr(channel, "deliver", delivered)
 
     async def scenario() -> None:
         ctl = NoDelivery(GateKube())
@@ -664,12 +666,12 @@ def test_a_set_asterisk_refused_part_of_is_tried_again_with_backoff(
         delivered.append(owners)
         if refused := [o for o in owners if o in refusing]:
             problems = [verify.Mismatch((o,), "endpoint is not loaded") for o in refused]
-            return asterisk.DeliveryResult(False, files_hash(files), problems, None, True)
+            return channel.DeliveryResult(False, files_hash(files), problems, None, True)
         observation = verify.Observation(asterisk_output.Listing())
-        return asterisk.DeliveryResult(True, files_hash(files), [], observation)
+        return channel.DeliveryResult(True, files_hash(files), [], observation)
 
-    monkeypatch.setattr(asterisk, "deliver", deliver)
-    monkeypatch.setattr(pods, "REFUSED_RETRY_FIRST", 0.3)
+    monkeypatch.setattr(channel, "deliver", deliver)
+    monkeypatch.setattr(pod_workers, "REFUSED_RETRY_FIRST", 0.3)
     both = ["TwilioTrunk/bad", "TwilioTrunk/good"]
 
     async def scenario() -> None:
@@ -732,7 +734,7 @@ def test_a_delivery_under_way_is_written_only_when_it_takes_longer_than_the_grac
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A quick delivery writes its outcome only; a slow one shows Delivering meanwhile."""
-    monkeypatch.setattr(statuswriter, "DELIVERING_GRACE", 0.3)
+    monkeypatch.setattr(status_writer, "DELIVERING_GRACE", 0.3)
     writes: list[str] = []
 
     async def scenario() -> None:
@@ -778,7 +780,7 @@ def test_a_new_operator_writes_no_delivering_while_it_checks_what_the_pod_holds(
     """The operator restarted (an upgrade, a new leader): the statuses say Ready, and the pod
     most likely still serves exactly that. Flipping every CR to Delivering until it is adopted
     would be 1,000 writes and 1,000 back, and a moment of false news."""
-    monkeypatch.setattr(statuswriter, "DELIVERING_GRACE", 0.3)
+    monkeypatch.setattr(status_writer, "DELIVERING_GRACE", 0.3)
     writes: list[str] = []
 
     async def scenario() -> None:
@@ -829,18 +831,19 @@ def test_adoption_checks_the_contexts_of_its_audit_batch_and_refuses_a_dialplan_
             contexts_checked=probe.contexts,
         )
 
-    def deliver(pod_exec, files, *args: Any) -> asterisk.DeliveryResult:
+    def deliver(pod_exec, files, *args: Any) -> channel.DeliveryResult:
         delivered.append(files_hash(files))
-        return asterisk.DeliveryResult(True, files_hash(files), [], None)
+        return channel.DeliveryResult(True, files_hash(files), [], None)
 
-    monkeypatch.setattr(asterisk, "observe", serving)
+    monkeypatch.setattr(channel, "observe", serving)
 
     def contexts_only(expected: verify.Expected, observation: Any, *more: Any) -> Any:
         return verify.verify(verify.Expected(contexts=expected.contexts), observation)
 
-    monkeypatch.setattr(asterisk, "deliver", deliver)
-    monkeypatch.setattr(pods, "drifted", lambda files, observation: False)
-    monkeypatch.setattr(pods, "verify", contexts_only)  # the endpoints listed: not this test's
+    monkeypatch.setattr(channel, "deliver", deliver)
+    monkeypatch.setattr(pod_workers, "drifted", lambda files, observation: False)
+    # The endpoints listed: not this test's.
+    monkeypatch.setattr(pod_workers, "verify", contexts_only)
     worker_files: list[dict[str, str]] = []
 
     async def scenario() -> None:
@@ -859,7 +862,7 @@ def test_adoption_checks_the_contexts_of_its_audit_batch_and_refuses_a_dialplan_
         await ctl.pods.deliver_once("ns", worker)  # adoptable: the dialplan is gone
         assert len(delivered) == 1
         batch = probes[-1].details
-        assert len(batch) == pods.AUDIT_BATCH
+        assert len(batch) == pod_workers.AUDIT_BATCH
         expected = expected_for(worker.owners)
         owners = {e.owner for e in expected.endpoints if e.name in batch}
         every = expected.contexts
@@ -884,17 +887,17 @@ def test_an_adopted_pod_keeps_the_load_times_its_statuses_report(
     1,000 trunks, 1,000 writes while kubelet takes the pod Ready)."""
     files_in_pod: list[str] = []
 
-    def delivered(pod_exec, files, *args: Any) -> asterisk.DeliveryResult:
+    def delivered(pod_exec, files, *args: Any) -> channel.DeliveryResult:
         files_in_pod[:] = [files_hash(files)]
-        return asterisk.DeliveryResult(True, files_hash(files), [], None)
+        return channel.DeliveryResult(True, files_hash(files), [], None)
 
     def serving(pod_exec, expected, timeout, probe, pushed) -> verify.Observation:
         return verify.Observation(asterisk_output.Listing(), files_in_pod[0])
 
-    monkeypatch.setattr(asterisk, "deliver", delivered)
-    monkeypatch.setattr(asterisk, "observe", serving)
-    monkeypatch.setattr(pods, "drifted", lambda files, observation: False)
-    monkeypatch.setattr(pods, "verify", lambda expected, observation, *more: [])
+    monkeypatch.setattr(channel, "deliver", delivered)
+    monkeypatch.setattr(channel, "observe", serving)
+    monkeypatch.setattr(pod_workers, "drifted", lambda files, observation: False)
+    monkeypatch.setattr(pod_workers, "verify", lambda expected, observation, *more: [])
 
     async def scenario() -> None:
         written: list[str] = []
@@ -913,7 +916,7 @@ def test_an_adopted_pod_keeps_the_load_times_its_statuses_report(
         assert {ready(kube.statuses[n])[1] for n in ("acme", "beta")} == {"Ready"}
         took = kube.statuses["acme"]["pods"][0]["lastReloadTime"]
 
-        monkeypatch.setattr(pods, "timestamp", lambda: "2099-01-01T00:00:00Z")  # later
+        monkeypatch.setattr(pod_workers, "timestamp", lambda: "2099-01-01T00:00:00Z")  # later
         restarted = pod_body("asterisk-0")
         restarted["status"]["containerStatuses"][0].update(
             containerID="containerd://two", restartCount=1, ready=False
@@ -984,7 +987,7 @@ def test_a_containers_first_start_is_no_restart(caplog: pytest.LogCaptureFixture
         ctl.upsert("TwilioTrunk", trunk_body("acme"))
         await ctl.reconcile_namespace("ns")
         body["status"]["containerStatuses"][0].update(containerID="containerd://one", ready=True)
-        with caplog.at_level(logging.INFO, logger="trunk_operator.pods"):
+        with caplog.at_level(logging.INFO, logger="trunk_operator.runtime.pod_workers"):
             ctl.upsert_pod(body)
         assert "restarted" not in caplog.text
         assert not ctl.pods.workers[("ns", "asterisk-0")].adoptable
@@ -1003,7 +1006,7 @@ def test_a_slow_reconcile_is_logged_with_where_its_time_went(
     async def scenario() -> None:
         _, ctl = one_pod()
         ctl.upsert("TwilioTrunk", trunk_body("acme"))
-        with caplog.at_level(logging.INFO, logger="trunk_operator.controller"):
+        with caplog.at_level(logging.INFO, logger="trunk_operator.runtime.controller"):
             await ctl.reconcile_namespace("ns")
         await ctl.stop()
 

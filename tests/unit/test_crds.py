@@ -2,7 +2,7 @@ from pathlib import Path
 
 import yaml
 
-from trunk_operator.crdgen import all_crds, dump
+from trunk_operator.core.crdgen import all_crds, dump
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 

@@ -3,9 +3,7 @@ import gzip
 import json
 
 from tests.cases import large_case
-from trunk_operator.apiclient import KubeError
-from trunk_operator.asterisk import pack
-from trunk_operator.kube import (
+from trunk_operator.kube.api import (
     PART_LIMIT,
     Kube,
     Owner,
@@ -14,6 +12,8 @@ from trunk_operator.kube import (
     key_path,
     secret_files_hash,
 )
+from trunk_operator.kube.client import KubeError
+from trunk_operator.pod.channel import pack
 
 
 def test_small_files_stay_readable_text() -> None:

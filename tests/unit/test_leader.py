@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from trunk_operator.apiclient import KubeError
-from trunk_operator.leader import LeaderElector, Timings
+from trunk_operator.kube.client import KubeError
+from trunk_operator.kube.leader import LeaderElector, Timings
 
 
 class LeaseApi:

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from trunk_operator.models import (
+from trunk_operator.core.models import (
     TWILIO_SIGNALLING_RANGES,
     DIDSegmentSpec,
     TwilioTrunkSpec,

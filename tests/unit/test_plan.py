@@ -1,6 +1,14 @@
 from dataclasses import replace
 
-from trunk_operator.plan import SEGMENT, TRUNK, Inputs, Plan, RenderCache, Resource, plan_namespace
+from trunk_operator.core.plan import (
+    SEGMENT,
+    TRUNK,
+    Inputs,
+    Plan,
+    RenderCache,
+    Resource,
+    plan_namespace,
+)
 
 SECRET = {"username": "u", "password": "p"}
 

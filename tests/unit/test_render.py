@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from tests.cases import PASSWORD, cases, large_case, segment, trunk
-from trunk_operator.render import (
+from trunk_operator.core.render import (
     RenderError,
     asterisk_value,
     files_hash,

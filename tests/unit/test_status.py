@@ -1,7 +1,7 @@
-from trunk_operator.asterisk_output import Contact, Endpoint, Listing
-from trunk_operator.plan import Outcome, Problem
-from trunk_operator.status import CRView, PodDelivery, reduce_status, with_transition_times
-from trunk_operator.verify import Observation
+from trunk_operator.core.asterisk_output import Contact, Endpoint, Listing
+from trunk_operator.core.plan import Outcome, Problem
+from trunk_operator.core.status import CRView, PodDelivery, reduce_status, with_transition_times
+from trunk_operator.core.verify import Observation
 
 TRUNK = CRView("TwilioTrunk/acme", 3, "h", "ACME", frozenset({"from-twilio"}), True)
 

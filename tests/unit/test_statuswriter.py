@@ -9,11 +9,13 @@ from collections.abc import Callable
 import pytest
 
 from tests.unit.test_controller import GateKube, NoDelivery, one_pod, pod_body, trunk_body
-from trunk_operator import asterisk, asterisk_output, pods, statuswriter
-from trunk_operator.controller import Controller
-from trunk_operator.podset import expected_for
-from trunk_operator.render import files_hash
-from trunk_operator.verify import Observation
+from trunk_operator.core import asterisk_output
+from trunk_operator.core.desired import expected_for
+from trunk_operator.core.render import files_hash
+from trunk_operator.core.verify import Observation
+from trunk_operator.pod import channel
+from trunk_operator.runtime import pod_workers, status_writer
+from trunk_operator.runtime.controller import Controller
 
 
 def observation(ctl: NoDelivery, contact: str = "Avail", **fields: object) -> Observation:
@@ -67,7 +69,7 @@ def add_trunks(ctl: Controller, names: list[str]) -> None:
 def test_each_input_of_a_status_brings_it_reduced_again_and_nothing_else(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(statuswriter, "DELIVERING_GRACE", 0.0)  # every state is written
+    monkeypatch.setattr(status_writer, "DELIVERING_GRACE", 0.0)  # every state is written
 
     async def scenario() -> None:
         written: list[str] = []
@@ -164,7 +166,7 @@ def test_a_status_superseded_before_it_is_written_is_never_written(
     write), so the CRs are current as soon as the slots allow, not after every stale write."""
     count = 60
     # Taken again in the same second as before: this is about superseding, not load times.
-    monkeypatch.setattr(pods, "timestamp", lambda: "2026-11-28T00:00:00Z")
+    monkeypatch.setattr(pod_workers, "timestamp", lambda: "2026-11-28T00:00:00Z")
 
     async def scenario() -> None:
         kube, patched = slow_status_kube(0.01)
@@ -215,14 +217,14 @@ def test_status_writes_wait_while_a_restarted_pod_is_read(
     read that restores the pod: none starts while that read runs, and those it makes moot
     (the pod serves them again) are never written."""
     count = 60
-    monkeypatch.setattr(pods, "timestamp", lambda: "2026-11-28T00:00:00Z")
-    monkeypatch.setattr(pods, "drifted", lambda files, observation: False)
-    monkeypatch.setattr(pods, "verify", lambda expected, observation, *more: [])
+    monkeypatch.setattr(pod_workers, "timestamp", lambda: "2026-11-28T00:00:00Z")
+    monkeypatch.setattr(pod_workers, "drifted", lambda files, observation: False)
+    monkeypatch.setattr(pod_workers, "verify", lambda expected, observation, *more: [])
     reading, read_may_end = threading.Event(), threading.Event()
     read_may_end.set()
 
-    def delivered(pod_exec, files, *args: object) -> asterisk.DeliveryResult:
-        return asterisk.DeliveryResult(True, files_hash(files), [], None)
+    def delivered(pod_exec, files, *args: object) -> channel.DeliveryResult:
+        return channel.DeliveryResult(True, files_hash(files), [], None)
 
     def serving(pod_exec, expected, timeout, probe, pushed) -> Observation:
         reading.set()
@@ -230,8 +232,8 @@ def test_status_writes_wait_while_a_restarted_pod_is_read(
         worker = ctl.pods.workers[("ns", "asterisk-0")]
         return Observation(asterisk_output.Listing(), files_hash(worker.files))
 
-    monkeypatch.setattr(asterisk, "deliver", delivered)
-    monkeypatch.setattr(asterisk, "observe", serving)
+    monkeypatch.setattr(channel, "deliver", delivered)
+    monkeypatch.setattr(channel, "observe", serving)
 
     async def until(condition: Callable[[], bool]) -> None:
         for _ in range(1000):

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from trunk_operator import threads
-from trunk_operator.threads import BlockingCalls
+from trunk_operator.runtime import blocking
+from trunk_operator.runtime.blocking import BlockingCalls
 
 
 def test_a_status_turn_waits_until_every_restore_has_ended() -> None:
@@ -33,7 +33,7 @@ def test_a_status_turn_waits_until_every_restore_has_ended() -> None:
 def test_a_restore_that_hangs_holds_the_statuses_back_for_a_bounded_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(threads, "RESTORE_FIRST_AT_MOST", 0.2)
+    monkeypatch.setattr(blocking, "RESTORE_FIRST_AT_MOST", 0.2)
 
     async def scenario() -> None:
         calls = BlockingCalls()

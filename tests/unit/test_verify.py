@@ -1,8 +1,8 @@
 """Verification: what Asterisk shows against what was rendered, each difference with its CR."""
 
 from tests.unit.asterisk_samples import ENDPOINTS, detailed, shown
-from trunk_operator.asterisk_output import Endpoint, Listing, parse_endpoints
-from trunk_operator.verify import Expected, ExpectedEndpoint, Observation, verify
+from trunk_operator.core.asterisk_output import Endpoint, Listing, parse_endpoints
+from trunk_operator.core.verify import Expected, ExpectedEndpoint, Observation, verify
 
 
 def test_cut_contact_uris_still_verify_but_wrong_ones_do_not() -> None:

@@ -1,6 +1,6 @@
 """The dead-watch audit: a change the API lists and the controller never sees fails liveness."""
 
-from trunk_operator.watchaudit import WatchAudit
+from trunk_operator.runtime.watch_audit import WatchAudit
 
 A, B = ("ns", "TwilioTrunk/a"), ("ns", "TwilioTrunk/b")
 

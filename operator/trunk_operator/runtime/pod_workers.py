@@ -17,20 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trunk_operator import asterisk, metrics
-from trunk_operator.apiclient import describe
-from trunk_operator.asterisk_ari import (
-    ARI_CREDENTIALS_ANNOTATION,
-    ARI_URL_ANNOTATION,
-    DEFAULT_ARI_URL,
-    AriAccess,
-    AriUnavailable,
-)
-from trunk_operator.gates import ReadinessGates
-from trunk_operator.kube import Kube
-from trunk_operator.models import TwilioTrunkSpec
-from trunk_operator.plan import TRUNK, Outcome
-from trunk_operator.podset import (
+from trunk_operator.core.desired import (
     changed_endpoints,
     expected_for,
     files_of,
@@ -38,10 +25,25 @@ from trunk_operator.podset import (
     reloads_for,
     user_contexts_of,
 )
-from trunk_operator.render import Files, files_hash
-from trunk_operator.status import PodDelivery, timestamp
-from trunk_operator.threads import BlockingCalls
-from trunk_operator.verify import ExpectedEndpoint, Probe, drifted, verify
+from trunk_operator.core.models import TwilioTrunkSpec
+from trunk_operator.core.plan import TRUNK, Outcome
+from trunk_operator.core.render import Files, files_hash
+from trunk_operator.core.status import PodDelivery, timestamp
+from trunk_operator.core.verify import ExpectedEndpoint, Probe, drifted, verify
+from trunk_operator.kube.api import Kube
+from trunk_operator.kube.client import describe
+from trunk_operator.pod import channel
+from trunk_operator.pod.ari import (
+    ARI_CREDENTIALS_ANNOTATION,
+    ARI_URL_ANNOTATION,
+    DEFAULT_ARI_URL,
+    AriAccess,
+    AriUnavailable,
+)
+from trunk_operator.runtime import metrics
+from trunk_operator.runtime.blocking import BlockingCalls
+from trunk_operator.runtime.gates import ReadinessGates
+from trunk_operator.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +55,6 @@ REFUSED_RETRY_FIRST = 30.0
 REFUSED_RETRY_MAX = 600.0
 
 
-@dataclass(frozen=True)
-class Settings:
-    """How the operator finds and talks to Asterisk pods (from the environment: handlers)."""
-
-    default_selector: Mapping[str, str] = field(default_factory=lambda: {"app": "asterisk"})
-    container: str = "asterisk"
-    observe_interval: float = 5.0
-    exec_timeout: float = 180.0
-    readiness_condition: str = "trunks.asterisk-operator.dev/delivered"
-
-
 @dataclass
 class Pod:
     name: str
@@ -72,7 +63,7 @@ class Pod:
     ready: bool
     incarnation: str  # changes when the container restarts
     gate_open: bool = False  # our readiness gate is True in the pod's status
-    # PJSIP objects pushed over ARI (asterisk_ari): the Secret of its ARI user, and the URL.
+    # PJSIP objects pushed over ARI (pod.ari): the Secret of its ARI user, and the URL.
     ari_secret: str | None = None
     ari_url: str = DEFAULT_ARI_URL
 
@@ -343,7 +334,7 @@ class AsteriskPods:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                known = isinstance(error, (asterisk.ExecError, AriUnavailable))
+                known = isinstance(error, (channel.ExecError, AriUnavailable))
                 text = str(error) if known else describe(error)
                 log.warning("delivery to %s/%s failed: %s", namespace, worker.pod.name, text)
                 metrics.DELIVERIES.labels(result="Error").inc()
@@ -431,7 +422,7 @@ class AsteriskPods:
             | user_contexts_of(owners),
         )
         observation = await self.calls.run(
-            asterisk.observe,
+            channel.observe,
             pod_exec,
             expected,
             self.settings.exec_timeout,
@@ -475,7 +466,7 @@ class AsteriskPods:
         owners: dict[str, Outcome],
         files: Files | None = None,
         digest: str | None = None,
-    ) -> asterisk.DeliveryResult:
+    ) -> channel.DeliveryResult:
         """`files`: `files_of(owners)`, `digest` their `files_hash`, when known."""
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
         try:
@@ -490,7 +481,7 @@ class AsteriskPods:
         expected = expected_for(owners, self.expected_endpoints)
         worker.state.delivering = {ref: outcome.digest for ref, outcome in owners.items()}
         result = await self.calls.run(
-            asterisk.deliver,
+            channel.deliver,
             pod_exec,
             files,
             expected,

@@ -3,8 +3,8 @@
 Kopf handlers only feed this controller (resources, pods, Secret changes) and wait on it for
 deletions. Work is level-based and coalesced: a namespace marked dirty is re-planned once,
 however many events arrived meanwhile; the plan's rendered state is stored in the API, then
-every ready pod is given the last good files of the CRs that select it (`pods.AsteriskPods`
-delivers and observes them), and statuses (`statuswriter.StatusWriter`) and finalizers follow.
+every ready pod is given the last good files of the CRs that select it (`pod_workers.AsteriskPods`
+delivers and observes them), and statuses (`status_writer.StatusWriter`) and finalizers follow.
 """
 
 from __future__ import annotations
@@ -17,11 +17,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from trunk_operator import metrics
-from trunk_operator.apiclient import KubeError, describe
-from trunk_operator.kube import Kube, Owner, SecretRead, keyed_secret_hash
-from trunk_operator.observer import Observer
-from trunk_operator.plan import (
+from trunk_operator.core.plan import (
     PLURALS,
     SEGMENT,
     TRUNK,
@@ -34,11 +30,16 @@ from trunk_operator.plan import (
     Tracked,
     plan_namespace,
 )
-from trunk_operator.pods import AsteriskPods, Settings
-from trunk_operator.statuswriter import StatusWriter
-from trunk_operator.threads import BlockingCalls
-from trunk_operator.verify import ExpectedEndpoint
-from trunk_operator.watchaudit import AUDIT_SECONDS, WatchAudit
+from trunk_operator.core.verify import ExpectedEndpoint
+from trunk_operator.kube.api import Kube, Owner, SecretRead, keyed_secret_hash
+from trunk_operator.kube.client import KubeError, describe
+from trunk_operator.runtime import metrics
+from trunk_operator.runtime.blocking import BlockingCalls
+from trunk_operator.runtime.observer import Observer
+from trunk_operator.runtime.pod_workers import AsteriskPods
+from trunk_operator.runtime.settings import Settings
+from trunk_operator.runtime.status_writer import StatusWriter
+from trunk_operator.runtime.watch_audit import AUDIT_SECONDS, WatchAudit
 
 log = logging.getLogger(__name__)
 

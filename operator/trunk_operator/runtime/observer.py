@@ -15,11 +15,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from trunk_operator import asterisk
-from trunk_operator.apiclient import describe
-from trunk_operator.pods import AsteriskPods, PodWorker
-from trunk_operator.podset import expected_for, user_contexts_of
-from trunk_operator.verify import Expected, Probe, drifted, verify
+from trunk_operator.core.desired import expected_for, user_contexts_of
+from trunk_operator.core.verify import Expected, Probe, drifted, verify
+from trunk_operator.kube.client import describe
+from trunk_operator.pod import channel
+from trunk_operator.runtime.pod_workers import AsteriskPods, PodWorker
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Observer:
                 except asyncio.CancelledError:
                     raise
                 except Exception as error:
-                    text = str(error) if isinstance(error, asterisk.ExecError) else describe(error)
+                    text = str(error) if isinstance(error, channel.ExecError) else describe(error)
                     log.info("observing %s/%s failed: %s", namespace, worker.pod.name, text)
 
     async def observe(self, namespace: str, worker: PodWorker) -> float:
@@ -68,10 +68,10 @@ class Observer:
         pushed = worker.pod.ari_secret is not None
         # Over ARI, though, a push waits for the read: a PJSIP CLI read that prints an endpoint
         # the push replaces can find it between its two states and crash Asterisk 22 (the
-        # pusher's notes, pod_scripts/ari-push.pl). Reads are 1/OBSERVE_SHARE of the time.
+        # pusher's notes, pod/scripts/ari-push.pl). Reads are 1/OBSERVE_SHARE of the time.
         async with worker.busy if pushed else contextlib.nullcontext():
             observation = await pods.calls.run(
-                asterisk.observe, pod_exec, expected, pods.settings.exec_timeout, probe, pushed
+                channel.observe, pod_exec, expected, pods.settings.exec_timeout, probe, pushed
             )
         took = time.monotonic() - started
         if worker.delivered_owners is not delivered or worker.busy.locked():

@@ -34,12 +34,13 @@ import urllib3
 import websocket
 import yaml
 
-from trunk_operator.asterisk import ExecError, ExecResult
-from trunk_operator.threads import API_CALLS
+from trunk_operator.kube.exec import ExecError, ExecResult
 
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 TOKEN_REREAD_SECONDS = 60.0  # client-go's cached file token source re-reads about as often
 RETRIES = 5
+
+API_CALLS = 16  # API calls in flight at once (client-go bursts 10-30)
 
 
 class KubeError(RuntimeError):

@@ -27,7 +27,7 @@ the square of the file count, and in one file it is linear. Files of the earlier
 (`LEGACY_GLOBS`) are still owned: the first delivery moves them out in the same swap as it
 brings the new file in, before one reload, so service has no gap. Nothing else is touched.
 
-A pod that takes its trunks over ARI (`asterisk_ari`) gets the same set: its PJSIP file goes to
+A pod that takes its trunks over ARI (`pod.ari`) gets the same set: its PJSIP file goes to
 PUSHED_DIR instead of pjsip.d/, and the objects that differ are pushed instead of reloaded.
 
 One delivery (or rollback) runs in a pod at a time (LOCK): an exec that timed out leaves its
@@ -42,12 +42,10 @@ import re
 import shlex
 import tarfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from trunk_operator import asterisk_ari
-from trunk_operator.asterisk_ari import AriAccess
-from trunk_operator.asterisk_output import (
+from trunk_operator.core.asterisk_output import (
     ADDED_LISTS,
     LISTS,
     contexts_complete,
@@ -58,8 +56,17 @@ from trunk_operator.asterisk_output import (
     parse_transports,
     table_complete,
 )
-from trunk_operator.render import EXTENSIONS_DIR, PJSIP_DIR, POD_FILES, Files, files_hash
-from trunk_operator.verify import Expected, Mismatch, Observation, Probe, verify
+from trunk_operator.core.render import EXTENSIONS_DIR, PJSIP_DIR, POD_FILES, Files, files_hash
+from trunk_operator.core.verify import Expected, Mismatch, Observation, Probe, verify
+from trunk_operator.kube.exec import Exec, ExecError, ExecResult
+from trunk_operator.pod.ari import (
+    AriAccess,
+    boot_epoch,
+    light_after_push,
+    push,
+    pushed_endpoints,
+    refuse_when_pushed,
+)
 
 CONFIG_DIR = "/etc/asterisk"
 STATE_DIR = f"{CONFIG_DIR}/.trunk-operator"
@@ -71,7 +78,7 @@ LEGACY_GLOBS = tuple(
 )
 OWNED_GLOBS = (*POD_FILES, *LEGACY_GLOBS)
 PJSIP_GLOBS = tuple(glob for glob in OWNED_GLOBS if glob.startswith(f"{PJSIP_DIR}/"))
-# A pod delivered over ARI (asterisk_ari): its PJSIP file is what was pushed, kept here.
+# A pod delivered over ARI (pod.ari): its PJSIP file is what was pushed, kept here.
 PUSHED_DIR = f"{STATE_DIR}/pushed"
 MARK = "=====trunk-operator:"
 # Above this many contexts to check, one full `dialplan show` costs less than one each.
@@ -83,21 +90,6 @@ FULL_DIALPLAN_AT = 40
 DETAILS_AT_MOST = 50
 LISTINGS_ONLY = Probe()  # nothing read in depth
 RELOAD_COMMANDS = {PJSIP_DIR: "module reload res_pjsip.so", EXTENSIONS_DIR: "dialplan reload"}
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-Exec = Callable[[list[str], bytes | None, float], ExecResult]
-"""Run a command in the pod's Asterisk container: (argv, stdin, timeout) -> result."""
-
-
-class ExecError(RuntimeError):
-    """The pod could not be reached or the command did not run (retryable)."""
 
 
 # ---- the delivery script ------------------------------------------------------------------
@@ -238,7 +230,7 @@ def _observe(pushed: bool = False, whole_dialplan: bool = True) -> str:
             f' for chunk in {out}/context.?; do [ -e "$chunk" ] || continue;'
             f' ({contexts}) < "$chunk" > "$chunk.out" & done; fi',
             f"({reads['transports']}) > {out}/transports &",
-            # `light`: a push that only replaced objects, each read in depth (asterisk_ari).
+            # `light`: a push that only replaced objects, each read in depth (pod.ari).
             'if [ -z "$light" ]; then',
             *(f" ({command}) > {out}/{name} &" for name, command in reads.items() if name in lists),
             "fi",
@@ -277,9 +269,7 @@ def _only_loaded_before(ari: bool = False) -> str:
     before = f"{STATE_DIR}/loaded-before"
     names = "sed -n 's/^ *Endpoint:  *\\([^ /<][^ /]*\\).*/\\1/p'"
     listed = (
-        asterisk_ari.pushed_endpoints(STATE_DIR)
-        if ari
-        else f"asterisk -rx 'pjsip list endpoints' | {names}"
+        pushed_endpoints(STATE_DIR) if ari else f"asterisk -rx 'pjsip list endpoints' | {names}"
     )
     return (
         f"rm -f {ADDED}; if [ -s {DETAIL_LIST} ]; then"
@@ -328,9 +318,7 @@ def _apply(reload: Iterable[str], ari: AriAccess | None) -> str:
         + _section("reload-migration", f"asterisk -rx '{RELOAD_COMMANDS[PJSIP_DIR]}' 2>&1")
         + "; fi",
         _reload(directories - {PJSIP_DIR}),
-        _section("ari", asterisk_ari.push(STATE_DIR, wanted, ari.url))
-        + "; "
-        + asterisk_ari.light_after_push(ADDED)
+        _section("ari", push(STATE_DIR, wanted, ari.url)) + "; " + light_after_push(ADDED)
         if PJSIP_DIR in directories
         else "",
     ]
@@ -364,9 +352,7 @@ def deliver_script(
             # A reload asked of an Asterisk still starting (a restarted container) is ignored.
             "asterisk -rx 'core waitfullybooted' > /dev/null",
             # Over ARI, when this Asterisk started (`boot`): the push record is of one start.
-            asterisk_ari.refuse_when_pushed(STATE_DIR, PUSHED_DIR)
-            if ari is None
-            else asterisk_ari.boot_epoch(),
+            refuse_when_pushed(STATE_DIR, PUSHED_DIR) if ari is None else boot_epoch(),
             _only_loaded_before(ari is not None),
             f"rm -rf {previous} && mkdir -p {previous}/{PJSIP_DIR} {previous}/{EXTENSIONS_DIR}",
             f"cp {STATE_DIR}/hash {previous}/hash 2>/dev/null || true",
@@ -404,10 +390,10 @@ def rollback_script(ari: AriAccess | None = None, lock_wait: float = 60) -> str:
     else:
         steps += [
             f"rm -f {_owned_files(CONFIG_DIR)}",
-            asterisk_ari.boot_epoch(),
+            boot_epoch(),
             f"rm -rf {PUSHED_DIR}/{PJSIP_DIR} && mkdir -p {PUSHED_DIR}",
             f"cp -R {previous}/pushed/{PJSIP_DIR} {PUSHED_DIR}/",
-            _section("ari", asterisk_ari.push(STATE_DIR, f"{PUSHED_DIR}/{POD_FILES[0]}", ari.url)),
+            _section("ari", push(STATE_DIR, f"{PUSHED_DIR}/{POD_FILES[0]}", ari.url)),
         ]
         steps.append(f"cp -R {previous}/{PJSIP_DIR} {previous}/{EXTENSIONS_DIR} {CONFIG_DIR}/")
     steps += [
@@ -554,7 +540,7 @@ def deliver(
 ) -> DeliveryResult:
     """Deliver, reload what `reload` names and verify; `probe` names what to check beyond
     the listings (what this delivery changes); `ari`: the pod takes its PJSIP objects over
-    ARI (asterisk_ari); `digest`: the files' `files_hash`, when the caller has it."""
+    ARI (pod.ari); `digest`: the files' `files_hash`, when the caller has it."""
     started = time.monotonic()
     digest = digest or files_hash(files)
     payload = pack(files)

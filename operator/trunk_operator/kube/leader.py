@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from trunk_operator.apiclient import Api, KubeError
+from trunk_operator.kube.client import Api, KubeError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import jinja2
 
-from trunk_operator.models import TWILIO_SIGNALLING_RANGES, DIDSegmentSpec, TwilioTrunkSpec
+from trunk_operator.core.models import TWILIO_SIGNALLING_RANGES, DIDSegmentSpec, TwilioTrunkSpec
 
 Files = dict[str, str]
 """Path relative to the Asterisk configuration directory -> file content."""
@@ -46,7 +46,7 @@ def asterisk_value(value: Any) -> str:
 
 
 _env = jinja2.Environment(
-    loader=jinja2.PackageLoader("trunk_operator", "templates"),
+    loader=jinja2.PackageLoader("trunk_operator.core", "templates"),
     undefined=jinja2.StrictUndefined,
     autoescape=False,
     trim_blocks=True,

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 
-from trunk_operator.models import TwilioTrunkSpec
-from trunk_operator.plan import TRUNK, Outcome
-from trunk_operator.render import (
+from trunk_operator.core.models import TwilioTrunkSpec
+from trunk_operator.core.plan import TRUNK, Outcome
+from trunk_operator.core.render import (
     EXTENSIONS_DIR,
     PJSIP_DIR,
     Files,
@@ -17,7 +17,7 @@ from trunk_operator.render import (
     pod_files,
     trunk_names,
 )
-from trunk_operator.verify import Expected, ExpectedEndpoint, Probe
+from trunk_operator.core.verify import Expected, ExpectedEndpoint, Probe
 
 
 def _with_mask(source: str) -> str:

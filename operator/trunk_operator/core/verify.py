@@ -1,6 +1,6 @@
 """What Asterisk must show after a reload, and how what it shows differs from that.
 
-`Expected` comes from the rendered CRs (podset), an `Observation` from one script run in the
+`Expected` comes from the rendered CRs (core.desired), an `Observation` from one script run in the
 pod (asterisk); `verify` compares them and names the CR each difference belongs to.
 """
 
@@ -10,8 +10,8 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from trunk_operator.asterisk_output import Endpoint, Listing, contact_matches
-from trunk_operator.render import Files
+from trunk_operator.core.asterisk_output import Endpoint, Listing, contact_matches
+from trunk_operator.core.render import Files
 
 # What the specs set that verification does not read back from Asterisk: the dialplan's
 # extensions beyond each context's presence (number normalisation, caller-ID pool, dial
@@ -22,7 +22,7 @@ from trunk_operator.render import Files
 # they had when they were checked in depth; the second cannot be kept at an older version
 # (Asterisk creates an object as rendered or refuses it, and a refused one is missing). A push
 # over ARI that only replaces objects reads no listings: what it did not touch is in memory as
-# the last read found it (asterisk_ari.light_after_push).
+# the last read found it (pod.ari.light_after_push).
 UNVERIFIED = ("outbound.*", "DIDSegment.numbers/ranges/destination/overrides/callerIdPool")
 
 

@@ -9,7 +9,7 @@ A pod opts in with the annotation ARI_CREDENTIALS_ANNOTATION, naming a Secret in
 namespace (keys `username` and `password`) of an ARI user its Asterisk has; its sorcery.conf
 maps the trunk types to `config` then `memory` (examples/asterisk-ari). Then:
 - the rendered PJSIP file does not go into pjsip.d/ but into PUSHED_DIR (what was pushed, for
-  a person who opens the pod, and for the content hashes); pod_scripts/ari-push.pl replaces
+  a person who opens the pod, and for the content hashes); pod/scripts/ari-push.pl replaces
   the objects that differ from what this Asterisk process was given (DELETE, then PUT: a PUT
   onto an existing object merges into it) and records their digests; the dialplan stays a
   file, reloaded when it changes;
@@ -36,7 +36,7 @@ from importlib import resources
 ARI_CREDENTIALS_ANNOTATION = "trunks.asterisk-operator.dev/ari-credentials"
 ARI_URL_ANNOTATION = "trunks.asterisk-operator.dev/ari-url"
 DEFAULT_ARI_URL = "http://127.0.0.1:8088/ari"
-PUSH_SCRIPT = (resources.files("trunk_operator") / "pod_scripts" / "ari-push.pl").read_text()
+PUSH_SCRIPT = (resources.files("trunk_operator.pod") / "scripts" / "ari-push.pl").read_text()
 
 
 class AriUnavailable(RuntimeError):

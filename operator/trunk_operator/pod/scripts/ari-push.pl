@@ -1,6 +1,6 @@
 # Push a rendered PJSIP file's objects into Asterisk's sorcery `memory` wizards over ARI, as a
 # diff against what this Asterisk process was last given. Run inside the Asterisk container
-# by the operator's delivery script (trunk_operator/asterisk_ari.py); core Perl modules only.
+# by the operator's delivery script (trunk_operator/pod/ari.py); core Perl modules only.
 #
 #   perl ari-push.pl URL WANTED STATE BOOT < "username:password" line
 #

@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-API_CALLS = 16  # API calls in flight at once (client-go bursts 10-30)
+from trunk_operator.kube.client import API_CALLS
+
 THREADS = 48  # those, plus one exec per pod
 # The longest a status write waits for a pod's set to be restored: a restore that hangs (an
 # exec timing out) does not hold the statuses back for its whole timeout.

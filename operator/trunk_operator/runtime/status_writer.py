@@ -10,18 +10,18 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from trunk_operator import metrics
-from trunk_operator.kube import Kube, Owner
-from trunk_operator.plan import PLURALS, SEGMENT, TRUNK, Outcome, Plan, Tracked
-from trunk_operator.pods import PodWorker
-from trunk_operator.status import (
+from trunk_operator.core.plan import PLURALS, SEGMENT, TRUNK, Outcome, Plan, Tracked
+from trunk_operator.core.status import (
     CRView,
     PodDelivery,
     reduce_status,
     timestamp,
     with_transition_times,
 )
-from trunk_operator.threads import BlockingCalls
+from trunk_operator.kube.api import Kube, Owner
+from trunk_operator.runtime import metrics
+from trunk_operator.runtime.blocking import BlockingCalls
+from trunk_operator.runtime.pod_workers import PodWorker
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ import asyncio
 import logging
 from typing import Protocol
 
-from trunk_operator.apiclient import KubeError
-from trunk_operator.kube import Kube
-from trunk_operator.status import timestamp
-from trunk_operator.threads import BlockingCalls
+from trunk_operator.core.status import timestamp
+from trunk_operator.kube.api import Kube
+from trunk_operator.kube.client import KubeError
+from trunk_operator.runtime.blocking import BlockingCalls
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ content hash. Files over `INLINE_LIMIT` are stored gzip'd in `binaryData`, split
 ConfigMaps (`-part-N`) when one object would pass the API's 1 MiB limit. Secrets are written
 with this module's own client calls, never through a path that logs payloads.
 
-The HTTP and exec client is `apiclient` (ours, not the `kubernetes` package: see there).
+The HTTP and exec client is `kube.client` (ours, not the `kubernetes` package: see there).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from trunk_operator.apiclient import Api, Connection, KubeError, PodExec
-from trunk_operator.models import GROUP, VERSION
-from trunk_operator.render import Files, files_hash
+from trunk_operator.core.models import GROUP, VERSION
+from trunk_operator.core.render import Files, files_hash
+from trunk_operator.kube.client import Api, Connection, KubeError, PodExec
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from trunk_operator.models import DIDSegmentSpec, TwilioTrunkSpec
-from trunk_operator.render import (
+from trunk_operator.core.models import DIDSegmentSpec, TwilioTrunkSpec
+from trunk_operator.core.render import (
     Files,
     RenderError,
     contexts_in,

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trunk_operator.plan import Outcome, Problem
-from trunk_operator.verify import Observation
+from trunk_operator.core.plan import Outcome, Problem
+from trunk_operator.core.verify import Observation
 
 
 def timestamp() -> str:
