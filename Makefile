@@ -11,8 +11,9 @@ PY := $(VENV)/bin/python
 # containerd + CNI plugins: the real kubelet node (testbed/node/); not started by systemd.
 # lua5.1 + lua-cjson: Argo CD's health scripts run in a real Lua 5.1 (tests/packaging).
 # stunnel4: TLS in front of the sipp Twilio stand-in for secure trunks (Debian's sipp has none).
+# shellcheck: the pod scripts (operator/trunk_operator/pod/scripts/*.sh), in `make lint`.
 APT_PACKAGES := podman runc sip-tester debootstrap uidmap containerd containernetworking-plugins perl \
-                lua5.1 lua-cjson stunnel4
+                lua5.1 lua-cjson stunnel4 shellcheck
 
 .PHONY: help deps venv binaries external-secrets image operator-image platform crds chart-crds \
         manifests lint test test-unit test-packaging test-integration test-e2e demo demo-down \
@@ -69,11 +70,12 @@ manifests: venv binaries chart-crds  ## manifests/ = helm template of the chart 
 
 LINT_PATHS := operator tests testbed tools $(wildcard bench)
 
-lint: venv
+lint: venv deps
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check operator tests tools $(wildcard bench)
 	$(VENV)/bin/mypy operator/trunk_operator
 	$(VENV)/bin/lint-imports  # the layers contract: .importlinter
+	shellcheck --shell=sh operator/trunk_operator/pod/scripts/*.sh
 	$(VENV)/bin/mypy tests testbed tools $(wildcard bench)
 
 test-unit: venv

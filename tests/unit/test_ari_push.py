@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from trunk_operator.pod.ari import PUSH_SCRIPT, pushed_endpoints
+from trunk_operator.pod import shell
+from trunk_operator.pod.ari import PUSH_SCRIPT
 
 USER, PASSWORD = "trunkop", "s3cret:with-colon"
 TRUNK = """; TwilioTrunk acme
@@ -377,20 +378,25 @@ def test_the_record_is_appended_to_read_last_line_first_and_kept_small(
         "ari: created 3 replaced 0 deleted 0 failed 0"
     ]
     # What the delivery script reads of it: the endpoints this Asterisk was given.
+    assert pushed_endpoints(state, boot=1000) == ["acme"]
+    assert pushed_endpoints(state, boot=2000) == []  # a restarted Asterisk was given none
+    push(tmp_path, ari, AUTH)
+    assert pushed_endpoints(state, boot=1000) == []
+
+
+def pushed_endpoints(state: Path, boot: int) -> list[str]:
+    """scripts/lib.sh's reader of the record, as the delivery script runs it."""
+    state_dir = state.parent / "state-dir"
+    state_dir.mkdir(exist_ok=True)
+    (state_dir / "pushed.state").write_bytes(state.read_bytes())
+    code = shell.assignments({"STATE_DIR": str(state_dir)}) + shell.library()
     listed = subprocess.run(
-        [
-            "sh",
-            "-c",
-            f"boot=1000; {pushed_endpoints(str(tmp_path)).replace('pushed.state', 'state')}",
-        ],
+        ["sh", "-c", f"{code}\nboot={boot}; pushed_endpoints"],
         capture_output=True,
         text=True,
         check=True,
     )
-    assert listed.stdout.split() == ["acme"]
-    push(tmp_path, ari, AUTH)
-    listed = subprocess.run(listed.args, capture_output=True, text=True, check=True)
-    assert listed.stdout.split() == []
+    return listed.stdout.split()
 
 
 def test_the_endpoints_wait_for_asterisks_tasks_of_the_new_aors(

@@ -1,7 +1,6 @@
 """The delivery script's output read into an Observation and verified (`_observation`), and
 what the script reloads."""
 
-import re
 from dataclasses import replace
 
 from tests.unit.asterisk_samples import DETAIL, LISTS, PASSWORD_SHA, detailed, shown
@@ -107,18 +106,6 @@ def test_contexts_are_verified_as_far_as_they_were_checked() -> None:
         {"contexts": text}, Probe(contexts=frozenset({"ctx-a", "ctx-b"})), expected
     )
     assert [p.owners for p in verify(expected, checked)] == [("DIDSegment/b",)]
-
-
-def test_deliveries_reload_only_the_trunk_modules_never_transports() -> None:
-    from trunk_operator.pod.channel import deliver_script, rollback_script
-
-    def reloads(script: str) -> set[str]:
-        return set(re.findall(r"asterisk -rx '([^']*reload[^']*)'", script))
-
-    assert reloads(rollback_script()) == {"module reload res_pjsip.so", "dialplan reload"}
-    assert reloads(deliver_script(1, "h")) == {"module reload res_pjsip.so", "dialplan reload"}
-    assert reloads(deliver_script(1, "h", reload=["pjsip.d"])) == {"module reload res_pjsip.so"}
-    assert reloads(deliver_script(1, "h", reload=())) == set()
 
 
 def test_without_added_endpoints_only_states_and_contacts_are_listed() -> None:
