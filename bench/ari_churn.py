@@ -32,6 +32,7 @@ from tests.e2e.conftest import podman_exec
 from trunk_operator.core.models import TwilioTrunkSpec
 from trunk_operator.pod import ari, channel
 from trunk_operator.pod.ari import AriAccess
+from trunk_operator.pod.delivery import AriDelivery
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE_COMMIT = "78ec7a94472a26421ca3a2dee5aa2eec0a33efae"  # DELETE, then PUT at once
@@ -101,10 +102,11 @@ def churn(trunks: int, changes: int, bind_ip: str) -> Churn:
 
     thread = threading.Thread(target=reader, daemon=True)
     try:
-        pod_exec, ari = podman_exec(pbx.name), AriAccess(pbx.ari_url, USER, PASSWORD)
+        pod_exec = podman_exec(pbx.name)
+        delivery = AriDelivery(AriAccess(pbx.ari_url, USER, PASSWORD))
         case = _case(trunks, CODECS[-1])
         files = case.pod_files()
-        assert channel.deliver(pod_exec, files, case.expected(files), 600, ari=ari).ok
+        assert channel.deliver(pod_exec, files, case.expected(files), 600, delivery=delivery).ok
         thread.start()
         started, done = time.monotonic(), 0
         for change in range(changes):
@@ -112,7 +114,7 @@ def churn(trunks: int, changes: int, bind_ip: str) -> Churn:
             files = case.pod_files()
             # An exec the container died under fails: told below.
             with lock, contextlib.suppress(channel.ExecError):
-                channel.deliver(pod_exec, files, case.expected(files), 120, ari=ari)
+                channel.deliver(pod_exec, files, case.expected(files), 120, delivery=delivery)
             if not pbx.running():
                 break
             done += 1

@@ -52,6 +52,7 @@ from trunk_operator.core.render import PJSIP_DIR, POD_FILE, Files
 from trunk_operator.core.verify import Expected, Probe
 from trunk_operator.pod import channel
 from trunk_operator.pod.ari import AriAccess
+from trunk_operator.pod.delivery import delivery_for
 
 TYPES = ("auth", "aor", "endpoint", "identify")  # creation order: references resolve
 ARI_USER, ARI_PASSWORD = "bench", "bench-only-password"
@@ -93,8 +94,8 @@ def measure_operator_change(
     ari_user = (ARI_USER, ARI_PASSWORD) if over_ari else None
     with AsteriskContainer("delivery-op", bind_ip=bind_ip, tls=False, ari=ari_user) as ast:
         pod_exec = podman_exec(ast.name)
-        ari = AriAccess(ast.ari_url, ARI_USER, ARI_PASSWORD) if over_ari else None
-        if not channel.deliver(pod_exec, files, expected, timeout=900, ari=ari).ok:
+        ari = delivery_for(AriAccess(ast.ari_url, ARI_USER, ARI_PASSWORD) if over_ari else None)
+        if not channel.deliver(pod_exec, files, expected, timeout=900, delivery=ari).ok:
             raise RuntimeError("the case was not delivered")
         times = []
         for k in range(repeat * 2):  # ends on an odd k: the rendered order
@@ -114,7 +115,7 @@ def measure_operator_change(
                 timeout=900,
                 probe=Probe(frozenset({first})),
                 reload={PJSIP_DIR},
-                ari=ari,
+                delivery=ari,
             )
             times.append(time.monotonic() - began)
             if not result.ok:

@@ -66,7 +66,7 @@ from trunk_operator.core.render import (
 from trunk_operator.core.verify import Expected, Mismatch, Observation, Probe, verify
 from trunk_operator.kube.exec import Exec, ExecError, ExecResult
 from trunk_operator.pod import shell
-from trunk_operator.pod.ari import AriAccess, pusher_size
+from trunk_operator.pod.delivery import FILES, Delivery
 
 CONFIG_DIR = "/etc/asterisk"
 STATE_DIR = f"{CONFIG_DIR}/.trunk-operator"
@@ -134,45 +134,44 @@ def _common(detail_size: int, context_size: int) -> dict[str, str | int]:
     }
 
 
-def _ari_params(ari: AriAccess | None, lock_wait: float) -> dict[str, str | int]:
-    return {
-        "LOCK_WAIT": f"{max(lock_wait, 1):.0f}",
-        "ARI_URL": ari.url if ari else "",
-        "PUSHER_SIZE": pusher_size() if ari else 0,
-    }
-
-
 def deliver_script(
     size: int,
     digest: str,
     detail_size: int = 0,
     context_size: int = 0,
     reload: Iterable[str] = (PJSIP_DIR, EXTENSIONS_DIR),
-    ari: AriAccess | None = None,
+    delivery: Delivery = FILES,
     lock_wait: float = 60,
 ) -> str:
     """scripts/deliver.sh: stage the tar from stdin, keep the previous set, swap, reload (or
     push), observe. Stdin: the gzip'd tar (`size` bytes), then the endpoint names to check in
-    depth, then the contexts to check (one per line), then over ARI `AriAccess.stdin`.
-    `reload`: the directories whose files changed."""
+    depth, then the contexts to check (one per line), then `delivery.stdin`. `reload`: the
+    directories whose files changed."""
     directories = set(reload)
-    return shell.command(
-        "deliver.sh",
-        {
-            **_common(detail_size, context_size),
-            **_ari_params(ari, lock_wait),
-            "TAR_SIZE": size,
-            "DIGEST": digest,
-            "RELOAD_PJSIP": "1" if PJSIP_DIR in directories else "",
-            "RELOAD_DIALPLAN": "1" if EXTENSIONS_DIR in directories else "",
-        },
-    )
+    params = {
+        **_common(detail_size, context_size),
+        **_strategy(delivery, lock_wait),
+        "TAR_SIZE": size,
+        "DIGEST": digest,
+        "RELOAD_PJSIP": "1" if PJSIP_DIR in directories else "",
+        "RELOAD_DIALPLAN": "1" if EXTENSIONS_DIR in directories else "",
+    }
+    return shell.command("deliver.sh", params, delivery.functions)
 
 
-def rollback_script(ari: AriAccess | None = None, lock_wait: float = 60) -> str:
-    """scripts/rollback.sh: put the previous set back and reload (over ARI: push it back
+def rollback_script(delivery: Delivery = FILES, lock_wait: float = 60) -> str:
+    """scripts/rollback.sh: put the previous set back and reload it (over ARI: push it back
     first, so no id is in memory when a restored trunk file brings it back)."""
-    return shell.command("rollback.sh", {**_common(0, 0), **_ari_params(ari, lock_wait)})
+    params = {**_common(0, 0), **_strategy(delivery, lock_wait)}
+    return shell.command("rollback.sh", params, delivery.functions)
+
+
+def _strategy(delivery: Delivery, lock_wait: float) -> dict[str, str | int]:
+    return {
+        **delivery.params(),
+        "PUSHED": "1" if delivery.pushed else "",
+        "LOCK_WAIT": f"{max(lock_wait, 1):.0f}",
+    }
 
 
 def observe_script(
@@ -302,6 +301,10 @@ def _error_lines(parts: Mapping[str, str]) -> list[str]:
     return lines[:5]
 
 
+def _roll_back(exec_: Exec, delivery: Delivery, wait: float, timeout: float) -> ExecResult:
+    return _run(exec_, rollback_script(delivery, wait), delivery.rollback_stdin(), timeout)
+
+
 def _lines(names: Iterable[str]) -> bytes:
     return "".join(f"{name}\n" for name in sorted(set(names))).encode()
 
@@ -313,20 +316,22 @@ def deliver(
     timeout: float = 120,
     probe: Probe = LISTINGS_ONLY,
     reload: Iterable[str] = (PJSIP_DIR, EXTENSIONS_DIR),
-    ari: AriAccess | None = None,
+    delivery: Delivery = FILES,
     digest: str | None = None,
 ) -> DeliveryResult:
     """Deliver, reload what `reload` names and verify; `probe` names what to check beyond
-    the listings (what this delivery changes); `ari`: the pod takes its PJSIP objects over
-    ARI (pod.ari); `digest`: the files' `files_hash`, when the caller has it."""
+    the listings (what this delivery changes); `delivery`: files, or the PJSIP objects over
+    ARI (pod.delivery); `digest`: the files' `files_hash`, when the caller has it."""
     started = time.monotonic()
     digest = digest or files_hash(files)
     payload = pack(files)
     details, contexts = _lines(probe.details), _lines(probe.contexts)
     reload = set(reload)
     wait = timeout / 2  # the rest is the script's own time
-    script = deliver_script(len(payload), digest, len(details), len(contexts), reload, ari, wait)
-    pushing = ari.stdin() if ari is not None and PJSIP_DIR in reload else b""
+    script = deliver_script(
+        len(payload), digest, len(details), len(contexts), reload, delivery, wait
+    )
+    pushing = delivery.stdin(PJSIP_DIR in reload)
     sent = time.monotonic()
     result = _run(exec_, script, payload + details + contexts + pushing, timeout)
     returned = time.monotonic()
@@ -342,10 +347,10 @@ def deliver(
         # Read again (no reload): the new endpoints in depth too, within the same bound.
         again = Probe(frozenset(sorted(probe.details)[:DETAILS_AT_MOST]), probe.contexts)
         observation, transports = _read_again(
-            exec_, expected, timeout, again, ari is not None, READ_ATTEMPTS - 1
+            exec_, expected, timeout, again, delivery.pushed, READ_ATTEMPTS - 1
         )
         if observation.cut_short:  # unverifiable: the verified set goes back, and a retry
-            _run(exec_, rollback_script(ari, wait), ari.stdin() if ari else None, timeout)
+            _roll_back(exec_, delivery, wait, timeout)
             raise ExecError(f"{_cut_short_message(observation)}; the previous set was put back")
     problems = verify(expected, observation, transports)
     if not problems:
@@ -356,7 +361,7 @@ def deliver(
         return DeliveryResult(True, digest, [], observation, phases=phases, read_again=read_again)
     errors = _error_lines(parts)
     problems += [Mismatch((), line) for line in errors]
-    back = _run(exec_, rollback_script(ari, wait), ari.stdin() if ari else None, timeout)
+    back = _roll_back(exec_, delivery, wait, timeout)
     restored = (
         _observation(sections(back.stdout), LISTINGS_ONLY, expected)
         if back.returncode == 0

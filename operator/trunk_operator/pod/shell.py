@@ -37,6 +37,10 @@ def library() -> str:
     return _text("lib.sh")
 
 
-def command(script: str, params: Mapping[str, str | int | float]) -> str:
-    """The text for `sh -c`: `params` as assignments, the shared functions, then `script`."""
-    return assignments(params) + library() + _text(script)
+def command(
+    script: str, params: Mapping[str, str | int | float], functions: str | None = None
+) -> str:
+    """The text for `sh -c`: `params` as assignments, the shared functions, a delivery
+    strategy's `functions` (files.sh, ari.sh), then `script`."""
+    strategy = _text(functions) if functions else ""
+    return assignments(params) + library() + strategy + _text(script)

@@ -14,7 +14,7 @@ import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 from trunk_operator.kube.client import API_CALLS
 
@@ -24,6 +24,7 @@ THREADS = 48  # those, plus one exec per pod
 RESTORE_FIRST_AT_MOST = 5.0
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 
 class BlockingCalls:
@@ -68,12 +69,12 @@ class BlockingCalls:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._nothing_restoring.wait(), max(left, 0.0))
 
-    async def run(self, call: Callable[..., _T], *args: Any) -> _T:
+    async def run(self, call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """A blocking call that is not an API call (an exec), or that takes `api` itself."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, functools.partial(call, *args))
+        return await loop.run_in_executor(self.pool, functools.partial(call, *args, **kwargs))
 
-    async def api_call(self, call: Callable[..., _T], *args: Any) -> _T:
+    async def api_call(self, call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """An API call, at most API_CALLS at once."""
         async with self.api:
-            return await self.run(call, *args)
+            return await self.run(call, *args, **kwargs)

@@ -40,6 +40,7 @@ from trunk_operator.pod.ari import (
     AriAccess,
     AriUnavailable,
 )
+from trunk_operator.pod.delivery import FILES, AriDelivery, Delivery
 from trunk_operator.runtime import metrics
 from trunk_operator.runtime.blocking import BlockingCalls
 from trunk_operator.runtime.gates import ReadinessGates
@@ -470,7 +471,7 @@ class AsteriskPods:
         """`files`: `files_of(owners)`, `digest` their `files_hash`, when known."""
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
         try:
-            ari = await self._ari_access(namespace, worker.pod)
+            delivery = await self._delivery(namespace, worker.pod)
         except AriUnavailable as error:
             worker.state.problems = {ref: [str(error)] for ref in owners}
             raise
@@ -488,7 +489,7 @@ class AsteriskPods:
             self.settings.exec_timeout,
             probe_for(owners, worker.delivered_owners),
             reloads_for(files, before),
-            ari,
+            delivery,
             digest,
         )
         if result.ok or result.rolled_back:  # verified, or back to what it had
@@ -533,11 +534,11 @@ class AsteriskPods:
         )
         return result
 
-    async def _ari_access(self, namespace: str, pod: Pod) -> AriAccess | None:
-        """The ARI user of a pod that takes its PJSIP objects over ARI, from its Secret: read
-        for every delivery, so a rotated password is used by the next one."""
+    async def _delivery(self, namespace: str, pod: Pod) -> Delivery:
+        """How the pod takes its set: files, or over ARI with the user of its Secret (read for
+        every delivery, so a rotated password is used by the next one)."""
         if pod.ari_secret is None:
-            return None
+            return FILES
         # Not behind the API-call bound: the delivery waits for this one read, which must not
         # queue behind the status writes of 1,000 CRs (a restarted pod's, for one).
         secret = await self.calls.run(self.kube.read_secret, namespace, pod.ari_secret)
@@ -548,7 +549,7 @@ class AsteriskPods:
                 f"ARI credentials: Secret {namespace}/{pod.ari_secret} {what}"
                 f" (pod annotation {ARI_CREDENTIALS_ANNOTATION})"
             )
-        return AriAccess(pod.ari_url, data["username"], data["password"])
+        return AriDelivery(AriAccess(pod.ari_url, data["username"], data["password"]))
 
     def removed_everywhere(self, namespace: str, ref: str) -> bool:
         """No pod serves, or is to get, this CR's files (pods that went away count)."""

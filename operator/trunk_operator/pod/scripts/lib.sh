@@ -1,6 +1,7 @@
 # shellcheck shell=sh
 # Functions the pod scripts share (deliver.sh, rollback.sh, observe.sh). The operator sends
-# them in one `sh -c` after the parameters (pod/scripts.py sets every variable in CAPITALS).
+# them in one `sh -c` after the parameters (pod/shell.py sets every variable in CAPITALS),
+# followed by a delivery strategy's functions (files.sh or ari.sh) and the script.
 # Output goes in sections, each opened by a "$MARK<name>" line (pod/channel.py reads them).
 
 OWNED_PJSIP="$PJSIP_DIR/$POD_FILE"
@@ -123,20 +124,15 @@ refuse_when_pushed() {
 	fi
 }
 
-# Keep in DETAIL_LIST the endpoints Asterisk has before this change ($1: over ARI, where the
-# record says it, no listing needed). Only an object that exists can be kept at an old
-# version; a new one is there as rendered or not at all, which the listings show. ADDED marks
-# that some are new (or too many to read in depth), so the listings of every type are read.
+# Keep in DETAIL_LIST the endpoints Asterisk has before this change (the strategy's
+# `loaded_endpoints`). Only an object that exists can be kept at an old version; a new one is
+# there as rendered or not at all, which the listings show. ADDED marks that some are new (or
+# too many to read in depth), so the listings of every type are read.
 only_loaded_before() {
 	before="$STATE_DIR/loaded-before"
 	rm -f "$ADDED"
 	[ -s "$DETAIL_LIST" ] || return 0
-	if [ -n "$1" ]; then
-		pushed_endpoints
-	else
-		asterisk -rx 'pjsip list endpoints' |
-			sed -n 's/^ *Endpoint:  *\([^ /<][^ /]*\).*/\1/p'
-	fi >"$before"
+	loaded_endpoints >"$before"
 	grep -Fx -f "$before" "$DETAIL_LIST" >"$before.changed" || true
 	[ "$(wc -l <"$before.changed")" = "$(wc -l <"$DETAIL_LIST")" ] || touch "$ADDED"
 	mv "$before.changed" "$DETAIL_LIST"
