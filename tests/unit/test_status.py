@@ -4,6 +4,8 @@ from trunk_operator.core.status import CRView, PodDelivery, reduce_status, with_
 from trunk_operator.core.verify import Observation
 
 TRUNK = CRView("TwilioTrunk/acme", 3, "h", "ACME", frozenset({"from-twilio"}), True)
+MISSING_TRANSPORT = Problem("TransportNotFound", "transport transport-x does not exist in Asterisk")
+REFUSED = Problem("AsteriskRejected", "endpoint ACME is not loaded")
 
 
 def conditions(status: dict) -> dict[str, tuple[str, str]]:
@@ -93,7 +95,7 @@ def test_pending_failed_and_podless_deliveries() -> None:
         "Delivering",
     )
     failed = pod()
-    failed.problems = {"TwilioTrunk/acme": ["transport transport-x does not exist in Asterisk"]}
+    failed.problems = {"TwilioTrunk/acme": [REFUSED, MISSING_TRANSPORT]}
     assert conditions(reduce_status(TRUNK, Outcome(), [failed]))["Delivered"] == (
         "False",
         "TransportNotFound",
@@ -129,7 +131,7 @@ def test_kstatus_reconciling_while_delivering_and_stalled_on_what_needs_a_change
     assert conditions(stalled)["Reconciling"] == ("False", "Settled")
 
     rejected = pod()
-    rejected.problems = {TRUNK.ref: ["transport transport-x does not exist in Asterisk"]}
+    rejected.problems = {TRUNK.ref: [MISSING_TRANSPORT]}
     refused = reduce_status(TRUNK, Outcome(), [rejected])
     assert conditions(refused)["Stalled"] == ("True", "TransportNotFound")
 

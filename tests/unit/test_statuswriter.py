@@ -11,6 +11,7 @@ import pytest
 from tests.unit.test_controller import GateKube, NoDelivery, one_pod, pod_body, trunk_body
 from trunk_operator.core import asterisk_output
 from trunk_operator.core.desired import expected_for
+from trunk_operator.core.plan import Problem
 from trunk_operator.core.render import files_hash
 from trunk_operator.core.verify import Observation
 from trunk_operator.pod import channel
@@ -125,7 +126,7 @@ def test_each_input_of_a_status_brings_it_reduced_again_and_nothing_else(
         worker.state.observation = observation(ctl)
         assert await step() == ["acme", "beta"]
         # Asterisk's words about one CR.
-        worker.state.problems = {"TwilioTrunk/beta": ["endpoint BETA is not loaded"]}
+        worker.state.problems = {"TwilioTrunk/beta": [Problem("AsteriskRejected", "not loaded")]}
         assert await step() == ["beta"]
         assert kube.statuses["beta"]["reason"] == "AsteriskRejected"
         worker.state.problems = {}

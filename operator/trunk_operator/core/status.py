@@ -1,4 +1,14 @@
-"""Status as a pure reducer: (plan outcome, per-pod delivery state) -> the CR's status."""
+"""The status reducer: (a CR's plan outcome, its pods' delivery state) -> the CR's status.
+
+Pure: one small function per condition, each building a `models.Condition` from values, and
+reasons carried as codes from where they arose (the plan's `Problem`, a pod's refusal). The
+status is built as the CRD's own models (`models.TwilioTrunkStatus`, `DIDSegmentStatus`) and
+given to the writer as the dict it PATCHes.
+
+Ready means every pod that serves the CR serves the generation the status names
+(`observedGeneration`): Rendered (the plan accepted it) and Delivered (each selected pod
+loaded and verified that generation's files, and no delivery under way brings another).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +17,39 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trunk_operator.core.models import (
+    Condition,
+    ContactStatus,
+    DIDSegmentStatus,
+    PodTrunkStatus,
+    TwilioTrunkStatus,
+)
 from trunk_operator.core.plan import Outcome, Problem
-from trunk_operator.core.verify import Observation
+from trunk_operator.core.verify import (
+    ARI_PUSH_FAILED,
+    ASTERISK_REJECTED,
+    TRANSPORT_NOT_FOUND,
+    Observation,
+)
+
+# Reasons of a pod's refusal, most telling first: the Delivered reason is the first of these
+# any of the CR's problems in that pod has.
+_REFUSALS = (ARI_PUSH_FAILED, TRANSPORT_NOT_FOUND, ASTERISK_REJECTED)
+
+# Ready reasons that need a change by someone (the spec, another resource, the Secret's
+# content, the Asterisk deployment) and will not resolve by waiting.
+STALLED_REASONS = frozenset(
+    {
+        "InvalidSpec",
+        "InvalidCredentials",
+        "EndpointNameConflict",
+        "OutboundContextConflict",
+        "AmbiguousInboundIdentification",
+        TRANSPORT_NOT_FOUND,
+        ASTERISK_REJECTED,
+    }
+)
+MESSAGE_AT_MOST = 1000
 
 
 def timestamp() -> str:
@@ -32,7 +73,7 @@ class PodDelivery:
     delivered_at: dict[str, str] = field(default_factory=dict)  # CR ref -> when it took it
     last_reload_time: str | None = None
     last_reload_result: str | None = None
-    problems: dict[str, list[str]] = field(default_factory=dict)  # CR ref -> Asterisk's words
+    problems: dict[str, list[Problem]] = field(default_factory=dict)  # CR ref -> refusals
     observation: Observation | None = None
 
 
@@ -48,19 +89,68 @@ class CRView:
     qualify: bool
 
 
-# Ready reasons that need a change by someone (the spec, another resource, the Secret's
-# content, the Asterisk deployment) and will not resolve by waiting.
-STALLED_REASONS = frozenset(
-    {
-        "InvalidSpec",
-        "InvalidCredentials",
-        "EndpointNameConflict",
-        "OutboundContextConflict",
-        "AmbiguousInboundIdentification",
-        "TransportNotFound",
-        "AsteriskRejected",
+def reduce_status(
+    cr: CRView, outcome: Outcome, pods: Sequence[PodDelivery], did_count: int | None = None
+) -> dict[str, Any]:
+    """The full status as PATCHed (without lastTransitionTime: `with_transition_times`).
+    Only the fields set here are in it; a top-level None clears the field."""
+    status = status_of(cr, outcome, pods, did_count)
+    return status.model_dump(by_alias=True, exclude_unset=True)
+
+
+def status_of(
+    cr: CRView, outcome: Outcome, pods: Sequence[PodDelivery], did_count: int | None = None
+) -> TwilioTrunkStatus | DIDSegmentStatus:
+    blocking = [p for p in outcome.problems if p.blocking]
+    rendered = _rendered(cr, blocking)
+    delivered = _delivered(cr, pods)
+    reachable = _reachability(cr, pods)
+    ready = _ready(cr, rendered, delivered)
+    conditions = [ready, rendered, delivered]
+    if cr.endpoint:
+        conditions.append(_reachable(cr, reachable))
+    conditions += [
+        _degraded(cr, outcome, pods, reachable),
+        _reconciling(cr, delivered, blocking),
+        _stalled(cr, ready),
+    ]
+    common: dict[str, Any] = {
+        "observed_generation": cr.generation,
+        "conditions": conditions,
+        "reason": ready.reason,
     }
-)
+    if did_count is not None:
+        common["did_count"] = did_count
+    if not cr.endpoint:
+        if outcome.conflicts:
+            common["conflicts"] = outcome.conflicts
+            common["conflict_count"] = outcome.conflict_count
+        return DIDSegmentStatus(**common)
+    trunk: dict[str, Any] = {
+        "pods": [_pod_entry(cr, pod) for pod in pods],
+        "endpoint": cr.endpoint,
+        "endpoint_state": _summary_state(pods, cr.endpoint),
+    }
+    if outcome.secret_version:
+        trunk["secret_resource_version"] = outcome.secret_version
+    return TwilioTrunkStatus(**common, **trunk)
+
+
+def _condition(type_: str, ok: bool | None, reason: str, message: str, cr: CRView) -> Condition:
+    return Condition(
+        type=type_,
+        status="Unknown" if ok is None else ("True" if ok else "False"),
+        reason=reason,
+        message=message[:MESSAGE_AT_MOST],
+        observed_generation=cr.generation,
+    )
+
+
+def _rendered(cr: CRView, blocking: Sequence[Problem]) -> Condition:
+    if blocking:
+        message = "; ".join(p.message for p in blocking)
+        return _condition("Rendered", False, blocking[0].reason, message, cr)
+    return _condition("Rendered", True, "Rendered", "configuration rendered", cr)
 
 
 def _serves(pod: PodDelivery, ref: str, digest: str | None) -> bool:
@@ -69,210 +159,141 @@ def _serves(pod: PodDelivery, ref: str, digest: str | None) -> bool:
     return pod.delivered.get(ref) == digest and under_way
 
 
-def _condition(
-    type_: str, ok: bool | None, reason: str, message: str, generation: int | None
-) -> dict[str, Any]:
-    return {
-        "type": type_,
-        "status": "Unknown" if ok is None else ("True" if ok else "False"),
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-    }
-
-
-def reduce_status(
-    cr: CRView, outcome: Outcome, pods: Sequence[PodDelivery], did_count: int | None = None
-) -> dict[str, Any]:
-    """The full status (without lastTransitionTime, which `with_transition_times` adds)."""
-    blocking = [p for p in outcome.problems if p.blocking]
-    warnings: list[Problem] = [p for p in outcome.problems if not p.blocking]
-    conditions = []
-    if blocking:
-        first = blocking[0]
-        conditions.append(
-            _condition("Rendered", False, first.reason, _join(blocking), cr.generation)
-        )
-    else:
-        conditions.append(
-            _condition("Rendered", True, "Rendered", "configuration rendered", cr.generation)
-        )
-
-    pod_status = []
-    failed = [p for p in pods if p.problems.get(cr.ref)]
-    # Per resource: another resource's change to the same pod does not make this one pending.
-    # Compared with what this generation rendered (blocked: the last good version the pods
-    # keep), never with what a pod was last told to want; and with what a delivery under way
-    # brings: a spec changed back (A, B, A) is A again while the pod is being given B.
-    pending = [
-        p
-        for p in pods
-        if p not in failed and not _serves(p, cr.ref, cr.digest or p.desired.get(cr.ref))
-    ]
+def _delivered(cr: CRView, pods: Sequence[PodDelivery]) -> Condition:
+    """Per resource: another resource's change to the same pod does not make this one
+    pending. Compared with what this generation rendered (blocked: the last good version the
+    pods keep), never with what a pod was last told to want; and with what a delivery under
+    way brings: a spec changed back (A, B, A) is A again while the pod is being given B."""
     if not pods:
-        delivered = _condition(
-            "Delivered", False, "NoAsteriskPods", "no ready Asterisk pod matches", cr.generation
+        return _condition("Delivered", False, "NoAsteriskPods", "no ready Asterisk pod matches", cr)
+    failed = [p for p in pods if p.problems.get(cr.ref)]
+    if failed:
+        words = "; ".join(
+            f"{p.name}: {' / '.join(problem.message for problem in p.problems[cr.ref])}"
+            for p in failed
         )
-    elif failed:
-        words = "; ".join(f"{p.name}: {' / '.join(p.problems[cr.ref])}" for p in failed)
-        reason = _delivery_reason(failed[0].problems[cr.ref])
-        delivered = _condition("Delivered", False, reason, words[:1000], cr.generation)
-    elif pending:
-        delivered = _condition(
-            "Delivered",
-            False,
-            "Delivering",
-            f"delivering to {', '.join(p.name for p in pending)}",
-            cr.generation,
+        return _condition(
+            "Delivered", False, _refusal_reason(failed[0].problems[cr.ref]), words, cr
         )
-    else:
-        delivered = _condition(
-            "Delivered",
-            True,
-            "Delivered",
-            f"loaded and verified in {len(pods)} pod(s)",
-            cr.generation,
+    pending = [p.name for p in pods if not _serves(p, cr.ref, cr.digest or p.desired.get(cr.ref))]
+    if pending:
+        return _condition(
+            "Delivered", False, "Delivering", f"delivering to {', '.join(pending)}", cr
         )
-    conditions.append(delivered)
+    return _condition(
+        "Delivered", True, "Delivered", f"loaded and verified in {len(pods)} pod(s)", cr
+    )
 
-    states: list[str] = []
+
+def _refusal_reason(problems: Sequence[Problem]) -> str:
+    reasons = {p.reason for p in problems}
+    return next((r for r in _REFUSALS if r in reasons), problems[0].reason)
+
+
+def _reachability(cr: CRView, pods: Sequence[PodDelivery]) -> bool | None:
+    """Whether every observed pod has an Avail contact for the endpoint; None: none seen."""
+    if not cr.endpoint:
+        return None
     reachable: bool | None = None
-    missing_contexts: set[str] = set()
     for pod in pods:
-        entry: dict[str, Any] = {
-            "pod": pod.name,
-            # This CR's version in the pod, not the pod's whole set: another CR's change must
-            # not rewrite this status (with 1,000 trunks, 1,000 writes per change).
-            "deliveredHash": pod.delivered.get(cr.ref),
-            "lastReloadTime": pod.delivered_at.get(cr.ref),
-            "lastReloadResult": pod.last_reload_result,
-        }
-        obs = pod.observation
-        if obs is not None:
-            missing_contexts |= (set(cr.contexts) & obs.contexts_checked) - obs.contexts
-            if cr.endpoint:
-                endpoint = obs.endpoints.get(cr.endpoint)
-                if endpoint is not None:
-                    states.append(endpoint.state)
-                    entry["endpointState"] = endpoint.state
-                    # No RTT: it changes at every qualify (it is in /metrics).
-                    entry["contacts"] = [
-                        {"uri": c.uri, "status": c.status} for c in endpoint.contacts
-                    ]
-                    avail = any(c.status == "Avail" for c in endpoint.contacts)
-                    reachable = avail if reachable is None else (reachable and avail)
-        pod_status.append({k: v for k, v in entry.items() if v is not None})
+        endpoint = pod.observation.endpoints.get(cr.endpoint) if pod.observation else None
+        if endpoint is not None:
+            avail = any(c.status == "Avail" for c in endpoint.contacts)
+            reachable = avail if reachable is None else (reachable and avail)
+    return reachable
 
-    if cr.endpoint:
-        if not cr.qualify:
-            conditions.append(
-                _condition("Reachable", None, "QualifyDisabled", "qualify is off", cr.generation)
-            )
-        elif reachable is None:
-            conditions.append(
-                _condition("Reachable", None, "NotObserved", "no observation yet", cr.generation)
-            )
-        else:
-            conditions.append(
-                _condition(
-                    "Reachable",
-                    reachable,
-                    "ContactAvailable" if reachable else "EndpointUnavailable",
-                    "Twilio answers OPTIONS"
-                    if reachable
-                    else "no contact is Avail: Twilio does not answer OPTIONS from every pod",
-                    cr.generation,
-                )
-            )
 
-    degraded: list[tuple[str, str]] = [(p.reason, p.message) for p in warnings]
-    if missing_contexts:
-        degraded.append(
+def _reachable(cr: CRView, reachable: bool | None) -> Condition:
+    if not cr.qualify:
+        return _condition("Reachable", None, "QualifyDisabled", "qualify is off", cr)
+    if reachable is None:
+        return _condition("Reachable", None, "NotObserved", "no observation yet", cr)
+    if reachable:
+        return _condition("Reachable", True, "ContactAvailable", "Twilio answers OPTIONS", cr)
+    message = "no contact is Avail: Twilio does not answer OPTIONS from every pod"
+    return _condition("Reachable", False, "EndpointUnavailable", message, cr)
+
+
+def _missing_contexts(cr: CRView, pods: Sequence[PodDelivery]) -> list[str]:
+    missing: set[str] = set()
+    for pod in pods:
+        if (obs := pod.observation) is not None:
+            missing |= (set(cr.contexts) & obs.contexts_checked) - obs.contexts
+    return sorted(missing)
+
+
+def _degraded(
+    cr: CRView, outcome: Outcome, pods: Sequence[PodDelivery], reachable: bool | None
+) -> Condition:
+    """What works less than it should, while the CR may still be Ready."""
+    found = [(p.reason, p.message) for p in outcome.problems if not p.blocking]
+    if missing := _missing_contexts(cr, pods):
+        found.append(
             (
                 "ContextMissing",
-                f"dialplan context(s) {', '.join(sorted(missing_contexts))} do not exist in"
-                " Asterisk; calls sent there fail",
+                f"dialplan context(s) {', '.join(missing)} do not exist in Asterisk;"
+                " calls sent there fail",
             )
         )
     if cr.endpoint and cr.qualify and reachable is False:
-        degraded.append(("EndpointUnavailable", "Twilio is not reachable from every pod"))
+        found.append(("EndpointUnavailable", "Twilio is not reachable from every pod"))
+    blocking = [p for p in outcome.problems if p.blocking]
     if blocking and pods:
-        degraded.append((blocking[0].reason, "the last good configuration is kept in Asterisk"))
-    conditions.append(
-        _condition(
-            "Degraded",
-            bool(degraded),
-            degraded[0][0] if degraded else "AsExpected",
-            "; ".join(m for _, m in degraded)[:1000] if degraded else "",
-            cr.generation,
-        )
-    )
+        found.append((blocking[0].reason, "the last good configuration is kept in Asterisk"))
+    if not found:
+        return _condition("Degraded", False, "AsExpected", "", cr)
+    return _condition("Degraded", True, found[0][0], "; ".join(m for _, m in found), cr)
 
-    ready = not blocking and delivered["status"] == "True"
-    ready_reason = blocking[0].reason if blocking else delivered["reason"] if not ready else "Ready"
-    ready_message = conditions[0]["message"] if blocking else delivered["message"]
-    conditions.insert(0, _condition("Ready", ready, ready_reason, ready_message, cr.generation))
 
-    # kstatus (Flux, kpt, cli-utils): Reconciling=True while work is in flight, Stalled=True
-    # for what only a change by someone can fix; everything else that is not Ready may still
-    # resolve itself (a Secret or a pod appearing) and is only "in progress".
-    reconciling = delivered["reason"] == "Delivering" and not blocking
-    conditions.append(
-        _condition(
-            "Reconciling",
-            reconciling,
-            "Delivering" if reconciling else "Settled",
-            delivered["message"] if reconciling else "",
-            cr.generation,
-        )
-    )
-    stalled_reason = ready_reason if not ready and ready_reason in STALLED_REASONS else None
-    conditions.append(
-        _condition(
-            "Stalled",
-            stalled_reason is not None,
-            stalled_reason or "NotStalled",
-            ready_message if stalled_reason else "",
-            cr.generation,
-        )
-    )
+def _ready(cr: CRView, rendered: Condition, delivered: Condition) -> Condition:
+    if rendered.status != "True":
+        return _condition("Ready", False, rendered.reason, rendered.message, cr)
+    if delivered.status != "True":
+        return _condition("Ready", False, delivered.reason, delivered.message, cr)
+    return _condition("Ready", True, "Ready", delivered.message, cr)
 
-    status: dict[str, Any] = {
-        "observedGeneration": cr.generation,
-        "conditions": conditions,
-        "reason": ready_reason,
-        "pods": pod_status,
+
+def _reconciling(cr: CRView, delivered: Condition, blocking: Sequence[Problem]) -> Condition:
+    """kstatus (Flux, kpt, cli-utils): Reconciling=True while work is in flight."""
+    if delivered.reason == "Delivering" and not blocking:
+        return _condition("Reconciling", True, "Delivering", delivered.message, cr)
+    return _condition("Reconciling", False, "Settled", "", cr)
+
+
+def _stalled(cr: CRView, ready: Condition) -> Condition:
+    """kstatus: Stalled=True for what only a change by someone can fix; everything else that
+    is not Ready may still resolve itself (a Secret or a pod appearing): in progress."""
+    if ready.status != "True" and ready.reason in STALLED_REASONS:
+        return _condition("Stalled", True, ready.reason, ready.message, cr)
+    return _condition("Stalled", False, "NotStalled", "", cr)
+
+
+def _pod_entry(cr: CRView, pod: PodDelivery) -> PodTrunkStatus:
+    """This CR's version in the pod, not the pod's whole set: another CR's change must not
+    rewrite this status. No RTT: it changes at every qualify (it is in /metrics)."""
+    entry: dict[str, Any] = {"pod": pod.name}
+    shown = {
+        "delivered_hash": pod.delivered.get(cr.ref),
+        "last_reload_time": pod.delivered_at.get(cr.ref),
+        "last_reload_result": pod.last_reload_result,
     }
-    if cr.endpoint:
-        status["endpoint"] = cr.endpoint
-        status["endpointState"] = _summary_state(states)
-        if outcome.secret_version:
-            status["secretResourceVersion"] = outcome.secret_version
-    if did_count is not None:
-        status["didCount"] = did_count
-    return status
+    entry |= {k: v for k, v in shown.items() if v is not None}
+    endpoint = pod.observation.endpoints.get(cr.endpoint or "") if pod.observation else None
+    if endpoint is not None:
+        entry["endpoint_state"] = endpoint.state
+        entry["contacts"] = [ContactStatus(uri=c.uri, status=c.status) for c in endpoint.contacts]
+    return PodTrunkStatus(**entry)
 
 
-def _join(problems: Sequence[Problem]) -> str:
-    return "; ".join(p.message for p in problems)[:1000]
-
-
-def _delivery_reason(words: Sequence[str]) -> str:
-    text = " ".join(words)
-    if "ARI credentials" in text or "ari-failed" in text or "ari-unavailable" in text:
-        return "AriPushFailed"
-    if "transport" in text and ("does not exist" in text or "needs a TLS transport" in text):
-        return "TransportNotFound"
-    return "AsteriskRejected"
-
-
-def _summary_state(states: Sequence[str]) -> str | None:
+def _summary_state(pods: Sequence[PodDelivery], endpoint: str) -> str | None:
+    states = [
+        seen.state
+        for pod in pods
+        if pod.observation and (seen := pod.observation.endpoints.get(endpoint)) is not None
+    ]
     if not states:
         return None
-    for bad in ("Unavailable", "Invalid", "Unknown"):
-        if bad in states:
-            return bad
-    return states[0]
+    return next((bad for bad in ("Unavailable", "Invalid", "Unknown") if bad in states), states[0])
 
 
 def with_transition_times(

@@ -1,13 +1,17 @@
 """What Asterisk must show after a reload, and how what it shows differs from that.
 
-`Expected` comes from the rendered CRs (core.desired), an `Observation` from one script run in the
-pod (asterisk); `verify` compares them and names the CR each difference belongs to.
+`Expected` comes from the rendered CRs (core.desired), an `Observation` from one script run in
+the pod (pod.channel); `verify` compares them and names the CR each difference belongs to, with
+the reason code its Delivered condition takes.
+
+A PJSIP option read back in depth is a row of DETAIL_CHECKS: the key `pjsip show endpoint`
+prints, and the value the spec gives it (docs/architecture.md, "Verifying a new option").
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from trunk_operator.core.asterisk_output import Endpoint, Listing, contact_matches
@@ -62,12 +66,19 @@ class Probe:
     contexts: frozenset[str] = frozenset()
 
 
+# Why a pod did not take a CR's files: the reason codes of its Delivered condition.
+ASTERISK_REJECTED = "AsteriskRejected"
+TRANSPORT_NOT_FOUND = "TransportNotFound"
+ARI_PUSH_FAILED = "AriPushFailed"
+
+
 @dataclass(frozen=True)
 class Mismatch:
     """One way Asterisk's loaded state differs from the rendered one, and whose it is."""
 
     owners: tuple[str, ...]
     message: str
+    reason: str = ASTERISK_REJECTED
 
 
 @dataclass
@@ -121,7 +132,11 @@ def verify(
     Endpoints shown in depth (`observation.shown`) are checked field by field, the others
     for presence in the listings; contexts as far as they were checked."""
     problems: list[Mismatch] = [
-        Mismatch(owners, f"transport {t} does not exist in Asterisk (adding one needs a restart)")
+        Mismatch(
+            owners,
+            f"transport {t} does not exist in Asterisk (adding one needs a restart)",
+            TRANSPORT_NOT_FOUND,
+        )
         for t, owners in sorted(expected.transports.items())
         if transports is not None and t not in transports
     ]
@@ -133,6 +148,7 @@ def verify(
                 Mismatch(
                     (want.owner,),
                     f"transport {want.transport} is {kind}: a secure trunk needs a TLS transport",
+                    TRANSPORT_NOT_FOUND,
                 )
             )
         shown = observation.shown.get(want.name)
@@ -208,26 +224,49 @@ def _shown_mismatches(
     return problems + (_detail_mismatches(want, detail) if detail else [])
 
 
+def _codecs(allow: str | None) -> tuple[str, ...]:
+    """`allow` as `pjsip show endpoint` prints it, `(alaw|ulaw)`, as the spec's codecs."""
+    return tuple(c for c in (allow or "").strip("()").split("|") if c)
+
+
+def _acl(acl: str | None) -> str | None:
+    """The source ACL keeps requests from outside the trunk's ranges out (a header anyone can
+    send may identify them); its addresses are not shown, its presence is."""
+    return "deny/permit" if "deny" in (acl or "") else acl
+
+
+@dataclass(frozen=True)
+class DetailCheck:
+    """One PJSIP endpoint option read back after a change: `key` as `pjsip show endpoint`
+    prints it, `shown` turns that text into the spec's form, `wanted` is the spec's value.
+    An empty wanted value is not checked, unless `always`."""
+
+    name: str
+    key: str
+    wanted: Callable[[ExpectedEndpoint], object]
+    shown: Callable[[str | None], object] = lambda text: text
+    always: bool = False
+
+
+DETAIL_CHECKS = (
+    DetailCheck("media_encryption", "media_encryption", lambda w: w.media_encryption, always=True),
+    DetailCheck("codecs", "allow", lambda w: w.codecs, _codecs),
+    DetailCheck("context", "context", lambda w: w.context),
+    DetailCheck("transport", "transport", lambda w: w.transport),
+    DetailCheck("acl", "acl", lambda w: "deny/permit", _acl),
+)
+
+
 def _detail_mismatches(want: ExpectedEndpoint, detail: Mapping[str, str]) -> list[str]:
-    got_codecs = tuple(c for c in detail.get("allow", "").strip("()").split("|") if c)
-    shown: dict[str, tuple[object, object]] = {
-        "media_encryption": (detail.get("media_encryption"), want.media_encryption)
-    }
-    if want.codecs:
-        shown["codecs"] = (got_codecs, want.codecs)
-    if want.context:
-        shown["context"] = (detail.get("context"), want.context)
-    if want.transport:
-        shown["transport"] = (detail.get("transport"), want.transport)
-    # The source ACL keeps requests from outside the trunk's ranges out (a header anyone can
-    # send may identify them); its addresses are not shown, its presence is.
-    if "deny" not in detail.get("acl", ""):
-        shown["acl"] = (detail.get("acl"), "deny/permit")
-    problems = [
-        f"endpoint {want.name} has {name} {got!r}, not {wanted!r} (Asterisk kept another version)"
-        for name, (got, wanted) in shown.items()
-        if got != wanted
-    ]
+    problems = []
+    for check in DETAIL_CHECKS:
+        wanted = check.wanted(want)
+        got = check.shown(detail.get(check.key))
+        if (wanted or check.always) and got != wanted:
+            problems.append(
+                f"endpoint {want.name} has {check.name} {got!r}, not {wanted!r}"
+                " (Asterisk kept another version)"
+            )
     if want.password_sha256 and detail.get("password_sha256") != want.password_sha256:
         problems.append(
             f"auth {want.auth} has another password than the Secret's (Asterisk kept the old one)"

@@ -63,7 +63,14 @@ from trunk_operator.core.render import (
     Files,
     files_hash,
 )
-from trunk_operator.core.verify import Expected, Mismatch, Observation, Probe, verify
+from trunk_operator.core.verify import (
+    ARI_PUSH_FAILED,
+    Expected,
+    Mismatch,
+    Observation,
+    Probe,
+    verify,
+)
 from trunk_operator.kube.exec import Exec, ExecError, ExecResult
 from trunk_operator.pod import shell
 from trunk_operator.pod.delivery import FILES, Delivery
@@ -291,14 +298,19 @@ def _run(exec_: Exec, script: str, stdin: bytes | None, timeout: float) -> ExecR
     return exec_(["sh", "-c", script], stdin, timeout)
 
 
-def _error_lines(parts: Mapping[str, str]) -> list[str]:
-    """Asterisk's own words from the reloads, when they say something went wrong."""
-    lines = [line for line in parts.get("ari", "").splitlines() if line.startswith("ari-")]
+def _error_lines(parts: Mapping[str, str]) -> list[Mismatch]:
+    """Asterisk's own words from the reloads (and the pusher's), when they say something
+    went wrong; they belong to no one CR."""
+    found = [
+        Mismatch((), line, ARI_PUSH_FAILED)
+        for line in parts.get("ari", "").splitlines()
+        if line.startswith("ari-")
+    ]
     for key in (*(f"reload-{d}" for d in RELOAD_COMMANDS), "reload-migration"):
         for line in parts.get(key, "").splitlines():
             if re.search(r"error|unable|fail|not found|could not", line, re.IGNORECASE):
-                lines.append(line.strip())
-    return lines[:5]
+                found.append(Mismatch((), line.strip()))
+    return found[:5]
 
 
 def _roll_back(exec_: Exec, delivery: Delivery, wait: float, timeout: float) -> ExecResult:
@@ -360,14 +372,14 @@ def deliver(
         phases["verify"] = time.monotonic() - returned  # and reading again, if it did
         return DeliveryResult(True, digest, [], observation, phases=phases, read_again=read_again)
     errors = _error_lines(parts)
-    problems += [Mismatch((), line) for line in errors]
+    problems += errors
     back = _roll_back(exec_, delivery, wait, timeout)
     restored = (
         _observation(sections(back.stdout), LISTINGS_ONLY, expected)
         if back.returncode == 0
         else None
     )
-    unavailable = [line for line in errors if line.startswith("ari-unavailable:")]
+    unavailable = [e.message for e in errors if e.message.startswith("ari-unavailable:")]
     return DeliveryResult(
         False,
         digest,

@@ -26,10 +26,10 @@ from trunk_operator.core.desired import (
     user_contexts_of,
 )
 from trunk_operator.core.models import TwilioTrunkSpec
-from trunk_operator.core.plan import TRUNK, Outcome
+from trunk_operator.core.plan import TRUNK, Outcome, Problem
 from trunk_operator.core.render import Files, files_hash
 from trunk_operator.core.status import PodDelivery, timestamp
-from trunk_operator.core.verify import ExpectedEndpoint, Probe, drifted, verify
+from trunk_operator.core.verify import ARI_PUSH_FAILED, ExpectedEndpoint, Probe, drifted, verify
 from trunk_operator.kube.api import Kube
 from trunk_operator.kube.client import describe
 from trunk_operator.pod import channel
@@ -367,13 +367,18 @@ class AsteriskPods:
             return
         if result.ari_unavailable:
             # Nothing was wrong with the trunks: the pod's ARI refused or was not there.
-            worker.state.problems = {ref: [result.ari_unavailable] for ref in owners}
+            refusal = Problem(ARI_PUSH_FAILED, result.ari_unavailable)
+            worker.state.problems = {ref: [refusal] for ref in owners}
             worker.state.delivered_hash = None
             raise AriUnavailable(result.ari_unavailable)
         # Keep the CRs Asterisk refused at their last delivered version; the others go ahead.
         culprits = {owner for problem in result.problems for owner in problem.owners}
         worker.state.problems = {
-            ref: [p.message for p in result.problems if ref in p.owners or not p.owners]
+            ref: [
+                Problem(p.reason, p.message)
+                for p in result.problems
+                if ref in p.owners or not p.owners
+            ]
             for ref in (culprits or owners)
         }
         if not culprits or culprits >= set(owners):
@@ -473,7 +478,7 @@ class AsteriskPods:
         try:
             delivery = await self._delivery(namespace, worker.pod)
         except AriUnavailable as error:
-            worker.state.problems = {ref: [str(error)] for ref in owners}
+            worker.state.problems = {ref: [Problem(ARI_PUSH_FAILED, str(error))] for ref in owners}
             raise
         self.stats["reloads"] += 1
         started = time.monotonic()

@@ -167,9 +167,6 @@ class StatusWriter:
                 status = reduced[1]
             else:
                 status = reduce_status(view, outcome, pods, did_count)
-                if outcome.conflicts:
-                    status["conflicts"] = outcome.conflicts
-                    status["conflictCount"] = outcome.conflict_count
                 self.reduced[key] = (inputs, status)
             # A pod not checked yet by this process (the operator just started) is no change
             # under delivery: it most likely serves what the written Ready says (adopted).
