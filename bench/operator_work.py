@@ -1,7 +1,7 @@
 """Measurement 9: the operator's own work per change, with many trunks in the pod.
 
 No cluster and no Asterisk: the controller of a checkout runs with a recording stand-in for
-the API (tests/unit/test_controller.py GateKube) and one pod whose delivery returns at once
+the API (tests/unit/helpers.py GateKube) and one pod whose delivery returns at once
 after the operator-side part of a real one over ARI (packing the pod's files; a push that
 only replaced objects, read without listings). One trunk's codec is changed again and again;
 each change is timed from the watch event to its Ready status written, which is what the
@@ -36,7 +36,7 @@ def measure(size: int, changes: int) -> dict[str, Any]:
     """In this process, with whichever trunk_operator is on sys.path."""
     from rig import percentile, trunk_spec
 
-    from tests.unit.test_controller import GateKube, pod_body
+    from tests.unit.helpers import GateKube, pod_body
     from trunk_operator.core.asterisk_output import Listing
     from trunk_operator.core.desired import files_of
     from trunk_operator.core.render import files_hash

@@ -17,7 +17,7 @@ from kubernetes import client
 
 from testbed.asterisk import AsteriskContainer
 from tests.conftest import wait_for
-from tests.e2e.test_operator import HOSTS, SID_A, SID_B, credentials, trunk, wait_ready
+from tests.e2e.helpers import HOSTS, SID_A, SID_B, credentials, trunk, wait_ready
 from tests.health import ARGOCD, health
 from trunk_operator.core.models import GROUP, VERSION
 

@@ -20,18 +20,22 @@ from kubernetes import client
 from testbed.asterisk import ARI_PORT, AsteriskContainer
 from testbed.sipp import TwilioCaller, TwilioStandIn
 from tests.conftest import wait_for
-from tests.e2e.test_calls_survive import assert_still_up, tone_call
-from tests.e2e.test_inbound import DESTINATIONS, OUTSIDER_IP, TWILIO_EDGE_IP, landed
-from tests.e2e.test_operator import (
+from tests.e2e.helpers import (
     ACME_IP,
+    DESTINATIONS,
     HOSTS,
+    OUTSIDER_IP,
     PASSWORD,
     SID_A,
     SID_B,
+    TWILIO_EDGE_IP,
+    assert_still_up,
     call,
     condition,
     credentials,
+    landed,
     status,
+    tone_call,
     trunk,
     wait_ready,
 )

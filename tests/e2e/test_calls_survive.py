@@ -14,58 +14,22 @@ from kubernetes import client
 from testbed.asterisk import AsteriskContainer
 from testbed.sipp import TwilioStandIn
 from tests.conftest import wait_for
-from tests.e2e.test_operator import (
+from tests.e2e.helpers import (
     ACME_IP,
     HOSTS,
     PASSWORD,
     SID_A,
     SID_B,
+    assert_still_up,
     credentials,
     status,
+    tone_call,
     trunk,
     wait_ready,
 )
 from trunk_operator.core.models import GROUP, VERSION
 
 pytestmark = pytest.mark.e2e
-
-
-def sent_packets(pbx: AsteriskContainer) -> int:
-    """RTP packets Asterisk has sent on the trunk's channel (`pjsip show channelstats`)."""
-    for line in pbx.rx("pjsip show channelstats").splitlines():
-        # BridgeId ChannelId UpTime Codec | Receive: Count Lost Pct Jitter | Transmit: Count ...
-        fields = line.split()
-        if len(fields) >= 13 and fields[1].startswith("ACME-"):
-            return int(fields[8])
-    return -1
-
-
-def trunk_channel_up(pbx: AsteriskContainer) -> bool:
-    return "PJSIP/ACME-" in pbx.rx("core show channels concise")
-
-
-def tone_call(pbx: AsteriskContainer, twilio: TwilioStandIn) -> str | None:
-    """A call to Twilio through ACME in which Asterisk plays a tone (Milliwatt), so media
-    flows all along; its Call-ID once it is up."""
-    pbx.rx("channel originate Local/+15551234567@to-acme application Milliwatt")
-    twilio.wait_for(lambda msgs: len([m for m in msgs if m.method == "INVITE"]) >= 2)
-    call_id = twilio.invites()[-1].call_id
-    wait_for(lambda: 200 in [r.status for r in twilio.responses(call_id)], what="answered")
-    wait_for(lambda: trunk_channel_up(pbx), what="the trunk channel up")
-    return call_id
-
-
-def assert_still_up(
-    pbx: AsteriskContainer, twilio: TwilioStandIn, call_id: str | None, step: str
-) -> None:
-    """The call has its channel, no BYE, and Asterisk sent RTP in the last second."""
-    before = sent_packets(pbx)
-    time.sleep(1)
-    after = sent_packets(pbx)
-    byes = [m for m in twilio.messages() if m.method == "BYE" and m.call_id == call_id]
-    assert trunk_channel_up(pbx) and not byes, f"the call ended during: {step}"
-    assert after > before, f"no media flowing after: {step} ({before} -> {after})"
-    print(f"{step}: {before} -> {after} RTP packets sent")
 
 
 def test_a_call_stays_up_through_changes_rotation_and_operator_restart(

@@ -21,8 +21,7 @@ from kubernetes import client
 from testbed.asterisk import AsteriskContainer
 from testbed.external_secrets import ExternalSecretsOperator, build
 from tests.conftest import ROOT, wait_for
-from tests.e2e.test_operator import HOSTS, condition, status, trunk, wait_ready
-from tests.e2e.test_vault_secrets import reloads, served_password
+from tests.e2e.helpers import HOSTS, condition, reloads, served_password, status, trunk, wait_ready
 
 pytestmark = pytest.mark.e2e
 

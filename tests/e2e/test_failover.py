@@ -13,7 +13,7 @@ from kubernetes import client
 from testbed.asterisk import AsteriskContainer
 from testbed.sipp import TwilioStandIn
 from tests.conftest import wait_for
-from tests.e2e.test_operator import PASSWORD, credentials, trunk, wait_ready
+from tests.e2e.helpers import PASSWORD, credentials, trunk, wait_ready
 
 pytestmark = pytest.mark.e2e
 

@@ -16,33 +16,22 @@ from kubernetes import client
 from testbed.asterisk import AsteriskContainer
 from testbed.sipp import TwilioCaller
 from tests.conftest import wait_for
-from tests.e2e.test_operator import HOSTS, SID_A, SID_B, credentials, status, trunk, wait_ready
+from tests.e2e.helpers import (
+    DESTINATIONS,
+    HOSTS,
+    OUTSIDER_IP,
+    SID_A,
+    SID_B,
+    TWILIO_EDGE_IP,
+    credentials,
+    landed,
+    status,
+    trunk,
+    wait_ready,
+)
 from trunk_operator.core.models import GROUP, VERSION
 
 pytestmark = pytest.mark.e2e
-
-TWILIO_EDGE_IP = "127.0.0.30"  # inside the trunks' source ranges (inbound.extraSourceRanges)
-OUTSIDER_IP = "127.0.0.31"  # anyone else on the network
-
-DESTINATIONS = """
-; Test destinations: each records where the call landed, keyed by the caller's number.
-[from-twilio]
-exten => _+X.,1,Set(DB(calls/${CALLERID(num):1})=from-twilio/${EXTEN}/${CHANNEL(endpoint)})
- same => n,Answer()
- same => n,Wait(10)
-[did-main]
-exten => _+X.,1,Set(DB(calls/${CALLERID(num):1})=did-main/${EXTEN}/${CHANNEL(endpoint)})
- same => n,Answer()
- same => n,Wait(10)
-[sales]
-exten => 100,1,Set(DB(calls/${CALLERID(num):1})=sales/${EXTEN}/${CHANNEL(endpoint)})
- same => n,Answer()
- same => n,Wait(10)
-[lost-conflict]
-exten => _+X.,1,Set(DB(calls/${CALLERID(num):1})=lost-conflict/${EXTEN}/${CHANNEL(endpoint)})
- same => n,Answer()
- same => n,Wait(10)
-"""
 
 
 def segment(name: str, trunk_name: str, **spec: Any) -> dict[str, Any]:
@@ -52,11 +41,6 @@ def segment(name: str, trunk_name: str, **spec: Any) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": {"trunkRef": {"name": trunk_name}, **spec},
     }
-
-
-def landed(pbx: AsteriskContainer, caller: str) -> str | None:
-    out = pbx.rx(f"database get calls {caller.lstrip('+')}", check=False)
-    return out.split("Value:", 1)[1].strip() if "Value:" in out else None
 
 
 def test_inbound_dids_route_where_their_segment_says_and_strangers_are_refused(

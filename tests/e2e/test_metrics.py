@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from testbed.asterisk import AsteriskContainer
 from testbed.sipp import TwilioStandIn
 from tests.conftest import wait_for
-from tests.e2e.test_operator import ACME_IP, HOSTS, PASSWORD, credentials, trunk, wait_ready
+from tests.e2e.helpers import ACME_IP, HOSTS, PASSWORD, credentials, trunk, wait_ready
 
 pytestmark = pytest.mark.e2e
 

@@ -12,70 +12,25 @@ from kubernetes import client
 from testbed.asterisk import AsteriskContainer
 from testbed.sipp import TwilioStandIn
 from tests.conftest import wait_for
+from tests.e2e.helpers import (
+    ACME_IP,
+    HOSTS,
+    PASSWORD,
+    SID_A,
+    SID_B,
+    call,
+    condition,
+    credentials,
+    status,
+    trunk,
+    wait_ready,
+)
 from tests.kstatus import kstatus
 from trunk_operator.core.asterisk_output import parse_contexts, parse_endpoints
 from trunk_operator.core.models import GROUP, VERSION
 from trunk_operator.core.render import POD_FILES
 
 pytestmark = pytest.mark.e2e
-
-ACME_IP, GLOBEX_IP = "127.0.0.14", "127.0.0.15"
-HOSTS = {"acme.pstn.twilio.com": ACME_IP, "globex.pstn.twilio.com": GLOBEX_IP}
-PASSWORD = "pa;ss #1"
-SID_A, SID_B = "AC" + "a" * 32, "AC" + "b" * 32
-
-
-def trunk(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TwilioTrunk",
-        "metadata": {"name": name},
-        "spec": {
-            "terminationHost": f"{name}.pstn.twilio.com",
-            "credentials": {"secretName": f"{name}-sip"},
-            "qualifyFrequencySeconds": 2,
-            "outbound": {"context": f"to-{name}"},
-            **spec,
-        },
-    }
-
-
-def credentials(namespace: str, name: str, password: str = PASSWORD) -> client.V1Secret:
-    return client.V1Secret(
-        metadata=client.V1ObjectMeta(name=f"{name}-sip", namespace=namespace),
-        string_data={"username": f"{name}-user", "password": password},
-    )
-
-
-def status(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
-    obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "twiliotrunks", name)
-    return obj.get("status", {})
-
-
-def condition(st: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in st.get("conditions", []) if c["type"] == type_), {})
-
-
-def wait_ready(
-    custom: client.CustomObjectsApi, namespace: str, name: str, timeout: float = 30
-) -> dict:
-    return wait_for(
-        lambda: (
-            (st := status(custom, namespace, name))
-            and condition(st, "Ready").get("status") == "True"
-            and st
-        ),
-        timeout=timeout,
-        what=f"TwilioTrunk {name} Ready",
-    )
-
-
-def call(pbx: AsteriskContainer, standin: TwilioStandIn, context: str, number: str) -> Any:
-    before = len(standin.invites())
-    pbx.rx(f"channel originate Local/{number}@{context} application Wait 1")
-    standin.wait_for(lambda msgs: len([m for m in msgs if m.method == "INVITE"]) >= before + 2)
-    standin.wait_for(lambda msgs: [m for m in msgs if m.method == "BYE"], timeout=30)
-    return standin.invites()[before:]
 
 
 def test_trunk_goes_live_qualifies_and_calls_then_follows_codec_changes(

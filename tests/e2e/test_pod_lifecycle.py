@@ -15,7 +15,7 @@ from kubernetes import client
 
 from testbed.asterisk import AsteriskContainer
 from tests.conftest import wait_for
-from tests.e2e.test_operator import HOSTS, condition, credentials, status, trunk
+from tests.e2e.helpers import HOSTS, condition, credentials, status, trunk
 from trunk_operator.runtime.settings import Settings
 
 pytestmark = pytest.mark.e2e

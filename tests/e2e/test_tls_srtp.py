@@ -21,7 +21,7 @@ from kubernetes import client
 from testbed.asterisk import AsteriskContainer
 from testbed.sipp import SipMessage, TlsTwilioStandIn, TwilioStandIn
 from tests.conftest import wait_for
-from tests.e2e.test_operator import (
+from tests.e2e.helpers import (
     PASSWORD,
     SID_A,
     SID_B,

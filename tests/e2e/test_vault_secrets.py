@@ -16,22 +16,18 @@ from kubernetes import client
 
 from testbed.asterisk import AsteriskContainer
 from tests.conftest import wait_for
-from tests.e2e.test_operator import HOSTS, condition, credentials, status, trunk, wait_ready
+from tests.e2e.helpers import (
+    HOSTS,
+    condition,
+    credentials,
+    reloads,
+    served_password,
+    status,
+    trunk,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.e2e
-
-
-def reloads(pbx: AsteriskContainer) -> int:
-    return pbx.logs().count("Reloading module 'res_pjsip.so'")
-
-
-def served_password(pbx: AsteriskContainer) -> str:
-    """The password Asterisk has loaded for the trunk (not the file: what it uses)."""
-    for line in pbx.rx("pjsip show auth ACME-auth", check=False).splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "password":
-            return value.strip()
-    return ""
 
 
 def test_vault_fed_secret_changes(

@@ -14,7 +14,7 @@ import pytest
 from testbed.release import Release, asterisk_objects
 from testbed.sipp import TwilioStandIn
 from tests.conftest import ROOT, wait_for
-from tests.incluster.test_chart_install import (
+from tests.incluster.helpers import (
     HOST,
     asterisk_rx,
     deploy_asterisk,

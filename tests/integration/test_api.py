@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,37 +10,18 @@ import pytest
 from kubernetes import client
 
 from tests.conftest import wait_for
+from tests.integration.helpers import PASSWORD, TRUNK, secret, with_spec
 from tests.kstatus import kstatus
 from trunk_operator.core.models import GROUP, VERSION
 
 pytestmark = pytest.mark.integration
 
-PASSWORD = "s3cret;pa55"
-TRUNK: dict[str, Any] = {
-    "apiVersion": f"{GROUP}/{VERSION}",
-    "kind": "TwilioTrunk",
-    "metadata": {"name": "acme"},
-    "spec": {"terminationHost": "acme.pstn.twilio.com", "credentials": {"secretName": "acme-sip"}},
-}
 SEGMENT: dict[str, Any] = {
     "apiVersion": f"{GROUP}/{VERSION}",
     "kind": "DIDSegment",
     "metadata": {"name": "acme-main"},
     "spec": {"trunkRef": {"name": "acme"}, "numbers": ["+15551230001"]},
 }
-
-
-def with_spec(base: dict[str, Any], **spec: Any) -> dict[str, Any]:
-    doc = copy.deepcopy(base)
-    doc["spec"].update(spec)
-    return doc
-
-
-def secret(namespace: str, password: str = PASSWORD) -> client.V1Secret:
-    return client.V1Secret(
-        metadata=client.V1ObjectMeta(name="acme-sip", namespace=namespace),
-        string_data={"username": "acme-user", "password": password},
-    )
 
 
 @pytest.mark.parametrize(

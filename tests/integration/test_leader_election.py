@@ -14,7 +14,6 @@ import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -25,14 +24,19 @@ from kubernetes import client
 
 from testbed.operator_process import OperatorProcess
 from tests.conftest import wait_for
-from tests.integration.test_api import TRUNK, secret
-from tests.integration.test_token_rotation import Relay, admin_cluster_entry, generations
+from tests.integration.helpers import (
+    LEASE,
+    TRUNK,
+    Relay,
+    admin_cluster_entry,
+    generations,
+    secret,
+    stamp,
+)
 from trunk_operator.core.models import GROUP, VERSION
 
 pytestmark = pytest.mark.integration
 
-LEASE = "asterisk-trunk-operator"
-STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 # urllib3's debug line for each call our API client makes (the processes run with --verbose)
 CALL = re.compile(r'"(GET|POST|PUT|PATCH|DELETE) (\S+) HTTP/1\.1" (\d+)')
 
@@ -74,14 +78,6 @@ def relayed_kubeconfig(kubeconfig: str, port: int, path: Path) -> Path:
                     entry[key][field] = str(base / value)  # unchanged when absolute
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def stamp(log: str, needle: str) -> datetime | None:
-    """When the first line containing `needle` was logged."""
-    for line in log.splitlines():
-        if needle in line and (found := STAMP.match(line)):
-            return datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S,%f")
-    return None
 
 
 def holder(coordination: client.CoordinationV1Api, namespace: str) -> str:

@@ -14,15 +14,13 @@ import base64
 import contextlib
 import os
 import re
-import socket
 import ssl
-import threading
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -32,88 +30,20 @@ from kubernetes import client
 from testbed.cluster import pid_alive
 from testbed.operator_process import OperatorProcess
 from tests.conftest import wait_for
-from tests.integration.test_api import TRUNK, secret, with_spec
+from tests.integration.helpers import (
+    TRUNK,
+    Relay,
+    admin_cluster_entry,
+    generations,
+    secret,
+    trunk,
+    with_spec,
+)
 from tools.chartgen import CHART, GenerationError
 from tools.chartgen import helm as run_helm
 from trunk_operator.core.models import GROUP, VERSION
 
 pytestmark = pytest.mark.integration
-
-
-class Relay:
-    """A TCP relay to the API server (TLS passes through it untouched); `drop()` cuts every
-    connection it carries, and clients must connect, and authenticate, again."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.upstream = (host, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
-        self.port: int = self.listener.getsockname()[1]
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                downstream, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.upstream, timeout=10)
-            except OSError:
-                downstream.close()
-                continue
-            downstream.settimeout(None)
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets += [downstream, upstream]
-            for src, dst in ((downstream, upstream), (upstream, downstream)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def drop(self) -> int:
-        """Cut every open connection; how many there were."""
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
-        open_ = [s for s in sockets if s.fileno() != -1]
-        for sock in open_:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-        return len(open_) // 2
-
-    def close(self) -> None:
-        self._stopped.set()
-        self._thread.join(5)
-        self.listener.close()
-        self.drop()
-
-
-def admin_cluster_entry(kubeconfig: str) -> dict[str, Any]:
-    """The current context's cluster (server, CA) from the admin kubeconfig, paths absolute."""
-    config = yaml.safe_load(Path(kubeconfig).read_text())
-    contexts = {c["name"]: c["context"] for c in config["contexts"]}
-    wanted = contexts[config["current-context"]]["cluster"]
-    entry = dict(next(c["cluster"] for c in config["clusters"] if c["name"] == wanted))
-    if ca := entry.get("certificate-authority"):
-        entry["certificate-authority"] = str(Path(kubeconfig).parent / ca)  # no-op if absolute
-    return entry
 
 
 def ssl_context(entry: dict[str, Any]) -> ssl.SSLContext:
@@ -183,19 +113,9 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def trunk(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
-    obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "twiliotrunks", name)
-    return cast(dict[str, Any], obj)
-
-
 def conditions(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
     status = trunk(custom, namespace, name).get("status", {})
     return {c["type"]: c for c in status.get("conditions", [])}
-
-
-def generations(custom: client.CustomObjectsApi, namespace: str, name: str) -> tuple[int, Any]:
-    obj = trunk(custom, namespace, name)
-    return obj["metadata"]["generation"], obj.get("status", {}).get("observedGeneration")
 
 
 def test_operator_keeps_working_when_its_token_rotates(

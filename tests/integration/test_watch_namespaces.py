@@ -15,7 +15,7 @@ from kubernetes import client
 
 from testbed.operator_process import OperatorProcess
 from tests.conftest import wait_for
-from tests.integration.test_api import TRUNK, secret
+from tests.integration.helpers import TRUNK, secret
 from trunk_operator.core.models import GROUP, VERSION
 
 pytestmark = pytest.mark.integration

@@ -4,6 +4,8 @@ from typing import Any
 import pytest
 import yaml
 
+from trunk_operator.runtime import status_writer
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
@@ -19,3 +21,9 @@ def trunk_body() -> dict[str, Any]:
 @pytest.fixture
 def segment_body() -> dict[str, Any]:
     return load_example("acme-dids.yaml")
+
+
+@pytest.fixture
+def delivering_written_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests that look at every state a status goes through (the grace has its own)."""
+    monkeypatch.setattr(status_writer, "DELIVERING_GRACE", 0.0)

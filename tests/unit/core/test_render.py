@@ -13,7 +13,7 @@ from trunk_operator.core.render import (
     render_trunk_auth,
 )
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+GOLDEN = Path(__file__).resolve().parents[2] / "golden"
 
 
 @pytest.mark.parametrize("name", sorted(cases()))

@@ -4,7 +4,7 @@ import yaml
 
 from trunk_operator.core.crdgen import all_crds, dump
 
-CRDS = Path(__file__).resolve().parents[2] / "crds"
+CRDS = Path(__file__).resolve().parents[3] / "crds"
 
 
 def test_checked_in_crds_match_the_models() -> None:

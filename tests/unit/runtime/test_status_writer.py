@@ -8,9 +8,18 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.unit.test_controller import GateKube, NoDelivery, one_pod, pod_body, trunk_body
+from tests.unit.helpers import (
+    GateKube,
+    NoDelivery,
+    one_pod,
+    pod_body,
+    recording,
+    trunk_body,
+)
 from trunk_operator.core import asterisk_output
-from trunk_operator.core.desired import expected_for
+from trunk_operator.core.desired import (
+    expected_for,
+)
 from trunk_operator.core.plan import Problem
 from trunk_operator.core.render import files_hash
 from trunk_operator.core.verify import Observation
@@ -288,6 +297,88 @@ def test_status_writes_wait_while_a_restarted_pod_is_read(
         assert sorted(patched) == sorted(
             [(n, "NoAsteriskPods") for n in down_written] + [(n, "Ready") for n in down_written]
         )
+        await ctl.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_delivery_under_way_is_written_only_when_it_takes_longer_than_the_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A quick delivery writes its outcome only; a slow one shows Delivering meanwhile."""
+    monkeypatch.setattr(status_writer, "DELIVERING_GRACE", 0.3)
+    writes: list[str] = []
+
+    async def scenario() -> None:
+        ctl = recording(writes)
+        kube = ctl.kube
+        ctl.upsert("TwilioTrunk", trunk_body("acme"))
+        await ctl.reconcile_namespace("ns")
+        worker = ctl.pods.workers[("ns", "asterisk-0")]
+        assert writes == []  # delivering, within the grace: nothing written yet
+        worker.state.delivered = dict(worker.state.desired)  # delivered quickly
+        worker.state.delivered_hash = worker.state.desired_hash
+        worker.adoptable = False  # its first round done
+        await ctl.write_statuses("ns")
+        assert writes == ["Ready"]
+        await asyncio.sleep(0.5)
+        assert writes == ["Ready"]  # the deferred pass finds nothing to write
+
+        ctl.upsert("TwilioTrunk", trunk_body("acme", generation=2, codecs=["alaw"]))
+        await ctl.reconcile_namespace("ns")
+        assert writes == ["Ready"]
+        await asyncio.sleep(0.5)  # still delivering after the grace: now it is written
+        assert writes == ["Ready", "Delivering"]
+        assert kube.statuses["acme"]["observedGeneration"] == 2
+
+        # A rotation is no new generation: its Ready as written would pass for the new
+        # password's (`kubectl wait`), so Delivering is written at once.
+        worker.state.delivered = dict(worker.state.desired)
+        worker.state.delivered_hash = worker.state.desired_hash
+        await ctl.write_statuses("ns")
+        assert writes[-1] == "Ready"
+        kube.secret = {"username": "u", "password": "rotated"}
+        ctl.secret_changed("ns", "sip")
+        await ctl.reconcile_namespace("ns")
+        assert writes[-1] == "Delivering"
+        await ctl.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_new_operator_writes_no_delivering_while_it_checks_what_the_pod_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The operator restarted (an upgrade, a new leader): the statuses say Ready, and the pod
+    most likely still serves exactly that. Flipping every CR to Delivering until it is adopted
+    would be 1,000 writes and 1,000 back, and a moment of false news."""
+    monkeypatch.setattr(status_writer, "DELIVERING_GRACE", 0.3)
+    writes: list[str] = []
+
+    async def scenario() -> None:
+        ctl = recording(writes)
+        body = trunk_body("acme")
+        body["status"] = {
+            "observedGeneration": 1,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Ready"}],
+        }
+        ctl.upsert("TwilioTrunk", body)
+        await ctl.reconcile_namespace("ns")
+        worker = ctl.pods.workers[("ns", "asterisk-0")]
+        assert writes == []  # not checked yet, within the grace: the written Ready stands
+        worker.set_delivered(dict(worker.owners))  # adopted
+        worker.state.delivered_hash = worker.state.desired_hash
+        worker.adoptable = False
+        await ctl.write_statuses("ns")
+        await asyncio.sleep(0.5)
+        assert writes == ["Ready"]
+        # Not adopted in time (the pod held something else): Delivering once the grace is up.
+        ctl.pods.workers.clear()
+        ctl.upsert_pod(pod_body("asterisk-1"))
+        await ctl.reconcile_namespace("ns")
+        assert writes == ["Ready"]
+        await asyncio.sleep(0.5)
+        assert writes == ["Ready", "Delivering"]
         await ctl.stop()
 
     asyncio.run(scenario())
