@@ -23,7 +23,6 @@ from trunk_operator.core.plan import (
     TRUNK,
     Inputs,
     Outcome,
-    Plan,
     Problem,
     RenderCache,
     Resource,
@@ -39,6 +38,7 @@ from trunk_operator.runtime.observer import Observer
 from trunk_operator.runtime.pod_workers import AsteriskPods
 from trunk_operator.runtime.settings import Settings
 from trunk_operator.runtime.status_writer import StatusWriter
+from trunk_operator.runtime.store import Store
 from trunk_operator.runtime.watch_audit import AUDIT_SECONDS, WatchAudit
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,7 @@ class Controller:
         self.kube = kube
         self.settings = settings or Settings()
         self.calls = BlockingCalls()
-        self.resources: dict[str, dict[str, Tracked]] = defaultdict(dict)  # ns -> ref -> CR
-        self.plans: dict[str, Plan] = {}
+        self.store = Store()
         self.last_good: dict[tuple[str, str], Outcome] = {}  # (ns, ref) -> last unblocked
         self.written: dict[tuple[str, str], tuple[str, str]] = {}  # rendered-state hashes
         self.dirty: set[str] = set()
@@ -77,11 +76,11 @@ class Controller:
             self.calls,
             self.stats,
             self.expected_endpoints,
-            after_delivery=self._after_delivery,
-            reported_since=lambda *of: self.status.reported_since(*of),
+            self.store.workers,
+            events=self,
         )
-        self.observer = Observer(self.pods, after_observation=self.write_statuses)
-        self.status = StatusWriter(kube, self.calls, self.plans, self.resources, self.pods.workers)
+        self.observer = Observer(self.pods, events=self)
+        self.status = StatusWriter(kube, self.calls, self.store.view())
 
     # ---- inputs from Kopf ------------------------------------------------------------
 
@@ -94,7 +93,7 @@ class Controller:
             dict(body.get("spec") or {}),
             meta.get("generation"),
         )
-        known = self.resources[meta["namespace"]].get(resource.ref)
+        known = self.store.crs[meta["namespace"]].get(resource.ref)
         if known is not None and known.resource == resource:
             resource = known.resource  # the same objects: the plan's caches go by identity
         key = (meta["namespace"], resource.ref)
@@ -107,7 +106,7 @@ class Controller:
             finalizers=tuple(meta.get("finalizers") or ()),
             resource_version=meta.get("resourceVersion", ""),
         )
-        self.resources[meta["namespace"]][resource.ref] = tracked
+        self.store.crs[meta["namespace"]][resource.ref] = tracked
         if known is None or (known.resource, known.uid, known.deleting) != (
             tracked.resource,
             tracked.uid,
@@ -118,14 +117,14 @@ class Controller:
             self.mark(meta["namespace"])  # the finalizer still needs adding or releasing
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
-        self.resources[namespace].pop(f"{kind}/{name}", None)
+        self.store.crs[namespace].pop(f"{kind}/{name}", None)
         self.status.forget((namespace, f"{kind}/{name}"))
         self.mark(namespace)
 
     def secret_changed(self, namespace: str, name: str) -> None:
         self.secrets.pop((namespace, name), None)
         self.secret_events[(namespace, name)] += 1
-        for tracked in self.resources.get(namespace, {}).values():
+        for tracked in self.store.crs.get(namespace, {}).values():
             if tracked.resource.kind == TRUNK and (
                 tracked.resource.spec.get("credentials", {}).get("secretName") == name
             ):
@@ -211,7 +210,7 @@ class Controller:
                 continue
             known = {
                 (namespace, ref): tracked.resource_version
-                for namespace, tracked_crs in self.resources.items()
+                for namespace, tracked_crs in self.store.crs.items()
                 for ref, tracked in tracked_crs.items()
             }
             if missed := self.watch_audit.check(listed, known):
@@ -269,7 +268,7 @@ class Controller:
             now = time.monotonic()
             took[name], since = now - since, now
 
-        tracked = self.resources.get(namespace, {})
+        tracked = self.store.crs.get(namespace, {})
         live = [t for t in tracked.values() if not t.deleting]
         inputs = Inputs(
             trunks=[t.resource for t in live if t.resource.kind == TRUNK],
@@ -325,7 +324,7 @@ class Controller:
         # delivery or the observer) must see a plan and pod assignments that agree, or it
         # would report a new generation against the old assignment (Ready for files no pod
         # has) or a CR that no pod is assigned yet (NoAsteriskPods).
-        self.plans[namespace] = plan
+        self.store.plans[namespace] = plan
         for ref, outcome in plan.outcomes.items():
             if not outcome.blocked:
                 self.last_good[(namespace, ref)] = outcome
@@ -373,9 +372,17 @@ class Controller:
     async def write_statuses(self, namespace: str) -> None:
         await self.status.write(namespace)
 
-    async def _after_delivery(self, namespace: str) -> None:
+    # ---- what the pod set tells (pod_workers.PodEvents) ---------------------------------
+
+    async def delivered(self, namespace: str) -> None:
         await self.write_statuses(namespace)
         await self.sync_finalizers(namespace)  # a deleted CR may have just left a pod
+
+    async def observed(self, namespace: str) -> None:
+        await self.write_statuses(namespace)
+
+    def reported_since(self, namespace: str, pod: str, ref: str, digest: str) -> str | None:
+        return self.status.reported_since(namespace, pod, ref, digest)
 
     # ---- what /metrics reads at scrape time: only where the loops run (the leader) -------
 
@@ -404,7 +411,7 @@ class Controller:
         was down at the time: on start, `prime()` sees the CR with its deletionTimestamp.
         """
         changes = []
-        for tracked in list(self.resources.get(namespace, {}).values()):
+        for tracked in list(self.store.crs.get(namespace, {}).values()):
             ref = tracked.resource.ref
             have = FINALIZER in tracked.finalizers
             if tracked.deleting and have and self.pods.removed_everywhere(namespace, ref):

@@ -13,13 +13,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 from trunk_operator.core.desired import expected_for, user_contexts_of
 from trunk_operator.core.verify import Expected, Probe, drifted, verify
 from trunk_operator.kube.client import describe
 from trunk_operator.pod import channel
-from trunk_operator.runtime.pod_workers import AsteriskPods, PodWorker
+from trunk_operator.runtime.pod_workers import AsteriskPods, PodEvents, PodWorker
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +28,9 @@ OBSERVE_SHARE = 10
 
 
 class Observer:
-    def __init__(
-        self, pods: AsteriskPods, after_observation: Callable[[str], Awaitable[None]]
-    ) -> None:
-        """`after_observation` writes the namespace's statuses."""
+    def __init__(self, pods: AsteriskPods, events: PodEvents) -> None:
         self.pods = pods
-        self.after_observation = after_observation
+        self.events = events
 
     async def loop(self) -> None:
         while True:
@@ -94,5 +90,5 @@ class Observer:
             log.info("drift in %s/%s (%s): redelivering", namespace, worker.pod.name, drift)
             worker.forget_delivered()  # whatever is there, it is not our set
             worker.wake.set()
-        await self.after_observation(namespace)
+        await self.events.observed(namespace)
         return took

@@ -13,9 +13,9 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from trunk_operator.core.desired import (
     changed_endpoints,
@@ -54,6 +54,22 @@ AUDIT_BATCH = 10  # endpoints the observer (and an adoption) re-checks in depth 
 # changes without the CR changing (a transport that a restart of Asterisk brought).
 REFUSED_RETRY_FIRST = 30.0
 REFUSED_RETRY_MAX = 600.0
+
+
+class PodEvents(Protocol):
+    """What the pod set and the observer tell their owner (the controller)."""
+
+    async def delivered(self, namespace: str) -> None:
+        """A pod's delivery round ended: statuses, and finalizers of CRs that left it."""
+        ...
+
+    async def observed(self, namespace: str) -> None:
+        """A pod was read back: statuses."""
+        ...
+
+    def reported_since(self, namespace: str, pod: str, ref: str, digest: str) -> str | None:
+        """When the CR's written status says `pod` took this version, if it says so."""
+        ...
 
 
 @dataclass
@@ -200,22 +216,19 @@ class AsteriskPods:
         calls: BlockingCalls,
         stats: dict[str, int],
         expected_endpoints: dict[tuple[str, str], ExpectedEndpoint],
-        after_delivery: Callable[[str], Awaitable[None]],
-        reported_since: Callable[[str, str, str, str], str | None] = lambda *_: None,
+        workers: dict[tuple[str, str], PodWorker],
+        events: PodEvents,
     ) -> None:
-        """`expected_endpoints`: the controller's cache, pruned to its plans' CRs;
-        `after_delivery` writes statuses (and releases finalizers) for the namespace;
-        `reported_since(namespace, pod, ref, digest)`: when the CR's status says the pod
-        took that version, if it says so."""
+        """`expected_endpoints`: the controller's cache, pruned to its plans' CRs; `workers`:
+        the store's (this pod set is the one that changes them); `events`: its owner."""
         self.kube = kube
         self.settings = settings
         self.calls = calls
         self.stats = stats
         self.expected_endpoints = expected_endpoints
-        self.after_delivery = after_delivery
-        self.reported_since = reported_since
+        self.events = events
         self.known: dict[str, dict[str, Pod]] = defaultdict(dict)  # namespace -> name -> pod
-        self.workers: dict[tuple[str, str], PodWorker] = {}
+        self.workers = workers
         # The CRs of each namespace's last assignment: a pod that comes or goes is assigned at
         # once, not after the namespace's next plan (which waits for the status writes of the
         # one before: ~10 s with 1,000 CRs whose pod restarted).
@@ -348,7 +361,7 @@ class AsteriskPods:
                 worker.wake.set()
             finally:
                 worker.first_round = False
-            await self.after_delivery(namespace)  # statuses; a deleted CR may have left
+            await self.events.delivered(namespace)  # statuses; a deleted CR may have left
 
     async def deliver_once(self, namespace: str, worker: PodWorker) -> None:
         owners, files = dict(worker.owners), worker.files  # set together by assign()
@@ -451,7 +464,7 @@ class AsteriskPods:
         since = {
             ref: at
             for ref, outcome in owners.items()
-            if (at := self.reported_since(namespace, worker.pod.name, ref, outcome.digest))
+            if (at := self.events.reported_since(namespace, worker.pod.name, ref, outcome.digest))
         }
         worker.set_delivered(owners, files, since)
         checked = time.monotonic()

@@ -21,7 +21,7 @@ from trunk_operator.core.status import (
 from trunk_operator.kube.api import Kube, Owner
 from trunk_operator.runtime import metrics
 from trunk_operator.runtime.blocking import BlockingCalls
-from trunk_operator.runtime.pod_workers import PodWorker
+from trunk_operator.runtime.store import StoreView
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +80,12 @@ class StatusWriter:
         self,
         kube: Kube,
         calls: BlockingCalls,
-        plans: Mapping[str, Plan],
-        resources: Mapping[str, Mapping[str, Tracked]],
-        workers: Mapping[tuple[str, str], PodWorker],
+        store: StoreView,
     ) -> None:
-        """`plans`, `resources`, `workers`: the controller's, read at each write."""
+        """`store`: the CRs, plans and pod workers, read at each write."""
         self.kube = kube
         self.calls = calls
-        self.plans = plans
-        self.resources = resources
-        self.workers = workers
+        self.store = store
         # The status of each CR as we last wrote it (as first seen, before that), and what it
         # was computed from. Kept here, not on Tracked: watch events replace Tracked objects
         # while a write is in flight, and a transition compared with a stale status is
@@ -137,11 +133,11 @@ class StatusWriter:
     async def write(self, namespace: str, only: frozenset[str] | None = None) -> None:
         """Write what changed in the statuses of the namespace's CRs (`only`: of these); returns
         once they are written (or superseded)."""
-        plan = self.plans.get(namespace)
+        plan = self.store.plan(namespace)
         if plan is None:
             return
-        tracked = self.resources.get(namespace, {})
-        workers = [w for (ns, _), w in sorted(self.workers.items()) if ns == namespace]
+        tracked = self.store.crs(namespace)
+        workers = self.store.workers(namespace)
         dids_by_trunk: dict[str, int] = defaultdict(int)
         for r, o in plan.outcomes.items():
             if r.startswith(SEGMENT + "/") and o.trunk:
@@ -271,7 +267,7 @@ class StatusWriter:
             self._event_on_transition(namespace, cr, old, final)
 
         await self.calls.run(write)
-        if self.resources.get(namespace, {}).get(cr.resource.ref, cr).uid == cr.uid:
+        if self.store.crs(namespace).get(cr.resource.ref, cr).uid == cr.uid:
             self.patched[key] = status
             self.statuses[key] = final
         self._count_rotation(key, final)

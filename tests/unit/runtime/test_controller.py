@@ -126,7 +126,7 @@ def test_a_secret_event_during_the_read_neither_loses_nor_caches_it() -> None:
         controller.upsert("TwilioTrunk", trunk_body("acme"))
         kube.during_read = lambda: controller.secret_changed("ns", "sip")  # rotation mid-read
         await controller.reconcile_namespace("ns")
-        assert not controller.plans["ns"].outcomes["TwilioTrunk/acme"].problems
+        assert not controller.store.plans["ns"].outcomes["TwilioTrunk/acme"].problems
         assert ("ns", "sip") not in controller.secrets  # may be stale: read again next time
         kube.during_read = lambda: None
         await controller.reconcile_namespace("ns")

@@ -124,7 +124,7 @@ def test_each_input_of_a_status_brings_it_reduced_again_and_nothing_else(
         assert reachable[0]["status"] == "False"
         # The user's context checked and missing: both send calls there (acme's contact
         # answers again).
-        context = ctl.plans["ns"].trunk_specs["acme"].inbound.context
+        context = ctl.store.plans["ns"].trunk_specs["acme"].inbound.context
         worker.state.observation = observation(
             ctl, contexts_checked=frozenset({context}), contexts=set()
         )
