@@ -106,7 +106,7 @@ def test_inbound_dids_route_where_their_segment_says_and_strangers_are_refused(
     for caller_index, (twilio, did, expected) in enumerate(cases):
         caller = f"+1555000{caller_index:04d}"
         result = twilio.call(target, did, caller)
-        if caller_index == 0:  # the trace README.md shows
+        if caller_index == 0:  # one routed call, as sipp traced it (pytest -s shows it)
             print("\n".join(f"{m.direction}: {m.start_line}" for m in result.messages))
             print(result.messages[0].raw)
         assert result.status == 200, (did, result.status)

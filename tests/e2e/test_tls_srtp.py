@@ -138,7 +138,7 @@ def test_secure_trunk_calls_over_tls_offers_sdes_and_authenticates(
     methods = [m.method for m in twilio.messages() if m.call_id == call]
     assert methods == ["INVITE", "ACK", "INVITE", "ACK", "BYE"], methods
 
-    # The trace README.md shows.
+    # The call as the stand-in saw it (pytest -s shows it).
     print("\n".join(f"{m.direction}: {m.start_line}" for m in twilio.log() if m.call_id == call))
     print(f"Via: {authenticated.header('Via')}")
     print("\n".join(line for line in authenticated.body.splitlines() if line[:2] in ("m=", "a=")))
