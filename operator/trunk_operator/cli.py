@@ -120,7 +120,7 @@ def _render(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     # The operator does not use the `kubernetes` package; Kopf imports it when it is
-    # installed (a development venv), which costs about 40 MiB. Keep it out.
+    # installed (a development venv), and its models cost memory for nothing. Keep it out.
     sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
     from kopf.cli import main as kopf_main  # imported here: `render` needs no cluster libs
 

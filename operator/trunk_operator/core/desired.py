@@ -102,8 +102,8 @@ def expected_for(
 ) -> Expected:
     """What Asterisk must show after loading these CRs' files, each part tagged with its CR.
 
-    `cache`: ExpectedEndpoints by (ref, digest), which they depend on only (10,000 trunks:
-    0.4 s to make each time)."""
+    `cache`: ExpectedEndpoints by (ref, digest), which they depend on only (making them for
+    every CR on every round would cost each round as much as the pod is large)."""
     endpoints = []
     contexts: dict[str, str] = {}
     transports: dict[str, list[str]] = defaultdict(list)

@@ -359,8 +359,8 @@ class Condition(Model):
 class ContactStatus(Model):
     """A contact's reachability. Its qualify RTT is in the operator's /metrics, not here."""
 
-    # (In the status, an RTT would rewrite every trunk at every qualify: with 1,000 trunks
-    # about 30 API writes a second.)
+    # (In the status, an RTT would rewrite every trunk at every qualify: an API write per
+    # trunk per qualify interval.)
 
     uri: str
     status: str = Field(description="Avail, Unavail, Unknown, NonQual or Removed.")

@@ -167,8 +167,8 @@ T = TypeVar("T")
 class RenderCache:
     """Validated specs and rendered files of the last plan, by their inputs.
 
-    A namespace is planned as a whole on every change; rendering 10,000 trunks takes about
-    3 s, looking them up here about 50 ms. Outputs depend only on the inputs in the key, so a
+    A namespace is planned as a whole on every change, and rendering costs far more than a
+    lookup here. Outputs depend only on the inputs in the key, so a
     plan is the same with or without the cache. Entries the next plan does not use are
     dropped when it ends: the cache holds one plan's worth, which the plan holds anyway.
     """

@@ -40,10 +40,10 @@ class BlockingCalls:
     async def restoring(self) -> AsyncIterator[None]:
         """Held by a pod's first round after its container (or this process) started: until
         it ends, status writes wait (`status_turn`). A restarted pod's read shares the cores
-        and the API server with them: with 1,000 CRs flipped to "no ready pod" that read took
-        0.8-1.3 s on a 2-core node, 0.4-0.7 s without (bench/README.md, 8g). A round runs only
-        for a ready pod, so those writes are already untrue when it starts; once it ends they
-        are superseded, most of them never written. Each waits at most RESTORE_FIRST_AT_MOST."""
+        and the API server with them, and a pod's CRs all flipped to "no ready pod" slow it
+        markedly (bench/README.md, measurement 8). A round runs only for a ready pod, so
+        those writes are already untrue when it starts; once it ends they are superseded, most
+        of them never written. Each waits at most RESTORE_FIRST_AT_MOST."""
         if not self._restoring:
             self._restoring_since = time.monotonic()
         self._restoring += 1

@@ -23,7 +23,7 @@ from trunk_operator.runtime.pod_workers import AsteriskPods, PodEvents, PodWorke
 log = logging.getLogger(__name__)
 
 # A pod is observed at most once per OBSERVE_SHARE times its last observation's exec: reading
-# 10,000 trunks takes Asterisk ~2.5 s, which every 5 s would keep its CLI busy half the time.
+# a large pod takes Asterisk seconds, which every interval would keep its CLI busy.
 OBSERVE_SHARE = 10
 
 
@@ -53,8 +53,8 @@ class Observer:
             return 0.0  # a delivery is under way: it reads the pod itself
         pods = self.pods
         pod_exec = pods.kube.pod_exec(namespace, worker.pod.name, pods.settings.container)
-        # Not under the lock: a delivery must not wait for a read (10,000 trunks on a busy
-        # node: 30 s and more). One that comes meanwhile makes this read stale: dropped below.
+        # Not under the lock: a delivery must not wait for a read (a large pod's can take tens
+        # of seconds on a busy node). One that comes meanwhile makes this read stale: dropped below.
         delivered, delivered_files = worker.delivered_owners, worker.delivered_files
         expected = expected_for(delivered, pods.expected_endpoints)
         batch = set(worker.audit_batch(delivered))

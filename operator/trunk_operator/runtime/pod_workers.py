@@ -231,12 +231,12 @@ class AsteriskPods:
         self.workers = workers
         # The CRs of each namespace's last assignment: a pod that comes or goes is assigned at
         # once, not after the namespace's next plan (which waits for the status writes of the
-        # one before: ~10 s with 1,000 CRs whose pod restarted).
+        # one before, many when a pod with many CRs restarted).
         self.assigned: dict[str, dict[str, Outcome]] = {}
         self.gates = ReadinessGates(kube, calls, settings.readiness_condition)
         # (namespace, pod) -> the incarnation of its container that started while this process
         # watched: over ARI it holds nothing pushed yet, so there is nothing to adopt (reading
-        # it to find that out took ~0.7 s of a restart at 1,000 trunks).
+        # it to find that out would only lengthen the restart).
         self.started_while_watched: dict[tuple[str, str], str] = {}
 
     def tasks(self) -> list[asyncio.Task[None]]:

@@ -26,8 +26,8 @@ from trunk_operator.runtime.store import StoreView
 log = logging.getLogger(__name__)
 
 # A delivery under way is written into a CR's status only if it still is this much later: most
-# take less, and then only their outcome is written (1,000 new trunks: 1,000 status writes
-# fewer; each spec change: one write, and one watch event for Argo CD and Flux, fewer). Only
+# take less, and then only their outcome is written (a new trunk: one status write fewer; each
+# spec change: one write, and one watch event for Argo CD and Flux, fewer). Only
 # where the status as it stands cannot pass for the change's: see `_reads_as_current`.
 DELIVERING_GRACE = 1.0
 MANY_WRITES = 100  # a pass with this many statuses to write is logged, with its time
