@@ -36,6 +36,7 @@ from trunk_operator.runtime import metrics
 from trunk_operator.runtime.blocking import BlockingCalls
 from trunk_operator.runtime.observer import Observer
 from trunk_operator.runtime.pod_workers import AsteriskPods
+from trunk_operator.runtime.restores import Restores
 from trunk_operator.runtime.settings import Settings
 from trunk_operator.runtime.status_writer import StatusWriter
 from trunk_operator.runtime.store import Store
@@ -54,6 +55,7 @@ class Controller:
         self.kube = kube
         self.settings = settings or Settings()
         self.calls = BlockingCalls()
+        self.restores = Restores()
         self.store = Store()
         self.last_good: dict[tuple[str, str], Outcome] = {}  # (ns, ref) -> last unblocked
         self.written: dict[tuple[str, str], tuple[str, str]] = {}  # rendered-state hashes
@@ -78,9 +80,10 @@ class Controller:
             self.expected_endpoints,
             self.store.workers,
             events=self,
+            restores=self.restores,
         )
         self.observer = Observer(self.pods, events=self)
-        self.status = StatusWriter(kube, self.calls, self.store.view())
+        self.status = StatusWriter(kube, self.calls, self.store.view(), self.restores)
 
     # ---- inputs from Kopf ------------------------------------------------------------
 

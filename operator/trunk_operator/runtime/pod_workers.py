@@ -44,6 +44,7 @@ from trunk_operator.pod.delivery import FILES, AriDelivery, Delivery
 from trunk_operator.runtime import metrics
 from trunk_operator.runtime.blocking import BlockingCalls
 from trunk_operator.runtime.gates import ReadinessGates
+from trunk_operator.runtime.restores import Restores
 from trunk_operator.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ class PodWorker:
     # the container restarted), so a status that says Ready for it may still be true.
     adoptable: bool = True
     # Until its first round ended: that round restores the pod's set (a new pod, a restarted
-    # container, or this process started), and status writes wait for it (`calls.restoring`).
+    # container, or this process started), and status writes wait for it (`restores`).
     first_round: bool = True
     # The desired set of the last round that ended with some CRs refused: nothing more to do
     # for it (the others were delivered) until the desired set changes, or `retry_refused`
@@ -218,6 +219,7 @@ class AsteriskPods:
         expected_endpoints: dict[tuple[str, str], ExpectedEndpoint],
         workers: dict[tuple[str, str], PodWorker],
         events: PodEvents,
+        restores: Restores,
     ) -> None:
         """`expected_endpoints`: the controller's cache, pruned to its plans' CRs; `workers`:
         the store's (this pod set is the one that changes them); `events`: its owner."""
@@ -227,6 +229,7 @@ class AsteriskPods:
         self.stats = stats
         self.expected_endpoints = expected_endpoints
         self.events = events
+        self.restores = restores
         self.known: dict[str, dict[str, Pod]] = defaultdict(dict)  # namespace -> name -> pod
         self.workers = workers
         # The CRs of each namespace's last assignment: a pod that comes or goes is assigned at
@@ -340,7 +343,7 @@ class AsteriskPods:
             worker.wake.clear()
             if worker.state.desired_hash in (worker.state.delivered_hash, worker.settled_hash):
                 continue
-            restore = self.calls.restoring() if worker.first_round else contextlib.nullcontext()
+            restore = self.restores.restoring() if worker.first_round else contextlib.nullcontext()
             try:
                 async with worker.busy, restore:
                     await self.deliver_once(namespace, worker)

@@ -21,6 +21,7 @@ from trunk_operator.core.status import (
 from trunk_operator.kube.api import Kube, Owner
 from trunk_operator.runtime import metrics
 from trunk_operator.runtime.blocking import BlockingCalls
+from trunk_operator.runtime.restores import Restores
 from trunk_operator.runtime.store import StoreView
 
 log = logging.getLogger(__name__)
@@ -81,11 +82,13 @@ class StatusWriter:
         kube: Kube,
         calls: BlockingCalls,
         store: StoreView,
+        restores: Restores,
     ) -> None:
         """`store`: the CRs, plans and pod workers, read at each write."""
         self.kube = kube
         self.calls = calls
         self.store = store
+        self.restores = restores  # status writes give way to a pod's restore
         # The status of each CR as we last wrote it (as first seen, before that), and what it
         # was computed from. Kept here, not on Tracked: watch events replace Tracked objects
         # while a write is in flight, and a transition compared with a stale status is
@@ -238,11 +241,11 @@ class StatusWriter:
         """Write the CR's newest status until none is left to write."""
         try:
             while key in self.wanted:
-                await self.calls.status_turn()
+                await self.restores.status_turn()
                 async with self.calls.api:
                     if key not in self.wanted:  # superseded while waiting for the slot
                         break
-                    if not self.calls.status_may_go():
+                    if not self.restores.status_may_go():
                         continue  # a pod's restore began while this waited for the slot
                     cr, status = self.wanted.pop(key)
                     self.in_flight[key] = status

@@ -1,4 +1,4 @@
-"""The controller's blocking calls: status writes wait while a pod's set is restored, for a
+"""Status writes wait while a pod's set is restored, for a
 bounded time."""
 
 import asyncio
@@ -6,13 +6,13 @@ import time
 
 import pytest
 
-from trunk_operator.runtime import blocking
-from trunk_operator.runtime.blocking import BlockingCalls
+from trunk_operator.runtime import restores
+from trunk_operator.runtime.restores import Restores
 
 
 def test_a_status_turn_waits_until_every_restore_has_ended() -> None:
     async def scenario() -> None:
-        calls = BlockingCalls()
+        calls = Restores()
         await asyncio.wait_for(calls.status_turn(), 0.1)  # nothing restoring: at once
         first, second = calls.restoring(), calls.restoring()
         await first.__aenter__()
@@ -33,10 +33,10 @@ def test_a_status_turn_waits_until_every_restore_has_ended() -> None:
 def test_a_restore_that_hangs_holds_the_statuses_back_for_a_bounded_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(blocking, "RESTORE_FIRST_AT_MOST", 0.2)
+    monkeypatch.setattr(restores, "RESTORE_FIRST_AT_MOST", 0.2)
 
     async def scenario() -> None:
-        calls = BlockingCalls()
+        calls = Restores()
         async with calls.restoring():
             started = time.monotonic()
             await asyncio.wait_for(calls.status_turn(), 1)
@@ -52,7 +52,7 @@ def test_a_restore_that_hangs_holds_the_statuses_back_for_a_bounded_time(
 
 def test_a_restore_that_fails_ends_all_the_same() -> None:
     async def scenario() -> None:
-        calls = BlockingCalls()
+        calls = Restores()
         with pytest.raises(RuntimeError):
             async with calls.restoring():
                 raise RuntimeError("exec failed")
