@@ -65,7 +65,7 @@ def pusher(commit: str | None) -> Iterator[None]:
     """The pod-side pusher of `commit` (None: this checkout's) for deliveries made meanwhile."""
     mine = ari.PUSH_SCRIPT
     if commit is not None:
-        path = "operator/trunk_operator/pod/scripts/ari-push.pl"
+        path = "operator/trunk_operator/pod_scripts/ari-push.pl"  # where it was at BASELINE_COMMIT
         ari.PUSH_SCRIPT = subprocess.run(
             ["git", "-C", str(ROOT), "show", f"{commit}:{path}"],
             capture_output=True,
