@@ -57,23 +57,21 @@ def timestamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-@dataclass
+@dataclass(frozen=True)
 class PodDelivery:
-    """What the operator knows about one Asterisk pod."""
+    """One Asterisk pod as the reducer sees it: a snapshot of its delivery worker's state
+    (`pod_workers.PodState.view`)."""
 
     name: str
-    desired_hash: str | None = None  # of the pod's whole set
-    delivered_hash: str | None = None
-    desired: dict[str, str] = field(default_factory=dict)  # CR ref -> its digest, to deliver
-    delivered: dict[str, str] = field(default_factory=dict)  # CR ref -> digest the pod has
+    desired: Mapping[str, str] = field(default_factory=dict)  # CR ref -> its digest, to deliver
+    delivered: Mapping[str, str] = field(default_factory=dict)  # CR ref -> digest the pod has
     # CR ref -> digest of the delivery under way (None: none): until it ends, Asterisk may
     # serve that version as well as the delivered one. Left set when a delivery's end is not
     # known (its exec failed), until the next one ends.
-    delivering: dict[str, str] | None = None
-    delivered_at: dict[str, str] = field(default_factory=dict)  # CR ref -> when it took it
-    last_reload_time: str | None = None
+    delivering: Mapping[str, str] | None = None
+    delivered_at: Mapping[str, str] = field(default_factory=dict)  # CR ref -> when it took it
     last_reload_result: str | None = None
-    problems: dict[str, list[Problem]] = field(default_factory=dict)  # CR ref -> refusals
+    problems: Mapping[str, Sequence[Problem]] = field(default_factory=dict)  # CR ref -> refusals
     observation: Observation | None = None
 
 

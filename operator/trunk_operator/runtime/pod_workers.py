@@ -29,7 +29,14 @@ from trunk_operator.core.models import TwilioTrunkSpec
 from trunk_operator.core.plan import TRUNK, Outcome, Problem
 from trunk_operator.core.render import Files, files_hash
 from trunk_operator.core.status import PodDelivery, timestamp
-from trunk_operator.core.verify import ARI_PUSH_FAILED, ExpectedEndpoint, Probe, drifted, verify
+from trunk_operator.core.verify import (
+    ARI_PUSH_FAILED,
+    ExpectedEndpoint,
+    Observation,
+    Probe,
+    drifted,
+    verify,
+)
 from trunk_operator.kube.api import Kube
 from trunk_operator.kube.client import describe
 from trunk_operator.pod import channel
@@ -71,6 +78,37 @@ class PodEvents(Protocol):
     def reported_since(self, namespace: str, pod: str, ref: str, digest: str) -> str | None:
         """When the CR's written status says `pod` took this version, if it says so."""
         ...
+
+
+@dataclass
+class PodState:
+    """What the operator knows about one Asterisk pod. Written by the pod's worker (and the
+    observer's read-back); the status reducer gets a frozen `view()`. A field is replaced,
+    never changed in place, so a view keeps the values it was taken with."""
+
+    name: str
+    desired_hash: str | None = None  # of the pod's whole set
+    delivered_hash: str | None = None
+    desired: dict[str, str] = field(default_factory=dict)  # CR ref -> its digest, to deliver
+    delivered: dict[str, str] = field(default_factory=dict)  # CR ref -> digest the pod has
+    delivering: dict[str, str] | None = None  # see PodDelivery.delivering
+    delivered_at: dict[str, str] = field(default_factory=dict)  # CR ref -> when it took it
+    last_reload_time: str | None = None
+    last_reload_result: str | None = None
+    problems: dict[str, list[Problem]] = field(default_factory=dict)  # CR ref -> refusals
+    observation: Observation | None = None
+
+    def view(self) -> PodDelivery:
+        return PodDelivery(
+            self.name,
+            self.desired,
+            self.delivered,
+            self.delivering,
+            self.delivered_at,
+            self.last_reload_result,
+            self.problems,
+            self.observation,
+        )
 
 
 @dataclass
@@ -124,7 +162,7 @@ def pod_of(body: Mapping[str, Any], settings: Settings, gate_closing: bool) -> P
 @dataclass
 class PodWorker:
     pod: Pod
-    state: PodDelivery
+    state: PodState
     owners: dict[str, Outcome] = field(default_factory=dict)  # CR ref -> what the pod should get
     files: Files = field(default_factory=dict)  # files_of(owners)
     delivered_owners: dict[str, Outcome] = field(default_factory=dict)  # what it has
@@ -323,7 +361,7 @@ class AsteriskPods:
     def worker(self, namespace: str, pod: Pod) -> PodWorker:
         worker = self.workers.get((namespace, pod.name))
         if worker is None:
-            worker = PodWorker(pod, PodDelivery(pod.name))
+            worker = PodWorker(pod, PodState(pod.name))
             worker.adoptable = not (
                 pod.ari_secret is not None
                 and self.started_while_watched.get((namespace, pod.name)) == pod.incarnation

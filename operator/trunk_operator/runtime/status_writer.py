@@ -141,6 +141,7 @@ class StatusWriter:
             return
         tracked = self.store.crs(namespace)
         workers = self.store.workers(namespace)
+        views = {w.state.name: w.state.view() for w in workers}  # this pass's, one per pod
         dids_by_trunk: dict[str, int] = defaultdict(int)
         for r, o in plan.outcomes.items():
             if r.startswith(SEGMENT + "/") and o.trunk:
@@ -159,7 +160,7 @@ class StatusWriter:
             selected = [w for w in workers if ref in w.owners]
             if not selected and outcome.trunk:
                 selected = [w for w in workers if f"{TRUNK}/{outcome.trunk}" in w.owners]
-            pods = [w.state for w in selected]
+            pods = [views[w.state.name] for w in selected]
             inputs = (view, outcome, did_count, tuple(_pod_inputs(p, view) for p in pods))
             reduced = self.reduced.get(key)
             if reduced is not None and reduced[0] == inputs:

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 from trunk_operator.core.asterisk_output import Contact, Endpoint, Listing
 from trunk_operator.core.plan import Outcome, Problem
 from trunk_operator.core.status import CRView, PodDelivery, reduce_status, with_transition_times
@@ -18,8 +20,6 @@ def pod(
     endpoint = Endpoint("ACME", "Not in use", contacts=[Contact("ACME-aor", "sip:x", contact, rtt)])
     return PodDelivery(
         "asterisk-0",
-        desired_hash="h",
-        delivered_hash=delivered,
         desired={TRUNK.ref: "h"},
         delivered={TRUNK.ref: delivered} if delivered else {},
         observation=Observation(
@@ -69,8 +69,8 @@ def test_blocking_problem_wins_the_ready_reason_and_keeps_last_good_config() -> 
 
 def test_another_resources_change_does_not_make_this_one_pending() -> None:
     busy = pod()
-    busy.desired["TwilioTrunk/other"] = "new"  # the pod's set changes, this trunk's does not
-    busy.desired_hash = "changed"
+    # The pod's set changes, this trunk's does not.
+    busy = replace(busy, desired={**busy.desired, "TwilioTrunk/other": "new"})
     assert conditions(reduce_status(TRUNK, Outcome(), [busy]))["Ready"] == ("True", "Ready")
 
 
@@ -79,12 +79,13 @@ def test_a_version_the_pod_has_is_pending_while_a_delivery_brings_another() -> N
     ulaw again (3) while 2 was being delivered. Generation 3's files are generation 1's, which
     the pod had: "Ready for 3" was written while Asterisk took generation 2."""
     changing = pod()
-    changing.delivering = {TRUNK.ref: "generation-2"}
+    changing = replace(changing, delivering={TRUNK.ref: "generation-2"})
     assert conditions(reduce_status(TRUNK, Outcome(), [changing]))["Ready"] == (
         "False",
         "Delivering",
     )
-    changing.delivering = {TRUNK.ref: "h", "TwilioTrunk/other": "new"}  # brings the same
+    # A delivery that brings the same version of this trunk.
+    changing = replace(changing, delivering={TRUNK.ref: "h", "TwilioTrunk/other": "new"})
     assert conditions(reduce_status(TRUNK, Outcome(), [changing]))["Ready"] == ("True", "Ready")
 
 
@@ -95,7 +96,7 @@ def test_pending_failed_and_podless_deliveries() -> None:
         "Delivering",
     )
     failed = pod()
-    failed.problems = {"TwilioTrunk/acme": [REFUSED, MISSING_TRANSPORT]}
+    failed = replace(failed, problems={"TwilioTrunk/acme": [REFUSED, MISSING_TRANSPORT]})
     assert conditions(reduce_status(TRUNK, Outcome(), [failed]))["Delivered"] == (
         "False",
         "TransportNotFound",
@@ -131,15 +132,13 @@ def test_kstatus_reconciling_while_delivering_and_stalled_on_what_needs_a_change
     assert conditions(stalled)["Reconciling"] == ("False", "Settled")
 
     rejected = pod()
-    rejected.problems = {TRUNK.ref: [MISSING_TRANSPORT]}
+    rejected = replace(rejected, problems={TRUNK.ref: [MISSING_TRANSPORT]})
     refused = reduce_status(TRUNK, Outcome(), [rejected])
     assert conditions(refused)["Stalled"] == ("True", "TransportNotFound")
 
 
 def test_another_resources_delivery_leaves_this_status_as_it_was() -> None:
     before, after = pod(), pod()
-    after.delivered_hash = "the pod's whole set changed"
-    after.last_reload_time = "2026-11-27T09:00:00Z"
-    after.delivered["TwilioTrunk/other"] = "new"
+    after = replace(after, delivered={**after.delivered, "TwilioTrunk/other": "new"})
     assert reduce_status(TRUNK, Outcome(), [before]) == reduce_status(TRUNK, Outcome(), [after])
     assert reduce_status(TRUNK, Outcome(), [after])["pods"][0]["deliveredHash"] == "h"

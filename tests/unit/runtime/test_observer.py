@@ -18,11 +18,10 @@ from tests.unit.helpers import (
 )
 from trunk_operator.core import asterisk_output, verify
 from trunk_operator.core.render import files_hash
-from trunk_operator.core.status import PodDelivery
 from trunk_operator.pod import channel
 from trunk_operator.pod.ari import ARI_CREDENTIALS_ANNOTATION
 from trunk_operator.runtime import pod_workers
-from trunk_operator.runtime.pod_workers import Pod, PodWorker
+from trunk_operator.runtime.pod_workers import Pod, PodState, PodWorker
 
 pytestmark = pytest.mark.usefixtures("delivering_written_at_once")
 
@@ -31,7 +30,7 @@ def test_the_observer_audits_every_endpoint_in_depth_over_the_rounds(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     outcomes = plan_with_two_trunks().outcomes
-    worker = PodWorker(Pod("p", "u", {}, True, ""), PodDelivery("p"))
+    worker = PodWorker(Pod("p", "u", {}, True, ""), PodState("p"))
     assert worker.audit_batch(outcomes) == ["A", "B"]  # all fit in one batch
     monkeypatch.setattr(pod_workers, "AUDIT_BATCH", 1)
     seen = []
@@ -61,7 +60,7 @@ def test_the_observer_reads_a_slow_pod_at_most_a_tenth_of_the_time(
 
         monkeypatch.setattr(ctl.observer, "observe", observe)
         for name in calls:
-            worker = PodWorker(Pod(name, name, {}, True, ""), PodDelivery(name))
+            worker = PodWorker(Pod(name, name, {}, True, ""), PodState(name))
             ctl.pods.workers[("ns", name)] = worker
         loop = asyncio.create_task(ctl.observer.loop())
         await asyncio.sleep(1.0)

@@ -27,11 +27,10 @@ from trunk_operator.core.desired import (
     user_contexts_of,
 )
 from trunk_operator.core.render import files_hash
-from trunk_operator.core.status import PodDelivery
 from trunk_operator.pod import channel
 from trunk_operator.pod.ari import ARI_CREDENTIALS_ANNOTATION
 from trunk_operator.runtime import pod_workers
-from trunk_operator.runtime.pod_workers import Pod, PodWorker
+from trunk_operator.runtime.pod_workers import Pod, PodState, PodWorker
 
 pytestmark = pytest.mark.usefixtures("delivering_written_at_once")
 
@@ -96,7 +95,7 @@ def test_a_pod_keeps_when_each_cr_arrived_across_deliveries(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     outcomes = plan_with_two_trunks().outcomes
-    worker = PodWorker(Pod("p", "u", {}, True, ""), PodDelivery("p"))
+    worker = PodWorker(Pod("p", "u", {}, True, ""), PodState("p"))
     monkeypatch.setattr(pod_workers, "timestamp", lambda: "t1")
     worker.set_delivered(dict(outcomes))
     changed = dict(outcomes)
