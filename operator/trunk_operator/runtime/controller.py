@@ -23,6 +23,7 @@ from trunk_operator.core.plan import (
     TRUNK,
     Inputs,
     Outcome,
+    Plan,
     Problem,
     RenderCache,
     Resource,
@@ -262,6 +263,8 @@ class Controller:
     # ---- the reconcile ---------------------------------------------------------------
 
     async def reconcile_namespace(self, namespace: str) -> None:
+        """One pass over a namespace: its inputs, the plan, each CR's rendered state, the plan
+        and the pods' assignments published, then statuses and finalizers."""
         self.stats["plans"] += 1
         took: dict[str, float] = {}  # phase -> seconds, for the log of a slow reconcile
         since = time.monotonic()
@@ -271,8 +274,27 @@ class Controller:
             now = time.monotonic()
             took[name], since = now - since, now
 
-        tracked = self.store.crs.get(namespace, {})
-        live = [t for t in tracked.values() if not t.deleting]
+        inputs = await self._inputs(namespace)
+        phase("secrets")
+        plan = plan_namespace(inputs, self.render_caches[namespace])
+        phase("plan")
+        await self._store_rendered(namespace, plan)
+        self._publish(namespace, plan)
+        phase("rendered state")
+        await self.write_statuses(namespace)
+        phase("statuses")
+        await self.sync_finalizers(namespace)
+        phase("finalizers")
+        if (total := sum(took.values())) >= SLOW_RECONCILE:
+            log.info(
+                "%s: %d resources reconciled in %.2f s (%s)",
+                namespace, len(plan.outcomes), total,
+                ", ".join(f"{name} {seconds:.2f} s" for name, seconds in took.items()),
+            )  # fmt: skip
+
+    async def _inputs(self, namespace: str) -> Inputs:
+        """The namespace's live CRs, and the credentials Secrets its trunks name."""
+        live = [t for t in self.store.crs.get(namespace, {}).values() if not t.deleting]
         inputs = Inputs(
             trunks=[t.resource for t in live if t.resource.kind == TRUNK],
             segments=[t.resource for t in live if t.resource.kind == SEGMENT],
@@ -286,10 +308,13 @@ class Controller:
             if secret is not None:
                 inputs.secrets[name] = secret.data
                 inputs.secret_versions[name] = secret.resource_version
-        phase("secrets")
-        plan = plan_namespace(inputs, self.render_caches[namespace])
-        phase("plan")
+        return inputs
 
+    async def _store_rendered(self, namespace: str, plan: Plan) -> None:
+        """Each changed CR's rendered state in the API. One CR whose rendered state the API
+        refuses keeps its last good version; the others go ahead (an exception here would hold
+        back the whole namespace)."""
+        tracked = self.store.crs.get(namespace, {})
         refs, writes = [], []
         for ref, outcome in plan.outcomes.items():
             key = (namespace, ref)
@@ -300,8 +325,6 @@ class Controller:
                 refs.append(ref)
                 writes.append(self._write_rendered(key, digest, owner, outcome))
         results = await asyncio.gather(*writes, return_exceptions=True)
-        # One CR whose rendered state the API refuses keeps its last good version; the others
-        # go ahead (an exception here would hold back the whole namespace).
         for ref, result in zip(refs, results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result
@@ -323,10 +346,11 @@ class Controller:
                 )
                 asyncio.get_running_loop().call_later(RETRY_SECONDS, self.mark, namespace)
 
-        # Published at once, with no await in between: a status written meanwhile (by a
-        # delivery or the observer) must see a plan and pod assignments that agree, or it
-        # would report a new generation against the old assignment (Ready for files no pod
-        # has) or a CR that no pod is assigned yet (NoAsteriskPods).
+    def _publish(self, namespace: str, plan: Plan) -> None:
+        """The plan and the pods' assignments made from it, at once, with no await in between:
+        a status written meanwhile (by a delivery or the observer) must see a plan and pod
+        assignments that agree, or it would report a new generation against the old
+        assignment (Ready for files no pod has) or a CR that no pod is assigned yet."""
         self.store.plans[namespace] = plan
         for ref, outcome in plan.outcomes.items():
             if not outcome.blocked:
@@ -340,17 +364,6 @@ class Controller:
         self.pods.assign(
             namespace, {ref: o for (ns, ref), o in self.last_good.items() if ns == namespace}
         )
-        phase("rendered state")
-        await self.write_statuses(namespace)
-        phase("statuses")
-        await self.sync_finalizers(namespace)
-        phase("finalizers")
-        if (total := sum(took.values())) >= SLOW_RECONCILE:
-            log.info(
-                "%s: %d resources reconciled in %.2f s (%s)",
-                namespace, len(plan.outcomes), total,
-                ", ".join(f"{name} {seconds:.2f} s" for name, seconds in took.items()),
-            )  # fmt: skip
 
     async def _read_secret(self, namespace: str, name: str) -> SecretRead | None:
         key = (namespace, name)
