@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar
@@ -325,6 +325,87 @@ def plan_namespace(inputs: Inputs, cache: RenderCache | None = None) -> Plan:
         cache.rotate()
 
 
+def _plan_segment(
+    resource: Resource,
+    inputs: Inputs,
+    usable: Mapping[str, TwilioTrunkSpec],
+    did_owner: dict[str, str],
+    pool_owner: dict[str, str],
+    cache: RenderCache,
+) -> Outcome:
+    """One DIDSegment, after the trunks and the older segments: `did_owner` and `pool_owner`
+    (DID -> segment, trunk -> segment whose caller-ID pool it uses) are claimed in order."""
+    outcome = Outcome(generation=resource.generation)
+    key = (SEGMENT, resource.name, cache.spec_key(resource.spec))
+    validated = cache.get(key, _validated, DIDSegmentSpec, resource.spec)
+    if isinstance(validated, str):
+        outcome.problems.append(Problem("InvalidSpec", validated))
+        return outcome
+    segment = validated
+    trunk_name = segment.trunk_ref.name
+    outcome.trunk = trunk_name
+    outcome.user_contexts = frozenset(
+        c for c in [segment.destination.context, *(o.context for o in segment.overrides)] if c
+    )
+    outcome.trunk_spec = usable.get(trunk_name)
+    trunk = usable.get(trunk_name)
+    if trunk is None:
+        known = any(t.name == trunk_name for t in inputs.trunks)
+        outcome.problems.append(
+            Problem("TrunkNotReady", f"TwilioTrunk {trunk_name} is not ready")
+            if known
+            else Problem("TrunkNotFound", f"TwilioTrunk {trunk_name} does not exist")
+        )
+        return outcome
+    dids: list[str] = cache.get((*key, "dids"), segment.dids)
+    taken = [d for d in dids if did_owner.setdefault(d, resource.name) != resource.name]
+    if taken:
+        first_owner = did_owner[taken[0]]
+        outcome.problems.append(
+            Problem(
+                "DIDConflict",
+                f"{len(taken)} DIDs are already routed by another segment"
+                f" (e.g. {taken[0]} by DIDSegment {first_owner}); they are skipped here",
+                blocking=False,
+            )
+        )
+        outcome.conflicts = taken[:MAX_LISTED_CONFLICTS]
+        outcome.conflict_count = len(taken)
+    if segment.caller_id_pool.enabled:
+        owner = pool_owner.setdefault(trunk_name, resource.name)
+        if owner != resource.name:
+            outcome.problems.append(
+                Problem(
+                    "CallerIdPoolConflict",
+                    f"TwilioTrunk {trunk_name} already takes caller IDs from"
+                    f" DIDSegment {owner}; this segment's pool is not used",
+                    blocking=False,
+                )
+            )
+            segment = segment.model_copy(
+                update={
+                    "caller_id_pool": segment.caller_id_pool.model_copy(update={"enabled": False})
+                }
+            )
+    outcome.did_count = len(dids) - len(taken)
+    outcome.public = cache.get(
+        (
+            *key,
+            "files",
+            _spec_key(trunk.model_dump(mode="json")),
+            tuple(taken),
+            segment.caller_id_pool.enabled,
+        ),
+        render_segment,
+        resource.name,
+        segment,
+        trunk_name,
+        trunk,
+        taken,
+    )
+    return outcome
+
+
 def _plan(inputs: Inputs, cache: RenderCache) -> Plan:
     outcomes: dict[str, Outcome] = {}
     usable: dict[str, TwilioTrunkSpec] = {}
@@ -342,76 +423,8 @@ def _plan(inputs: Inputs, cache: RenderCache) -> Plan:
     did_owner: dict[str, str] = {}
     pool_owner: dict[str, str] = {}
     for resource in sorted(inputs.segments, key=lambda r: r.order):
-        outcome = Outcome(generation=resource.generation)
-        outcomes[resource.ref] = outcome
-        key = (SEGMENT, resource.name, cache.spec_key(resource.spec))
-        validated = cache.get(key, _validated, DIDSegmentSpec, resource.spec)
-        if isinstance(validated, str):
-            outcome.problems.append(Problem("InvalidSpec", validated))
-            continue
-        segment = validated
-        trunk_name = segment.trunk_ref.name
-        outcome.trunk = trunk_name
-        outcome.user_contexts = frozenset(
-            c for c in [segment.destination.context, *(o.context for o in segment.overrides)] if c
-        )
-        outcome.trunk_spec = usable.get(trunk_name)
-        trunk = usable.get(trunk_name)
-        if trunk is None:
-            known = any(t.name == trunk_name for t in inputs.trunks)
-            outcome.problems.append(
-                Problem("TrunkNotReady", f"TwilioTrunk {trunk_name} is not ready")
-                if known
-                else Problem("TrunkNotFound", f"TwilioTrunk {trunk_name} does not exist")
-            )
-            continue
-        dids: list[str] = cache.get((*key, "dids"), segment.dids)
-        taken = [d for d in dids if did_owner.setdefault(d, resource.name) != resource.name]
-        if taken:
-            first_owner = did_owner[taken[0]]
-            outcome.problems.append(
-                Problem(
-                    "DIDConflict",
-                    f"{len(taken)} DIDs are already routed by another segment"
-                    f" (e.g. {taken[0]} by DIDSegment {first_owner}); they are skipped here",
-                    blocking=False,
-                )
-            )
-            outcome.conflicts = taken[:MAX_LISTED_CONFLICTS]
-            outcome.conflict_count = len(taken)
-        if segment.caller_id_pool.enabled:
-            owner = pool_owner.setdefault(trunk_name, resource.name)
-            if owner != resource.name:
-                outcome.problems.append(
-                    Problem(
-                        "CallerIdPoolConflict",
-                        f"TwilioTrunk {trunk_name} already takes caller IDs from"
-                        f" DIDSegment {owner}; this segment's pool is not used",
-                        blocking=False,
-                    )
-                )
-                segment = segment.model_copy(
-                    update={
-                        "caller_id_pool": segment.caller_id_pool.model_copy(
-                            update={"enabled": False}
-                        )
-                    }
-                )
-        outcome.did_count = len(dids) - len(taken)
-        outcome.public = cache.get(
-            (
-                *key,
-                "files",
-                _spec_key(trunk.model_dump(mode="json")),
-                tuple(taken),
-                segment.caller_id_pool.enabled,
-            ),
-            render_segment,
-            resource.name,
-            segment,
-            trunk_name,
-            trunk,
-            taken,
+        outcomes[resource.ref] = _plan_segment(
+            resource, inputs, usable, did_owner, pool_owner, cache
         )
     cache.keep_unchanged(outcomes)
     return Plan(outcomes=outcomes, trunk_specs=usable)
