@@ -1,9 +1,11 @@
 """The status reducer: (a CR's plan outcome, its pods' delivery state) -> the CR's status.
 
-Pure: one small function per condition, each building a `models.Condition` from values, and
+Pure: one small function per condition, each building a typed `Condition` from values, and
 reasons carried as codes from where they arose (the plan's `Problem`, a pod's refusal). The
-status is built as the CRD's own models (`models.TwilioTrunkStatus`, `DIDSegmentStatus`) and
-given to the writer as the dict it PATCHes.
+writer gets the status as the dict it PATCHes, in the shape of the CRD's status models
+(`models.TwilioTrunkStatus`, `DIDSegmentStatus`): tests validate what the reducer builds
+against them. Not built as those pydantic models here: validating every status on every pass
+made a reduce several times dearer, which a bulk of thousands of CRs pays many times over.
 
 Ready means every pod that serves the CR serves the generation the status names
 (`observedGeneration`): Rendered (the plan accepted it) and Delivered (each selected pod
@@ -17,13 +19,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trunk_operator.core.models import (
-    Condition,
-    ContactStatus,
-    DIDSegmentStatus,
-    PodTrunkStatus,
-    TwilioTrunkStatus,
-)
 from trunk_operator.core.plan import Outcome, Problem
 from trunk_operator.core.verify import (
     ARI_PUSH_FAILED,
@@ -87,18 +82,31 @@ class CRView:
     qualify: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One condition of a CR's status (`models.Condition`), without its transition time."""
+
+    type: str
+    status: str  # "True", "False" or "Unknown"
+    reason: str
+    message: str
+    observed_generation: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "status": self.status,
+            "reason": self.reason,
+            "message": self.message,
+            "observedGeneration": self.observed_generation,
+        }
+
+
 def reduce_status(
     cr: CRView, outcome: Outcome, pods: Sequence[PodDelivery], did_count: int | None = None
 ) -> dict[str, Any]:
     """The full status as PATCHed (without lastTransitionTime: `with_transition_times`).
     Only the fields set here are in it; a top-level None clears the field."""
-    status = status_of(cr, outcome, pods, did_count)
-    return status.model_dump(by_alias=True, exclude_unset=True)
-
-
-def status_of(
-    cr: CRView, outcome: Outcome, pods: Sequence[PodDelivery], did_count: int | None = None
-) -> TwilioTrunkStatus | DIDSegmentStatus:
     blocking = [p for p in outcome.problems if p.blocking]
     rendered = _rendered(cr, blocking)
     delivered = _delivered(cr, pods)
@@ -112,36 +120,29 @@ def status_of(
         _reconciling(cr, delivered, blocking),
         _stalled(cr, ready),
     ]
-    common: dict[str, Any] = {
-        "observed_generation": cr.generation,
-        "conditions": conditions,
+    status: dict[str, Any] = {
+        "observedGeneration": cr.generation,
+        "conditions": [c.as_dict() for c in conditions],
         "reason": ready.reason,
     }
     if did_count is not None:
-        common["did_count"] = did_count
+        status["didCount"] = did_count
     if not cr.endpoint:
         if outcome.conflicts:
-            common["conflicts"] = outcome.conflicts
-            common["conflict_count"] = outcome.conflict_count
-        return DIDSegmentStatus(**common)
-    trunk: dict[str, Any] = {
-        "pods": [_pod_entry(cr, pod) for pod in pods],
-        "endpoint": cr.endpoint,
-        "endpoint_state": _summary_state(pods, cr.endpoint),
-    }
+            status["conflicts"] = outcome.conflicts
+            status["conflictCount"] = outcome.conflict_count
+        return status
+    status["pods"] = [_pod_entry(cr, pod) for pod in pods]
+    status["endpoint"] = cr.endpoint
+    status["endpointState"] = _summary_state(pods, cr.endpoint)
     if outcome.secret_version:
-        trunk["secret_resource_version"] = outcome.secret_version
-    return TwilioTrunkStatus(**common, **trunk)
+        status["secretResourceVersion"] = outcome.secret_version
+    return status
 
 
 def _condition(type_: str, ok: bool | None, reason: str, message: str, cr: CRView) -> Condition:
-    return Condition(
-        type=type_,
-        status="Unknown" if ok is None else ("True" if ok else "False"),
-        reason=reason,
-        message=message[:MESSAGE_AT_MOST],
-        observed_generation=cr.generation,
-    )
+    status = "Unknown" if ok is None else ("True" if ok else "False")
+    return Condition(type_, status, reason, message[:MESSAGE_AT_MOST], cr.generation)
 
 
 def _rendered(cr: CRView, blocking: Sequence[Problem]) -> Condition:
@@ -266,21 +267,22 @@ def _stalled(cr: CRView, ready: Condition) -> Condition:
     return _condition("Stalled", False, "NotStalled", "", cr)
 
 
-def _pod_entry(cr: CRView, pod: PodDelivery) -> PodTrunkStatus:
-    """This CR's version in the pod, not the pod's whole set: another CR's change must not
-    rewrite this status. No RTT: it changes at every qualify (it is in /metrics)."""
+def _pod_entry(cr: CRView, pod: PodDelivery) -> dict[str, Any]:
+    """This CR's version in the pod (`models.PodTrunkStatus`), not the pod's whole set:
+    another CR's change must not rewrite this status. No RTT: it changes at every qualify (it
+    is in /metrics)."""
     entry: dict[str, Any] = {"pod": pod.name}
     shown = {
-        "delivered_hash": pod.delivered.get(cr.ref),
-        "last_reload_time": pod.delivered_at.get(cr.ref),
-        "last_reload_result": pod.last_reload_result,
+        "deliveredHash": pod.delivered.get(cr.ref),
+        "lastReloadTime": pod.delivered_at.get(cr.ref),
+        "lastReloadResult": pod.last_reload_result,
     }
     entry |= {k: v for k, v in shown.items() if v is not None}
     endpoint = pod.observation.endpoints.get(cr.endpoint or "") if pod.observation else None
     if endpoint is not None:
-        entry["endpoint_state"] = endpoint.state
-        entry["contacts"] = [ContactStatus(uri=c.uri, status=c.status) for c in endpoint.contacts]
-    return PodTrunkStatus(**entry)
+        entry["endpointState"] = endpoint.state
+        entry["contacts"] = [{"uri": c.uri, "status": c.status} for c in endpoint.contacts]
+    return entry
 
 
 def _summary_state(pods: Sequence[PodDelivery], endpoint: str) -> str | None:

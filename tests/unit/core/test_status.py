@@ -1,6 +1,7 @@
 from dataclasses import replace
 
 from trunk_operator.core.asterisk_output import Contact, Endpoint, Listing
+from trunk_operator.core.models import DIDSegmentStatus, TwilioTrunkStatus
 from trunk_operator.core.plan import Outcome, Problem
 from trunk_operator.core.status import CRView, PodDelivery, reduce_status, with_transition_times
 from trunk_operator.core.verify import Observation
@@ -142,3 +143,28 @@ def test_another_resources_delivery_leaves_this_status_as_it_was() -> None:
     after = replace(after, delivered={**after.delivered, "TwilioTrunk/other": "new"})
     assert reduce_status(TRUNK, Outcome(), [before]) == reduce_status(TRUNK, Outcome(), [after])
     assert reduce_status(TRUNK, Outcome(), [after])["pods"][0]["deliveredHash"] == "h"
+
+
+def test_every_status_the_reducer_builds_is_one_the_crd_takes() -> None:
+    """The reducer builds plain values; the CRD's status schema comes from the models. A field
+    or a reason the models do not allow fails here (extra fields are forbidden there)."""
+    segment = CRView("DIDSegment/main", 2, "s", None, frozenset({"did-main"}), False)
+    blocked = Outcome(problems=[Problem("SecretNotFound", "Secret acme-sip does not exist")])
+    conflicted = Outcome(
+        problems=[Problem("DIDConflict", "1 DIDs are already routed", blocking=False)],
+        conflicts=["+15550000001"],
+        conflict_count=1,
+    )
+    refused = replace(pod(), problems={TRUNK.ref: [MISSING_TRANSPORT]})
+    trunk_cases = [
+        (Outcome(secret_version="42"), [pod()]),
+        (blocked, [pod(contact="Unavail", contexts=())]),
+        (Outcome(), []),
+        (Outcome(), [refused, pod(delivered=None)]),
+    ]
+    for outcome, pods in trunk_cases:
+        status = with_transition_times(reduce_status(TRUNK, outcome, pods, 3), None, "t")
+        TwilioTrunkStatus.model_validate(status)
+    for outcome in (Outcome(), conflicted, blocked):
+        status = with_transition_times(reduce_status(segment, outcome, [pod()], 3), None, "t")
+        DIDSegmentStatus.model_validate(status)
