@@ -53,11 +53,13 @@ class AsteriskError(RuntimeError):
     pass
 
 
-def _podman(*args: str, timeout: float = 120, check: bool = True,
-            input: str | bytes | None = None) -> subprocess.CompletedProcess:
+def _podman(
+    *args: str, timeout: float = 120, check: bool = True, input: str | bytes | None = None
+) -> subprocess.CompletedProcess:
     text = not isinstance(input, bytes)
-    proc = subprocess.run(["podman", *args], capture_output=True, text=text, input=input,
-                          timeout=timeout)
+    proc = subprocess.run(
+        ["podman", *args], capture_output=True, text=text, input=input, timeout=timeout
+    )
     if check and proc.returncode != 0:
         err = proc.stderr if text else proc.stderr.decode(errors="replace")
         raise AsteriskError(f"podman {shlex.join(args)} failed ({proc.returncode}): {err.strip()}")
@@ -114,8 +116,9 @@ def ensure_openssl() -> str:
     """Path of the host's openssl; apt-get installs it when missing."""
     path = shutil.which("openssl")
     if path is None:
-        subprocess.run(["apt-get", "install", "-y", "openssl"], check=True, timeout=600,
-                       capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "openssl"], check=True, timeout=600, capture_output=True
+        )
         path = shutil.which("openssl")
         if path is None:
             raise AsteriskError("openssl is missing and apt-get install openssl did not help")
@@ -127,10 +130,29 @@ def make_certificate(directory: Path, common_name: str, ip: str) -> tuple[Path, 
     directory.mkdir(parents=True, exist_ok=True)
     crt, key = directory / "asterisk.crt", directory / "asterisk.key"
     proc = subprocess.run(
-        [ensure_openssl(), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
-         "-days", "3650", "-keyout", str(key), "-out", str(crt),
-         "-subj", f"/CN={common_name}", "-addext", f"subjectAltName=IP:{ip}"],
-        capture_output=True, text=True, timeout=120)
+        [
+            ensure_openssl(),
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-sha256",
+            "-days",
+            "3650",
+            "-keyout",
+            str(key),
+            "-out",
+            str(crt),
+            "-subj",
+            f"/CN={common_name}",
+            "-addext",
+            f"subjectAltName=IP:{ip}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if proc.returncode != 0 or not crt.exists() or not key.exists():
         raise AsteriskError(f"openssl req failed ({proc.returncode}): {proc.stderr.strip()}")
     os.chmod(key, 0o600)
@@ -163,12 +185,22 @@ def default_rtp_range(bind_ip: str, width: int = 200) -> tuple[int, int]:
 
 ARI_PORT = 8088
 # What ARI's dynamic configuration needs of the modules testbed/asterisk/config leaves out.
-ARI_MODULES = ("res_ari.so", "res_ari_asterisk.so", "res_ari_model.so", "res_stasis.so",
-               "res_http_websocket.so", "res_websocket_client.so")
+ARI_MODULES = (
+    "res_ari.so",
+    "res_ari_asterisk.so",
+    "res_ari_model.so",
+    "res_stasis.so",
+    "res_http_websocket.so",
+    "res_websocket_client.so",
+)
 # The trunk object types, each in pjsip.conf's files and then in memory, where ARI puts them
 # (the sorcery.conf section each type is configured under).
-ARI_TYPES = {"auth": "res_pjsip", "aor": "res_pjsip", "endpoint": "res_pjsip",
-             "identify": "res_pjsip_endpoint_identifier_ip"}
+ARI_TYPES = {
+    "auth": "res_pjsip",
+    "aor": "res_pjsip",
+    "endpoint": "res_pjsip",
+    "identify": "res_pjsip_endpoint_identifier_ip",
+}
 
 
 def map_types(config_dir: Path, wizards: dict[str, list[str]]) -> None:
@@ -190,16 +222,24 @@ def enable_ari(config_dir: Path, bind_ip: str, user: str, password: str) -> None
     """ARI on bind_ip:ARI_PORT with one user, and the trunk types in memory after the files:
     what a pod needs to take its trunks over ARI (trunk_operator.pod.ari)."""
     modules = config_dir / "modules.conf"
-    modules.write_text("".join(
-        line for line in modules.read_text().splitlines(keepends=True)
-        if not any(line.startswith(f"noload => {m}") for m in ARI_MODULES)))
+    modules.write_text(
+        "".join(
+            line
+            for line in modules.read_text().splitlines(keepends=True)
+            if not any(line.startswith(f"noload => {m}") for m in ARI_MODULES)
+        )
+    )
     (config_dir / "http.conf").write_text(
-        f"[general]\nenabled = yes\nbindaddr = {bind_ip}\nbindport = {ARI_PORT}\n")
+        f"[general]\nenabled = yes\nbindaddr = {bind_ip}\nbindport = {ARI_PORT}\n"
+    )
     (config_dir / "ari.conf").write_text(
         f"[general]\nenabled = yes\n\n[{user}]\ntype = user\nread_only = no\n"
-        f"password = {password}\n")
-    map_types(config_dir, {kind: [f"config,pjsip.conf,criteria=type={kind}", "memory"]
-                           for kind in ARI_TYPES})
+        f"password = {password}\n"
+    )
+    map_types(
+        config_dir,
+        {kind: [f"config,pjsip.conf,criteria=type={kind}", "memory"] for kind in ARI_TYPES},
+    )
 
 
 class AsteriskContainer:
@@ -207,14 +247,24 @@ class AsteriskContainer:
     ``trunkop-<name>-<random>`` unless ``unique=False`` (then ``name`` is used as given and
     must start with ``trunkop-``)."""
 
-    def __init__(self, name: str = "asterisk", bind_ip: str = "127.0.10.1",
-                 hosts: dict[str, str] | None = None, *, port: int = 5060,
-                 tls_port: int = TLS_PORT, tls: bool = True,
-                 rtp_range: tuple[int, int] | None = None, unique: bool = True,
-                 image: str = IMAGE, workdir: str | os.PathLike | None = None,
-                 ready_timeout: float = 120, ari: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "asterisk",
+        bind_ip: str = "127.0.10.1",
+        hosts: dict[str, str] | None = None,
+        *,
+        port: int = 5060,
+        tls_port: int = TLS_PORT,
+        tls: bool = True,
+        rtp_range: tuple[int, int] | None = None,
+        unique: bool = True,
+        image: str = IMAGE,
+        workdir: str | os.PathLike | None = None,
+        ready_timeout: float = 120,
+        ari: tuple[str, str] | None = None,
+    ) -> None:
         if unique:
-            base = name[len(PREFIX):] if name.startswith(PREFIX) else name
+            base = name[len(PREFIX) :] if name.startswith(PREFIX) else name
             self.name = f"{PREFIX}{base}-{secrets.token_hex(3)}"
         else:
             if not name.startswith(PREFIX):
@@ -253,8 +303,12 @@ class AsteriskContainer:
         if self.config_dir.exists():
             shutil.rmtree(self.config_dir)
         shutil.copytree(BASE_CONFIG, self.config_dir)
-        subs = {"@BIND@": self.bind, "@TLSBIND@": self.tls_bind,
-                "@RTPSTART@": str(self.rtp_range[0]), "@RTPEND@": str(self.rtp_range[1])}
+        subs = {
+            "@BIND@": self.bind,
+            "@TLSBIND@": self.tls_bind,
+            "@RTPSTART@": str(self.rtp_range[0]),
+            "@RTPEND@": str(self.rtp_range[1]),
+        }
         for path in self.config_dir.glob("*.conf"):
             text = path.read_text()
             for key, value in subs.items():
@@ -277,11 +331,26 @@ class AsteriskContainer:
         if container_exists(self.name):
             remove_container(self.name)
         self.render_config()
-        args = ["run", "-d", "--runtime", RUNTIME,
-                "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=20000:20000",
-                "--network", "host", "--name", self.name,
-                "--label", f"{LABEL}=1", "--label", f"{LABEL}.pid={os.getpid()}",
-                "-v", f"{self.config_dir}:/etc/asterisk"]
+        args = [
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            "--ulimit",
+            "nofile=20000:20000",
+            "--ulimit",
+            "nproc=20000:20000",
+            "--network",
+            "host",
+            "--name",
+            self.name,
+            "--label",
+            f"{LABEL}=1",
+            "--label",
+            f"{LABEL}.pid={os.getpid()}",
+            "-v",
+            f"{self.config_dir}:/etc/asterisk",
+        ]
         for host, ip in self.hosts.items():
             args += ["--add-host", f"{host}:{ip}"]
         args += [self.image, "/usr/sbin/asterisk", "-f", "-n", "-vvv"]
@@ -311,8 +380,10 @@ class AsteriskContainer:
             except subprocess.TimeoutExpired as exc:
                 last = str(exc)
             if time.monotonic() > deadline:
-                raise AsteriskError(f"{self.name} not ready after {timeout or self.ready_timeout}s:"
-                                    f" {last.strip()[-500:]}\n{self.logs()[-3000:]}")
+                raise AsteriskError(
+                    f"{self.name} not ready after {timeout or self.ready_timeout}s:"
+                    f" {last.strip()[-500:]}\n{self.logs()[-3000:]}"
+                )
             time.sleep(0.3)
 
     def detach(self) -> None:
@@ -323,8 +394,11 @@ class AsteriskContainer:
     def _transports_up(self, shown: str) -> bool:
         """`pjsip show transports` has a `Transport: ID  TYPE ... BIND` line for each (and
         none for transport-tls when tls=False)."""
-        rows = {(words[1], words[2], words[-1]) for words in map(str.split, shown.splitlines())
-                if len(words) >= 4 and words[0] == "Transport:"}
+        rows = {
+            (words[1], words[2], words[-1])
+            for words in map(str.split, shown.splitlines())
+            if len(words) >= 4 and words[0] == "Transport:"
+        }
         tls_row = (TLS_TRANSPORT, "tls", self.tls_bind) in rows
         return (TRANSPORT, "udp", self.bind) in rows and tls_row == self.tls
 
@@ -367,8 +441,9 @@ class AsteriskContainer:
         self.stop()
 
     # ---------------------------------------------------------------- commands
-    def exec(self, *cmd: str, input: str | bytes | None = None, timeout: float = 60,
-             check: bool = True) -> subprocess.CompletedProcess:
+    def exec(
+        self, *cmd: str, input: str | bytes | None = None, timeout: float = 60, check: bool = True
+    ) -> subprocess.CompletedProcess:
         """podman exec [-i] NAME CMD..."""
         args = ["exec", *(["-i"] if input is not None else []), self.name, *cmd]
         return _podman(*args, input=input, timeout=timeout, check=check)
@@ -376,16 +451,27 @@ class AsteriskContainer:
     def rx(self, cmd: str, timeout: float = 60, check: bool = True) -> str:
         """podman exec NAME asterisk -rx CMD; returns stdout."""
         proc = self.exec("asterisk", "-rx", cmd, timeout=timeout, check=False)
-        if check and (proc.returncode != 0 or "Unable to connect to remote asterisk" in
-                      proc.stdout + proc.stderr):
-            raise AsteriskError(f"asterisk -rx {cmd!r} failed ({proc.returncode}): "
-                                f"{(proc.stdout + proc.stderr).strip()}")
+        if check and (
+            proc.returncode != 0
+            or "Unable to connect to remote asterisk" in proc.stdout + proc.stderr
+        ):
+            raise AsteriskError(
+                f"asterisk -rx {cmd!r} failed ({proc.returncode}): "
+                f"{(proc.stdout + proc.stderr).strip()}"
+            )
         return proc.stdout
 
     def write_file(self, path: str, content: str, mode: str = "0644") -> None:
         """Write a file inside the container, the way an operator would (through exec)."""
-        self.exec("sh", "-c", 'umask 022; cat > "$1.tmp" && chmod "$2" "$1.tmp" && '
-                  'mv -f "$1.tmp" "$1"', "sh", path, mode, input=content)
+        self.exec(
+            "sh",
+            "-c",
+            'umask 022; cat > "$1.tmp" && chmod "$2" "$1.tmp" && mv -f "$1.tmp" "$1"',
+            "sh",
+            path,
+            mode,
+            input=content,
+        )
 
     def read_file(self, path: str) -> str:
         return self.exec("cat", path).stdout
@@ -402,9 +488,16 @@ class AsteriskContainer:
         on every new request (qualify OPTIONS, INVITE) resolves the name. The mapping is kept
         for restart() (as --add-host)."""
         self.hosts[name] = ip
-        self.exec("sh", "-c", 'printf "%s\\t%s\\n" "$1" "$2" >> /etc/hosts && '
-                  'printf "; hosts changed: %s %s\\n" "$2" "$1" >> '
-                  "/etc/asterisk/resolver_unbound.conf", "sh", ip, name)
+        self.exec(
+            "sh",
+            "-c",
+            'printf "%s\\t%s\\n" "$1" "$2" >> /etc/hosts && '
+            'printf "; hosts changed: %s %s\\n" "$2" "$1" >> '
+            "/etc/asterisk/resolver_unbound.conf",
+            "sh",
+            ip,
+            name,
+        )
         out = self.rx("module reload res_resolver_unbound.so")
         if "reloaded successfully" not in out:
             raise AsteriskError(f"reloading res_resolver_unbound.so after add_host: {out.strip()}")

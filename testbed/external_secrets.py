@@ -36,9 +36,7 @@ def _stop_all() -> None:
 
 def build() -> tuple[Path, Path]:
     """(the controller binary, its module directory); builds it the first time (~9 min)."""
-    proc = subprocess.run(
-        ["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=3600
-    )
+    proc = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
         raise RuntimeError(f"{BUILD_SCRIPT} failed: {proc.stderr[-2000:]}")
     binary, module = proc.stdout.split()[-2:]

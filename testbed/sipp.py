@@ -37,8 +37,17 @@ SIPP = "sipp"
 SCENARIO_DIR = Path(__file__).resolve().parent / "sipp"
 REALM = "sip.twilio.com"
 STATIC_PAYLOADS = {0: "PCMU", 3: "GSM", 4: "G723", 8: "PCMA", 9: "G722", 18: "G729"}
-COMPACT = {"i": "call-id", "f": "from", "t": "to", "v": "via", "m": "contact", "l":
-           "content-length", "c": "content-type", "k": "supported", "s": "subject"}
+COMPACT = {
+    "i": "call-id",
+    "f": "from",
+    "t": "to",
+    "v": "via",
+    "m": "contact",
+    "l": "content-length",
+    "c": "content-type",
+    "k": "supported",
+    "s": "subject",
+}
 SEPARATOR = "-" * 47
 
 _running: dict[int, subprocess.Popen] = {}
@@ -77,7 +86,7 @@ def _proc_net_address(ip: str) -> tuple[str, str]:
     if addr.version == 4:
         return "", addr.packed[::-1].hex().upper()
     packed = addr.packed
-    return "6", "".join(packed[i:i + 4][::-1].hex().upper() for i in range(0, 16, 4))
+    return "6", "".join(packed[i : i + 4][::-1].hex().upper() for i in range(0, 16, 4))
 
 
 def _udp_bound(ip: str, port: int) -> bool:
@@ -115,8 +124,12 @@ def parse_digest(value: str) -> dict[str, str]:
     value = value.strip()
     if value.lower().startswith("digest"):
         value = value[6:]
-    return {k.lower(): (q if q or not u else u) for k, q, u in
-            re.findall(r'([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))', value)}
+    return {
+        k.lower(): (q if q or not u else u)
+        for k, q, u in re.findall(
+            r'([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))', value
+        )
+    }
 
 
 def _h(algorithm: str, text: str) -> str:
@@ -125,9 +138,19 @@ def _h(algorithm: str, text: str) -> str:
     return hashlib.new(name, text.encode()).hexdigest()
 
 
-def digest_response(*, username: str, realm: str, password: str, method: str, uri: str,
-                    nonce: str, qop: str | None = None, nc: str | None = None,
-                    cnonce: str | None = None, algorithm: str = "MD5") -> str:
+def digest_response(
+    *,
+    username: str,
+    realm: str,
+    password: str,
+    method: str,
+    uri: str,
+    nonce: str,
+    qop: str | None = None,
+    nc: str | None = None,
+    cnonce: str | None = None,
+    algorithm: str = "MD5",
+) -> str:
     """RFC 2617 / RFC 7616 digest response (qop absent or "auth")."""
     ha1 = _h(algorithm, f"{username}:{realm}:{password}")
     if algorithm.upper().endswith("-SESS"):
@@ -140,7 +163,7 @@ def digest_response(*, username: str, realm: str, password: str, method: str, ur
 
 @dataclass
 class SipMessage:
-    direction: str                 # "received" or "sent"
+    direction: str  # "received" or "sent"
     timestamp: str
     start_line: str
     headers: list[tuple[str, str]]  # in order, names as written
@@ -256,8 +279,14 @@ def parse_message_log(text: str) -> list[SipMessage]:
             elif ":" in hl:
                 k, _, v = hl.partition(":")
                 headers.append((k.strip(), v.strip()))
-        length = next((int(v) for k, v in headers
-                       if k.lower() in ("content-length", "l") and v.strip().isdigit()), None)
+        length = next(
+            (
+                int(v)
+                for k, v in headers
+                if k.lower() in ("content-length", "l") and v.strip().isdigit()
+            ),
+            None,
+        )
         body = rest if length is None else rest.replace("\n", "\r\n")[:length]
         body = body.replace("\r\n", "\n")
         out.append(SipMessage(direction, timestamp, hlines[0].strip(), headers, body, msg))
@@ -281,10 +310,19 @@ class TwilioStandIn:
     """sipp UAS standing in for <name>.pstn.twilio.com. mode "401" or "407" (the challenge
     Twilio sends; qop=True adds qop="auth" to it), or "503" (an edge out of service)."""
 
-    def __init__(self, ip: str = "127.0.0.2", port: int = 5060, username: str = "trunkuser",
-                 password: str = "trunkpass", mode: str = "401", *, qop: bool = False,
-                 media_port: int | None = None, workdir: str | os.PathLike | None = None,
-                 start_timeout: float = 30) -> None:
+    def __init__(
+        self,
+        ip: str = "127.0.0.2",
+        port: int = 5060,
+        username: str = "trunkuser",
+        password: str = "trunkpass",
+        mode: str = "401",
+        *,
+        qop: bool = False,
+        media_port: int | None = None,
+        workdir: str | os.PathLike | None = None,
+        start_timeout: float = 30,
+    ) -> None:
         if mode not in ("401", "407", "503"):
             raise ValueError("mode must be '401', '407' or '503' (an edge out of service)")
         self.ip, self.port = ip, port
@@ -302,14 +340,40 @@ class TwilioStandIn:
 
     @property
     def command(self) -> list[str]:
-        params = ', algorithm=MD5' + (', qop="auth"' if self.qop else "")
-        return [SIPP, "-sf", str(self.scenario), "-i", self.ip, "-p", str(self.port),
-                "-t", "u1", "-nostdin",
-                "-mi", self.ip, "-mp", str(self.media_port),
-                "-key", "twilio_user", self.username, "-key", "twilio_pass", self.password,
-                "-key", "auth_params", params,
-                "-trace_msg", "-message_file", str(self.message_file), "-message_overwrite",
-                "true", "-trace_err", "-error_file", str(self.error_file)]
+        params = ", algorithm=MD5" + (', qop="auth"' if self.qop else "")
+        return [
+            SIPP,
+            "-sf",
+            str(self.scenario),
+            "-i",
+            self.ip,
+            "-p",
+            str(self.port),
+            "-t",
+            "u1",
+            "-nostdin",
+            "-mi",
+            self.ip,
+            "-mp",
+            str(self.media_port),
+            "-key",
+            "twilio_user",
+            self.username,
+            "-key",
+            "twilio_pass",
+            self.password,
+            "-key",
+            "auth_params",
+            params,
+            "-trace_msg",
+            "-message_file",
+            str(self.message_file),
+            "-message_overwrite",
+            "true",
+            "-trace_err",
+            "-error_file",
+            str(self.error_file),
+        ]
 
     @property
     def pid(self) -> int | None:
@@ -326,8 +390,13 @@ class TwilioStandIn:
             raise RuntimeError(f"{self.ip}:{self.port} is already in use")
         out = open(self.output_file, "wb")  # noqa: SIM115 - the child owns it
         try:
-            self.proc = subprocess.Popen(self.command, cwd=self.workdir, stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                self.command,
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         finally:
             out.close()
         with _lock:
@@ -402,8 +471,13 @@ class TwilioStandIn:
 
     def responses(self, call_id: str | None = None) -> list[SipMessage]:
         """The responses sipp sent (optionally for one Call-ID)."""
-        return [m for m in self.log() if m.direction == "sent" and not m.is_request
-                and (call_id is None or m.call_id == call_id)]
+        return [
+            m
+            for m in self.log()
+            if m.direction == "sent"
+            and not m.is_request
+            and (call_id is None or m.call_id == call_id)
+        ]
 
     def wait_for(self, predicate, timeout: float = 30, interval: float = 0.2):
         """Poll messages() until predicate(messages) is truthy; return its value."""
@@ -416,8 +490,9 @@ class TwilioStandIn:
                 raise TimeoutError(f"sipp on {self.ip}:{self.port} did not see it in {timeout}s")
             time.sleep(interval)
 
-    def digest_checks(self, password: str | None = None,
-                      username: str | None = None) -> list[DigestCheck]:
+    def digest_checks(
+        self, password: str | None = None, username: str | None = None
+    ) -> list[DigestCheck]:
         """Check the digest of every INVITE carrying (Proxy-)Authorization against
         username/password (default: this stand-in's)."""
         password = self.password if password is None else password
@@ -438,13 +513,32 @@ class TwilioStandIn:
                 reason = "uri/nonce missing"
             else:
                 expected = digest_response(
-                    username=username, realm=auth["realm"], password=password, method="INVITE",
-                    uri=auth["uri"], nonce=auth["nonce"], qop=auth.get("qop"),
-                    nc=auth.get("nc"), cnonce=auth.get("cnonce"), algorithm=algorithm)
+                    username=username,
+                    realm=auth["realm"],
+                    password=password,
+                    method="INVITE",
+                    uri=auth["uri"],
+                    nonce=auth["nonce"],
+                    qop=auth.get("qop"),
+                    nc=auth.get("nc"),
+                    cnonce=auth.get("cnonce"),
+                    algorithm=algorithm,
+                )
                 if expected != auth.get("response"):
                     reason = f"response {auth.get('response')} != expected {expected}"
-            checks.append(DigestCheck(m.call_id, cseq, auth.get("username"), auth.get("realm"),
-                                      auth.get("uri"), auth.get("qop"), not reason, reason, auth))
+            checks.append(
+                DigestCheck(
+                    m.call_id,
+                    cseq,
+                    auth.get("username"),
+                    auth.get("realm"),
+                    auth.get("uri"),
+                    auth.get("qop"),
+                    not reason,
+                    reason,
+                    auth,
+                )
+            )
         return checks
 
     def verify_digest(self, password: str | None = None, username: str | None = None) -> bool:
@@ -483,14 +577,32 @@ class TlsTwilioStandIn(TwilioStandIn):
     reach its TCP socket the way Asterisk talks (Asterisk has no TCP transport). stunnel's own
     log (:meth:`tls_sessions`) says which client connected and what TLS it negotiated."""
 
-    def __init__(self, ip: str = "127.0.0.2", username: str = "trunkuser",
-                 password: str = "trunkpass", *, tls_port: int = 5061, port: int = 5062,
-                 qop: bool = False, media_port: int | None = None,
-                 certificate: tuple[Path, Path] | None = None,
-                 common_name: str = "twilio-standin",
-                 workdir: str | os.PathLike | None = None, start_timeout: float = 30) -> None:
-        super().__init__(ip, port, username, password, mode="401", qop=qop,
-                         media_port=media_port, workdir=workdir, start_timeout=start_timeout)
+    def __init__(
+        self,
+        ip: str = "127.0.0.2",
+        username: str = "trunkuser",
+        password: str = "trunkpass",
+        *,
+        tls_port: int = 5061,
+        port: int = 5062,
+        qop: bool = False,
+        media_port: int | None = None,
+        certificate: tuple[Path, Path] | None = None,
+        common_name: str = "twilio-standin",
+        workdir: str | os.PathLike | None = None,
+        start_timeout: float = 30,
+    ) -> None:
+        super().__init__(
+            ip,
+            port,
+            username,
+            password,
+            mode="401",
+            qop=qop,
+            media_port=media_port,
+            workdir=workdir,
+            start_timeout=start_timeout,
+        )
         self.mode = "tls"
         self.tls_port = tls_port
         self.scenario = SCENARIO_DIR / "twilio-uas-tls.xml"
@@ -503,15 +615,46 @@ class TlsTwilioStandIn(TwilioStandIn):
 
     @property
     def command(self) -> list[str]:
-        params = ', algorithm=MD5' + (', qop="auth"' if self.qop else "")
-        return [SIPP, "-sf", str(self.scenario), "-i", self.ip, "-p", str(self.port),
-                "-t", "t1", "-nostdin",
-                "-mi", self.ip, "-mp", str(self.media_port),
-                "-key", "twilio_user", self.username, "-key", "twilio_pass", self.password,
-                "-key", "auth_params", params,
-                "-key", "public_host", self.ip, "-key", "public_port", str(self.tls_port),
-                "-trace_msg", "-message_file", str(self.message_file), "-message_overwrite",
-                "true", "-trace_err", "-error_file", str(self.error_file)]
+        params = ", algorithm=MD5" + (', qop="auth"' if self.qop else "")
+        return [
+            SIPP,
+            "-sf",
+            str(self.scenario),
+            "-i",
+            self.ip,
+            "-p",
+            str(self.port),
+            "-t",
+            "t1",
+            "-nostdin",
+            "-mi",
+            self.ip,
+            "-mp",
+            str(self.media_port),
+            "-key",
+            "twilio_user",
+            self.username,
+            "-key",
+            "twilio_pass",
+            self.password,
+            "-key",
+            "auth_params",
+            params,
+            "-key",
+            "public_host",
+            self.ip,
+            "-key",
+            "public_port",
+            str(self.tls_port),
+            "-trace_msg",
+            "-message_file",
+            str(self.message_file),
+            "-message_overwrite",
+            "true",
+            "-trace_err",
+            "-error_file",
+            str(self.error_file),
+        ]
 
     @property
     def stunnel_pid(self) -> int | None:
@@ -538,7 +681,8 @@ class TlsTwilioStandIn(TwilioStandIn):
             f"connect = {self.ip}:{self.port}\n"
             f"cert = {crt}\n"
             f"key = {key}\n"
-            "sslVersionMin = TLSv1.2\n")
+            "sslVersionMin = TLSv1.2\n"
+        )
         return self.stunnel_config
 
     def start(self) -> TlsTwilioStandIn:
@@ -558,9 +702,13 @@ class TlsTwilioStandIn(TwilioStandIn):
     def _start_stunnel(self) -> None:
         out = open(self.stunnel_output_file, "wb")  # noqa: SIM115 - the child owns it
         try:
-            self.stunnel = subprocess.Popen([STUNNEL, str(self.stunnel_config)], cwd=self.workdir,
-                                            stdin=subprocess.DEVNULL, stdout=out,
-                                            stderr=subprocess.STDOUT)
+            self.stunnel = subprocess.Popen(
+                [STUNNEL, str(self.stunnel_config)],
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         finally:
             out.close()
         with _lock:
@@ -568,8 +716,9 @@ class TlsTwilioStandIn(TwilioStandIn):
         deadline = time.monotonic() + self.start_timeout
         while not _tcp_listening(self.ip, self.tls_port):
             if self.stunnel.poll() is not None:
-                raise RuntimeError(f"stunnel exited ({self.stunnel.returncode}): "
-                                   f"{self.stunnel_output()[-2000:]}")
+                raise RuntimeError(
+                    f"stunnel exited ({self.stunnel.returncode}): {self.stunnel_output()[-2000:]}"
+                )
             if time.monotonic() > deadline:
                 raise RuntimeError(f"stunnel did not listen on {self.ip}:{self.tls_port}")
             time.sleep(0.1)
@@ -628,9 +777,10 @@ class TlsTwilioStandIn(TwilioStandIn):
         return sessions
 
     def __repr__(self) -> str:
-        return (f"TlsTwilioStandIn(tls {self.ip}:{self.tls_port} -> tcp {self.ip}:{self.port},"
-                f" sipp pid={self.pid}, stunnel pid={self.stunnel_pid})")
-
+        return (
+            f"TlsTwilioStandIn(tls {self.ip}:{self.tls_port} -> tcp {self.ip}:{self.port},"
+            f" sipp pid={self.pid}, stunnel pid={self.stunnel_pid})"
+        )
 
 
 @dataclass
@@ -648,25 +798,61 @@ class TwilioCaller:
     ``ip`` (a loopback address of the test's choosing: inside or outside a trunk's source
     ranges). Each ``call()`` runs sipp once in the foreground under this object's control."""
 
-    def __init__(self, ip: str, account_sid: str, *, port: int = 5062,
-                 media_port: int | None = None) -> None:
+    def __init__(
+        self, ip: str, account_sid: str, *, port: int = 5062, media_port: int | None = None
+    ) -> None:
         self.ip, self.port, self.account_sid = ip, port, account_sid
         self.media_port = media_port or 17000 + (int(ipaddress.ip_address(ip)) % 1000) * 8
         self.scenario = SCENARIO_DIR / "twilio-uac-inbound.xml"
 
-    def call(self, target: str, did: str, caller: str, *, hold_ms: int = 500,
-             timeout: float = 30) -> InboundCall:
+    def call(
+        self, target: str, did: str, caller: str, *, hold_ms: int = 500, timeout: float = 30
+    ) -> InboundCall:
         """INVITE sip:<did>@<target> ("ip:port"); returns the final response status."""
         workdir = Path(tempfile.mkdtemp(prefix=f"trunkop-sipp-uac-{self.ip}-"))
         messages = workdir / "messages.log"
-        command = [SIPP, target, "-sf", str(self.scenario), "-i", self.ip, "-p", str(self.port),
-                   "-t", "u1", "-nostdin", "-m", "1", "-timeout", f"{int(timeout)}s",
-                   "-mi", self.ip, "-mp", str(self.media_port),
-                   "-key", "did", did, "-key", "caller", caller,
-                   "-key", "account_sid", self.account_sid, "-d", str(hold_ms),
-                   "-trace_msg", "-message_file", str(messages)]
-        proc = subprocess.Popen(command, cwd=workdir, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command = [
+            SIPP,
+            target,
+            "-sf",
+            str(self.scenario),
+            "-i",
+            self.ip,
+            "-p",
+            str(self.port),
+            "-t",
+            "u1",
+            "-nostdin",
+            "-m",
+            "1",
+            "-timeout",
+            f"{int(timeout)}s",
+            "-mi",
+            self.ip,
+            "-mp",
+            str(self.media_port),
+            "-key",
+            "did",
+            did,
+            "-key",
+            "caller",
+            caller,
+            "-key",
+            "account_sid",
+            self.account_sid,
+            "-d",
+            str(hold_ms),
+            "-trace_msg",
+            "-message_file",
+            str(messages),
+        ]
+        proc = subprocess.Popen(
+            command,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         with _lock:
             _running[proc.pid] = proc
         try:
@@ -681,7 +867,14 @@ class TwilioCaller:
             log = []
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        finals = [m.status for m in log if m.direction == "received" and not m.is_request
-                  and m.status is not None and m.status >= 200 and m.cseq
-                  and m.cseq[1] == "INVITE"]
+        finals = [
+            m.status
+            for m in log
+            if m.direction == "received"
+            and not m.is_request
+            and m.status is not None
+            and m.status >= 200
+            and m.cseq
+            and m.cseq[1] == "INVITE"
+        ]
         return InboundCall(did, caller, finals[-1] if finals else None, log)
