@@ -3,7 +3,7 @@
 Asterisk 22 crashes when a PJSIP CLI read prints an endpoint without its Stasis state
 (asterisk/asterisk#2172). The pusher of BASELINE_COMMIT deleted and re-created a changed
 endpoint at once, and res_pjsip then shut the new endpoint's state down with the old one's;
-this checkout's waits for Asterisk's tasks of the deletion first (pod_scripts/ari-push.pl).
+this checkout's waits for Asterisk's tasks of the deletion first (pod/scripts/ari-push.pl).
 
 One podman Asterisk (the examples' image, ARI, sorcery `memory` wizards) gets TRUNKS trunks
 with the operator's own delivery (`channel.deliver`), then one trunk's codecs change CHANGES

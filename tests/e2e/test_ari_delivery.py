@@ -1,5 +1,5 @@
-"""Pods that take their trunks over ARI (asterisk_ari): real Asterisk with ARI and sorcery
-`memory` wizards, the operator process, sipp as Twilio in both directions.
+"""Pods that take their trunks over ARI (pod/ari.py, pod/delivery.py): real Asterisk with ARI
+and sorcery `memory` wizards, the operator process, sipp as Twilio in both directions.
 
 What must hold for such a pod, beyond what the file delivery proves: no PJSIP reload at all,
 a change replaces objects (an AOR moved to another host keeps no old contact: a PUT would

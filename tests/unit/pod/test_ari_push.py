@@ -1,4 +1,4 @@
-"""The pod-side ARI pusher (pod_scripts/ari-push.pl) against a stand-in for ARI's dynamic
+"""The pod-side ARI pusher (pod/scripts/ari-push.pl) against a stand-in for ARI's dynamic
 configuration resource: which requests it makes, in what order, and what it remembers.
 The real ARI is exercised by tests/e2e/test_ari_delivery.py."""
 

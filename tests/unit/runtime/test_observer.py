@@ -79,7 +79,7 @@ def test_a_delivery_waits_for_an_observation_only_over_ari(
     """Reading 10,000 trunks on a busy node takes 30 s and more: a change must not wait for
     it, and what it read before the change must not become the pod's observation. Over ARI
     it waits: a PJSIP CLI read that prints an endpoint a push replaces can find it between its
-    two states and crash Asterisk 22 (pod_scripts/ari-push.pl)."""
+    two states and crash Asterisk 22 (pod/scripts/ari-push.pl)."""
     reading, release = threading.Event(), threading.Event()
     order: list[str] = []
     fresh = verify.Observation(asterisk_output.Listing(), "fresh")
