@@ -325,6 +325,47 @@ def plan_namespace(inputs: Inputs, cache: RenderCache | None = None) -> Plan:
         cache.rotate()
 
 
+def _claim_dids(
+    outcome: Outcome, name: str, dids: list[str], did_owner: dict[str, str]
+) -> list[str]:
+    """The segment's DIDs an older segment already routes (skipped here, and reported)."""
+    taken = [d for d in dids if did_owner.setdefault(d, name) != name]
+    if taken:
+        outcome.problems.append(
+            Problem(
+                "DIDConflict",
+                f"{len(taken)} DIDs are already routed by another segment"
+                f" (e.g. {taken[0]} by DIDSegment {did_owner[taken[0]]}); they are skipped here",
+                blocking=False,
+            )
+        )
+        outcome.conflicts = taken[:MAX_LISTED_CONFLICTS]
+        outcome.conflict_count = len(taken)
+    return taken
+
+
+def _claim_pool(
+    outcome: Outcome, name: str, segment: DIDSegmentSpec, pool_owner: dict[str, str]
+) -> DIDSegmentSpec:
+    """The segment, with its caller-ID pool off when an older segment's serves the trunk."""
+    trunk_name = segment.trunk_ref.name
+    if not segment.caller_id_pool.enabled:
+        return segment
+    owner = pool_owner.setdefault(trunk_name, name)
+    if owner == name:
+        return segment
+    outcome.problems.append(
+        Problem(
+            "CallerIdPoolConflict",
+            f"TwilioTrunk {trunk_name} already takes caller IDs from"
+            f" DIDSegment {owner}; this segment's pool is not used",
+            blocking=False,
+        )
+    )
+    pool = segment.caller_id_pool.model_copy(update={"enabled": False})
+    return segment.model_copy(update={"caller_id_pool": pool})
+
+
 def _plan_segment(
     resource: Resource,
     inputs: Inputs,
@@ -358,35 +399,8 @@ def _plan_segment(
         )
         return outcome
     dids: list[str] = cache.get((*key, "dids"), segment.dids)
-    taken = [d for d in dids if did_owner.setdefault(d, resource.name) != resource.name]
-    if taken:
-        first_owner = did_owner[taken[0]]
-        outcome.problems.append(
-            Problem(
-                "DIDConflict",
-                f"{len(taken)} DIDs are already routed by another segment"
-                f" (e.g. {taken[0]} by DIDSegment {first_owner}); they are skipped here",
-                blocking=False,
-            )
-        )
-        outcome.conflicts = taken[:MAX_LISTED_CONFLICTS]
-        outcome.conflict_count = len(taken)
-    if segment.caller_id_pool.enabled:
-        owner = pool_owner.setdefault(trunk_name, resource.name)
-        if owner != resource.name:
-            outcome.problems.append(
-                Problem(
-                    "CallerIdPoolConflict",
-                    f"TwilioTrunk {trunk_name} already takes caller IDs from"
-                    f" DIDSegment {owner}; this segment's pool is not used",
-                    blocking=False,
-                )
-            )
-            segment = segment.model_copy(
-                update={
-                    "caller_id_pool": segment.caller_id_pool.model_copy(update={"enabled": False})
-                }
-            )
+    taken = _claim_dids(outcome, resource.name, dids, did_owner)
+    segment = _claim_pool(outcome, resource.name, segment, pool_owner)
     outcome.did_count = len(dids) - len(taken)
     outcome.public = cache.get(
         (

@@ -353,17 +353,16 @@ def deliver(
             f"delivery script failed (exit {result.returncode}): {result.stderr.strip()[-300:]}"
         )
     observation = _observation(parts, probe, expected)
-    transports = parse_transports(parts.get("transports", ""))
     read_again = observation.cut_short
-    if observation.cut_short:
-        # Read again (no reload): the new endpoints in depth too, within the same bound.
-        again = Probe(frozenset(sorted(probe.details)[:DETAILS_AT_MOST]), probe.contexts)
-        observation, transports = _read_again(
-            exec_, expected, timeout, again, delivery.pushed, READ_ATTEMPTS - 1
-        )
-        if observation.cut_short:  # unverifiable: the verified set goes back, and a retry
-            _roll_back(exec_, delivery, wait, timeout)
-            raise ExecError(f"{_cut_short_message(observation)}; the previous set was put back")
+    observation, transports = _complete(
+        exec_,
+        expected,
+        timeout,
+        probe,
+        delivery,
+        observation,
+        parse_transports(parts.get("transports", "")),
+    )
     problems = verify(expected, observation, transports)
     if not problems:
         # Where the time went: packing here, the exec (the script's own phases inside it),
@@ -371,9 +370,47 @@ def deliver(
         phases = {"pack": sent - started, "exec": returned - sent, **_phases(parts)}
         phases["verify"] = time.monotonic() - returned  # and reading again, if it did
         return DeliveryResult(True, digest, [], observation, phases=phases, read_again=read_again)
+    return _rolled_back(exec_, expected, timeout, delivery, digest, problems, parts)
+
+
+def _complete(
+    exec_: Exec,
+    expected: Expected,
+    timeout: float,
+    probe: Probe,
+    delivery: Delivery,
+    observation: Observation,
+    transports: dict[str, str],
+) -> tuple[Observation, dict[str, str]]:
+    """The delivery's read, or a whole one read again (no reload) when Asterisk's CLI cut it
+    short: the new endpoints in depth too, within the same bound. Still cut short, nothing can
+    be verified: the previous set goes back, and the caller retries."""
+    if not observation.cut_short:
+        return observation, transports
+    again = Probe(frozenset(sorted(probe.details)[:DETAILS_AT_MOST]), probe.contexts)
+    observation, transports = _read_again(
+        exec_, expected, timeout, again, delivery.pushed, READ_ATTEMPTS - 1
+    )
+    if observation.cut_short:
+        _roll_back(exec_, delivery, timeout / 2, timeout)
+        raise ExecError(f"{_cut_short_message(observation)}; the previous set was put back")
+    return observation, transports
+
+
+def _rolled_back(
+    exec_: Exec,
+    expected: Expected,
+    timeout: float,
+    delivery: Delivery,
+    digest: str,
+    problems: list[Mismatch],
+    parts: Mapping[str, str],
+) -> DeliveryResult:
+    """Asterisk did not load what was rendered: its own words join the mismatches, and the
+    previous set goes back."""
     errors = _error_lines(parts)
     problems += errors
-    back = _roll_back(exec_, delivery, wait, timeout)
+    back = _roll_back(exec_, delivery, timeout / 2, timeout)
     restored = (
         _observation(sections(back.stdout), LISTINGS_ONLY, expected)
         if back.returncode == 0

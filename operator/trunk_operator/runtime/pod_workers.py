@@ -551,10 +551,25 @@ class AsteriskPods:
             delivery,
             digest,
         )
+        listed = result.observation is None or bool(result.observation.listing.read)
+        await self._took(namespace, worker, owners, files, result)
+        metrics.DELIVERIES.labels(result=worker.state.last_reload_result).inc()
+        metrics.DELIVERY_SECONDS.observe(time.monotonic() - started)
+        self._log_delivery(namespace, worker, len(owners), result, started, listed)
+        return result
+
+    async def _took(
+        self,
+        namespace: str,
+        worker: PodWorker,
+        owners: dict[str, Outcome],
+        files: Files,
+        result: channel.DeliveryResult,
+    ) -> None:
+        """What the pod has after a delivery: the new set (verified), or the one before it."""
         if result.ok or result.rolled_back:  # verified, or back to what it had
             worker.state.delivering = None
         worker.state.last_reload_time = timestamp()
-        listed = result.observation is None or bool(result.observation.listing.read)
         if result.observation is not None:
             result.observation.carry(worker.state.observation)
         worker.state.observation = result.observation
@@ -564,22 +579,30 @@ class AsteriskPods:
             worker.state.last_reload_result = "Verified"
             worker.set_delivered(owners, files)
             await self.gates.open(namespace, worker.pod)
-        else:
-            worker.state.last_reload_result = "RolledBack" if result.rolled_back else "Failed"
-        if not result.ok:
-            log.warning(
-                "%s/%s refused: %s",
-                namespace,
-                worker.pod.name,
-                "; ".join(p.message for p in result.problems[:3]),
-            )
-        metrics.DELIVERIES.labels(result=worker.state.last_reload_result).inc()
-        metrics.DELIVERY_SECONDS.observe(time.monotonic() - started)
+            return
+        worker.state.last_reload_result = "RolledBack" if result.rolled_back else "Failed"
+        log.warning(
+            "%s/%s refused: %s",
+            namespace,
+            worker.pod.name,
+            "; ".join(p.message for p in result.problems[:3]),
+        )
+
+    @staticmethod
+    def _log_delivery(
+        namespace: str,
+        worker: PodWorker,
+        resources: int,
+        result: channel.DeliveryResult,
+        started: float,
+        listed: bool,
+    ) -> None:
+        """One line per delivery, with where its time went."""
         log.info(
             "%s/%s: %d resources, hash %s: %s in %.2f s (%s)",
             namespace,
             worker.pod.name,
-            len(owners),
+            resources,
             result.hash[:12],
             worker.state.last_reload_result,
             time.monotonic() - started,
@@ -591,7 +614,6 @@ class AsteriskPods:
                 else ""
             ),
         )
-        return result
 
     async def _delivery(self, namespace: str, pod: Pod) -> Delivery:
         """How the pod takes its set: files, or over ARI with the user of its Secret (read for
