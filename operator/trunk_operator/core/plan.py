@@ -242,18 +242,13 @@ def _validation_message(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _plan_trunk(
-    resource: Resource, inputs: Inputs, claimed: dict[str, dict[str, str]], cache: RenderCache
-) -> tuple[Outcome, TwilioTrunkSpec | None]:
-    outcome = Outcome(trunk=resource.name, generation=resource.generation)
-    cache_key = (TRUNK, resource.name, cache.spec_key(resource.spec))
-    spec = cache.get(cache_key, _validated, TwilioTrunkSpec, resource.spec)
-    if isinstance(spec, str):
-        outcome.problems.append(Problem("InvalidSpec", spec))
-        return outcome, None
-    outcome.trunk_spec = spec
-    outcome.user_contexts = frozenset({spec.inbound.context})
-    names = trunk_names(resource.name, spec)
+def _claim_names(
+    outcome: Outcome, name: str, spec: TwilioTrunkSpec, claimed: dict[str, dict[str, str]]
+) -> None:
+    """What a trunk must have to itself in the namespace: its endpoint name, its outbound
+    context, and identification by IP (only one trunk per pod set can be told apart that way).
+    An older trunk keeps what it claimed first."""
+    names = trunk_names(name, spec)
     ip_identified = spec.inbound.account_sid is None
     for what, key in (
         ("endpoint name", names.endpoint),
@@ -262,8 +257,8 @@ def _plan_trunk(
     ):
         if key is None:
             continue
-        owner = claimed[what].setdefault(key, resource.name)
-        if owner != resource.name:
+        owner = claimed[what].setdefault(key, name)
+        if owner != name:
             reason = {
                 "endpoint name": "EndpointNameConflict",
                 "outbound context": "OutboundContextConflict",
@@ -277,7 +272,17 @@ def _plan_trunk(
             outcome.problems.append(
                 Problem(reason, f"{what} {key!r} is already used by TwilioTrunk {owner}{hint}")
             )
-    outcome.public = cache.get((*cache_key, "files"), render_trunk, resource.name, spec)
+
+
+def _plan_credentials(
+    outcome: Outcome,
+    name: str,
+    spec: TwilioTrunkSpec,
+    inputs: Inputs,
+    cache: RenderCache,
+    cache_key: tuple[Any, ...],
+) -> None:
+    """The trunk's auth section from its Secret, or the problem that keeps it from one."""
     creds = spec.credentials
     secret = inputs.secrets.get(creds.secret_name)
     outcome.secret_version = inputs.secret_versions.get(creds.secret_name)
@@ -285,7 +290,7 @@ def _plan_trunk(
         outcome.problems.append(
             Problem("SecretNotFound", f"Secret {creds.secret_name} does not exist")
         )
-        return outcome, spec
+        return
     missing = [k for k in (creds.username_key, creds.password_key) if not secret.get(k)]
     if missing:
         outcome.problems.append(
@@ -294,13 +299,13 @@ def _plan_trunk(
                 f"Secret {creds.secret_name} has no (or an empty) {', '.join(missing)}",
             )
         )
-        return outcome, spec
+        return
     try:
         username, password = secret[creds.username_key], secret[creds.password_key]
         outcome.secret = cache.get(
             (*cache_key, "auth", username, password),
             render_trunk_auth,
-            resource.name,
+            name,
             spec,
             username,
             password,
@@ -314,6 +319,22 @@ def _plan_trunk(
         outcome.problems.append(
             Problem("InvalidCredentials", f"Secret {creds.secret_name}: {error}")
         )
+
+
+def _plan_trunk(
+    resource: Resource, inputs: Inputs, claimed: dict[str, dict[str, str]], cache: RenderCache
+) -> tuple[Outcome, TwilioTrunkSpec | None]:
+    outcome = Outcome(trunk=resource.name, generation=resource.generation)
+    cache_key = (TRUNK, resource.name, cache.spec_key(resource.spec))
+    spec = cache.get(cache_key, _validated, TwilioTrunkSpec, resource.spec)
+    if isinstance(spec, str):
+        outcome.problems.append(Problem("InvalidSpec", spec))
+        return outcome, None
+    outcome.trunk_spec = spec
+    outcome.user_contexts = frozenset({spec.inbound.context})
+    _claim_names(outcome, resource.name, spec, claimed)
+    outcome.public = cache.get((*cache_key, "files"), render_trunk, resource.name, spec)
+    _plan_credentials(outcome, resource.name, spec, inputs, cache, cache_key)
     return outcome, spec
 
 

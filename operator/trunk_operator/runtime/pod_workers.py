@@ -31,6 +31,7 @@ from trunk_operator.core.render import Files, files_hash
 from trunk_operator.core.status import PodDelivery, timestamp
 from trunk_operator.core.verify import (
     ARI_PUSH_FAILED,
+    Expected,
     ExpectedEndpoint,
     Observation,
     Probe,
@@ -235,6 +236,19 @@ class PodWorker:
             else since.get(ref, now)
             for ref, digest in self.state.delivered.items()
         }  # fmt: skip
+
+
+def _adoption_probe(worker: PodWorker, owners: Mapping[str, Outcome], expected: Expected) -> Probe:
+    """What an adoption reads beyond every object's presence: a first batch of endpoints in
+    depth (the observer audits the rest, AUDIT_BATCH per round) and their CRs' contexts. The
+    files are byte for byte a set verified in depth when it was delivered, and Asterisk loads a
+    dialplan whole or not at all. (Every context would take a `dialplan show` of the whole set
+    after each container restart: the largest read there is, and the likeliest to be cut short
+    on a busy node.) The user contexts too: their presence is in the statuses."""
+    batch = frozenset(worker.audit_batch(owners))
+    batch_owners = {e.owner for e in expected.endpoints if e.name in batch}
+    contexts = frozenset(c for c, owner in expected.contexts.items() if owner in batch_owners)
+    return Probe(batch, contexts | user_contexts_of(owners))
 
 
 def _delivery_of(pod: Pod) -> tuple[str | None, str]:
@@ -467,20 +481,7 @@ class AsteriskPods:
         started = time.monotonic()
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
         expected = expected_for(owners, self.expected_endpoints)
-        # Every object's presence; in depth a first batch of endpoints (the observer audits
-        # the rest, AUDIT_BATCH per round), and their CRs' contexts: the files are byte for
-        # byte a set that was verified in depth when it was delivered, and Asterisk loads a
-        # dialplan whole or not at all. (Every context would take a `dialplan show` of the
-        # whole set after each container restart: the largest read there is, and the likeliest
-        # to be cut short on a busy node.) The user contexts too: their presence is in the
-        # statuses.
-        batch = frozenset(worker.audit_batch(owners))
-        batch_owners = {e.owner for e in expected.endpoints if e.name in batch}
-        probe = Probe(
-            batch,
-            frozenset(c for c, owner in expected.contexts.items() if owner in batch_owners)
-            | user_contexts_of(owners),
-        )
+        probe = _adoption_probe(worker, owners, expected)
         observation = await self.calls.run(
             channel.observe,
             pod_exec,
