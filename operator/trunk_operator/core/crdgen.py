@@ -97,6 +97,14 @@ def crd(
         *extra_columns,
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
+    version = {
+        "name": VERSION,
+        "served": True,
+        "storage": True,
+        "subresources": {"status": {}},
+        "additionalPrinterColumns": columns,
+        "schema": {"openAPIV3Schema": _root_schema(spec, status)},
+    }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -112,38 +120,32 @@ def crd(
                 "shortNames": short_names,
                 "categories": [CATEGORY],
             },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": columns,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": spec.__doc__ or "",
-                            "required": ["spec"],
-                            # The name becomes a label value of the rendered ConfigMaps and
-                            # Secrets (63 characters at most) and part of file names.
-                            "x-kubernetes-validations": [
-                                {
-                                    "rule": f"size(self.metadata.name) <= {MAX_NAME}",
-                                    "message": f"metadata.name: at most {MAX_NAME} characters"
-                                    " (it labels the rendered ConfigMaps and Secrets)",
-                                }
-                            ],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": openapi_schema(spec),
-                                "status": openapi_schema(status),
-                            },
-                        }
-                    },
-                }
-            ],
+            "versions": [version],
+        },
+    }
+
+
+def _root_schema(spec: type[BaseModel], status: type[BaseModel]) -> dict[str, Any]:
+    """The whole object's schema: the spec and status from the models, and the name's rule."""
+    return {
+        "type": "object",
+        "description": spec.__doc__ or "",
+        "required": ["spec"],
+        # The name becomes a label value of the rendered ConfigMaps and Secrets (63 characters
+        # at most) and part of file names.
+        "x-kubernetes-validations": [
+            {
+                "rule": f"size(self.metadata.name) <= {MAX_NAME}",
+                "message": f"metadata.name: at most {MAX_NAME} characters"
+                " (it labels the rendered ConfigMaps and Secrets)",
+            }
+        ],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": openapi_schema(spec),
+            "status": openapi_schema(status),
         },
     }
 
