@@ -1,6 +1,6 @@
 """A small Kubernetes API and exec client: JSON over HTTPS (urllib3) and exec over WebSocket.
 
-Why not the `kubernetes` package: importing it costs about 40 MiB of the operator's memory,
+Why not the `kubernetes` package: importing it costs the operator memory it has no use for,
 and its `stream()` swaps the request method of a shared client while an exec runs. What this
 client must still do for users, as client-go does:
 

@@ -3,7 +3,7 @@ so traffic waits until its trunks are delivered and verified.
 
 Opened after a verified delivery (or adoption), closed as soon as the Asterisk container
 restarts: the condition outlives the container, and a new one serves nothing verified yet.
-Written only when it changes (a PATCH per delivery costs ~30 ms).
+Written only when it changes: a PATCH per delivery would be an API write for nothing.
 """
 
 from __future__ import annotations
