@@ -1,15 +1,16 @@
 """Measurement 10: Asterisk over ARI, one endpoint replaced again and again beside PJSIP reads.
 
 Asterisk 22 crashes when a PJSIP CLI read prints an endpoint without its Stasis state
-(asterisk/asterisk#2172). The pusher of BASELINE_COMMIT deleted and re-created a changed
-endpoint at once, and res_pjsip then shut the new endpoint's state down with the old one's;
-this checkout's waits for Asterisk's tasks of the deletion first (pod/scripts/ari-push.pl).
+(asterisk/asterisk#2172). The pusher of BASELINE_COMMIT deleted and re-created a changed endpoint at
+once, and res_pjsip then shut the new endpoint's state down with the old one's; this
+checkout's steps wait for Asterisk's tasks of the deletion first (pod/ari_plan.py). The
+baseline is those steps without the wait (`replaced_at_once`), run by this checkout's executor.
 
 One podman Asterisk (the examples' image, ARI, sorcery `memory` wizards) gets TRUNKS trunks
 with the operator's own delivery (`channel.deliver`), then one trunk's codecs change CHANGES
 times, each change one delivery. Beside them another thread runs `pjsip show endpoint` and
 `pjsip list endpoints` every 0.05-0.4 s, never during a delivery (as the operator's observer).
-Each pusher gets its own Asterisk; the figure is the changes it took until Asterisk died.
+Each gets its own Asterisk; the figure is the changes it took until Asterisk died.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ import random
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rig import HOST, trunk_spec
@@ -30,11 +30,12 @@ from testbed.asterisk import AsteriskContainer
 from tests.cases import Case
 from tests.e2e.conftest import podman_exec
 from trunk_operator.core.models import TwilioTrunkSpec
-from trunk_operator.pod import ari, channel
+from trunk_operator.pod import ari_plan, channel
+from trunk_operator.pod import delivery as delivery_module
 from trunk_operator.pod.ari import AriAccess
-from trunk_operator.pod.delivery import AriDelivery
+from trunk_operator.pod.ari_plan import Key, Op, PjsipObject
+from trunk_operator.pod.delivery import AriDelivery, Delivery
 
-ROOT = Path(__file__).resolve().parents[1]
 BASELINE_COMMIT = "78ec7a94472a26421ca3a2dee5aa2eec0a33efae"  # DELETE, then PUT at once
 USER, PASSWORD = "trunkop", "churn-pass"
 CODECS = (["alaw"], ["ulaw", "alaw"], ["ulaw"])
@@ -60,22 +61,26 @@ def _case(trunks: int, codecs: list[str]) -> Case:
     return Case(specs)
 
 
+def replaced_at_once(wanted: Mapping[Key, PjsipObject], had: Mapping[Key, str]) -> tuple[Op, ...]:
+    """The steps as 78ec7a9's pusher took them: a changed endpoint DELETEd and PUT at once."""
+    steps = ari_plan.push_ops(wanted, had)
+    return tuple(
+        replace(op, verb="replace") if op.verb == "refill" else op
+        for op in steps
+        if op.verb not in ("clear", "await")
+    )
+
+
 @contextlib.contextmanager
-def pusher(commit: str | None) -> Iterator[None]:
-    """The pod-side pusher of `commit` (None: this checkout's) for deliveries made meanwhile."""
-    mine = ari.PUSH_SCRIPT
-    if commit is not None:
-        path = "operator/trunk_operator/pod_scripts/ari-push.pl"  # where it was at BASELINE_COMMIT
-        ari.PUSH_SCRIPT = subprocess.run(
-            ["git", "-C", str(ROOT), "show", f"{commit}:{path}"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+def steps(baseline: bool) -> Iterator[None]:
+    """Deliveries made meanwhile take the baseline's steps, or this checkout's."""
+    mine = delivery_module.push_ops
+    if baseline:
+        delivery_module.push_ops = replaced_at_once
     try:
         yield
     finally:
-        ari.PUSH_SCRIPT = mine
+        delivery_module.push_ops = mine
 
 
 def churn(trunks: int, changes: int, bind_ip: str) -> Churn:
@@ -103,10 +108,12 @@ def churn(trunks: int, changes: int, bind_ip: str) -> Churn:
     thread = threading.Thread(target=reader, daemon=True)
     try:
         pod_exec = podman_exec(pbx.name)
-        delivery = AriDelivery(AriAccess(pbx.ari_url, USER, PASSWORD))
+        delivery: Delivery = AriDelivery(AriAccess(pbx.ari_url, USER, PASSWORD))
         case = _case(trunks, CODECS[-1])
         files = case.pod_files()
-        assert channel.deliver(pod_exec, files, case.expected(files), 600, delivery=delivery).ok
+        result = channel.deliver(pod_exec, files, case.expected(files), 600, delivery=delivery)
+        assert result.ok
+        delivery = result.delivery
         thread.start()
         started, done = time.monotonic(), 0
         for change in range(changes):
@@ -114,7 +121,10 @@ def churn(trunks: int, changes: int, bind_ip: str) -> Churn:
             files = case.pod_files()
             # An exec the container died under fails: told below.
             with lock, contextlib.suppress(channel.ExecError):
-                channel.deliver(pod_exec, files, case.expected(files), 120, delivery=delivery)
+                result = channel.deliver(
+                    pod_exec, files, case.expected(files), 120, delivery=delivery
+                )
+                delivery = result.delivery
             if not pbx.running():
                 break
             done += 1
@@ -127,13 +137,13 @@ def churn(trunks: int, changes: int, bind_ip: str) -> Churn:
 
 
 def run(args: Any, section: Any) -> None:
-    """Fill `section` (bench/run.py Section): the baseline's pusher, then this checkout's."""
+    """Fill `section` (bench/run.py Section): the baseline's steps, then this checkout's."""
     results = {}
-    for label, commit, bind_ip in (
-        ("before", BASELINE_COMMIT, "127.0.10.71"),
-        ("this checkout", None, "127.0.10.72"),
+    for label, baseline, bind_ip in (
+        ("before (replaced at once)", True, "127.0.10.71"),
+        ("this checkout", False, "127.0.10.72"),
     ):
-        with pusher(commit):
+        with steps(baseline):
             results[label] = churn(args.churn_trunks, args.churn_changes, bind_ip)
     for label, result in results.items():
         section.add(

@@ -749,9 +749,10 @@ def m10_ari_churn(args: argparse.Namespace, workdir: Path) -> Section:
         f"a podman Asterisk over ARI with {args.churn_trunks} trunks (the operator's own"
         f" delivery), then up to {args.churn_changes} codec changes of one trunk, one delivery"
         " each; `pjsip show endpoint` / `pjsip list endpoints` every 0.05-0.4 s from another"
-        " thread, never during a delivery (as the operator's observer). The pusher of"
-        f" {ari_churn.BASELINE_COMMIT[:7]} (an endpoint deleted and created again at once) as the"
-        " baseline, in its own Asterisk (bench/ari_churn.py; asterisk/asterisk#2172)",
+        " thread, never during a delivery (as the operator's observer). The steps of"
+        f" {ari_churn.BASELINE_COMMIT[:7]}'s pusher (an endpoint deleted and created again at"
+        " once) as the baseline, in its own Asterisk (bench/ari_churn.py;"
+        " asterisk/asterisk#2172)",
     )
     ari_churn.run(args, sec)
     return sec

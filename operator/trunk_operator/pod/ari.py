@@ -9,9 +9,10 @@ A pod opts in with the annotation ARI_CREDENTIALS_ANNOTATION, naming a Secret in
 namespace (keys `username` and `password`) of an ARI user its Asterisk has; its sorcery.conf
 maps the trunk types to `config` then `memory` (examples/asterisk-ari). Then:
 - the rendered PJSIP file does not go into pjsip.d/ but into PUSHED_DIR (what was pushed, for
-  a person who opens the pod, and for the content hashes); pod/scripts/ari-push.pl replaces
-  the objects that differ from what this Asterisk process was given (DELETE, then PUT: a PUT
-  onto an existing object merges into it) and records their digests; the dialplan stays a
+  a person who opens the pod, and for the content hashes); the operator computes the steps
+  that replace the objects that differ from what this Asterisk process was given (DELETE, then
+  PUT: a PUT onto an existing object merges into it; pod/ari_plan.py), and
+  pod/scripts/ari-push.pl runs them and records each object's digest; the dialplan stays a
   file, reloaded when it changes;
 - objects in memory die with the process: the record names the Asterisk start it belongs to,
   so a restarted Asterisk gets every object (its readiness gate is closed meanwhile);
@@ -39,7 +40,7 @@ PUSH_SCRIPT = (resources.files("trunk_operator.pod") / "scripts" / "ari-push.pl"
 
 
 def pusher_size() -> int:
-    """The pusher's length: it comes first on the script's stdin (`AriAccess.stdin`)."""
+    """The executor's length: it comes first on the script's stdin (`AriAccess.stdin`)."""
     return len(PUSH_SCRIPT.encode())
 
 
@@ -56,6 +57,7 @@ class AriAccess:
     username: str
     password: str = field(repr=False)
 
-    def stdin(self) -> bytes:
-        """What `push` reads from stdin: the pusher itself, then its credentials line."""
-        return PUSH_SCRIPT.encode() + f"{self.username}:{self.password}\n".encode()
+    def stdin(self, steps: bytes) -> bytes:
+        """What `ari_push` reads from stdin: the executor itself, then its credentials line,
+        then its `steps` (pod/ari_plan.Op lines)."""
+        return PUSH_SCRIPT.encode() + f"{self.username}:{self.password}\n".encode() + steps

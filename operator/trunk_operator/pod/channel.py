@@ -73,7 +73,7 @@ from trunk_operator.core.verify import (
 )
 from trunk_operator.kube.exec import Exec, ExecError, ExecResult
 from trunk_operator.pod import shell
-from trunk_operator.pod.delivery import FILES, Delivery
+from trunk_operator.pod.delivery import FILES, NOTHING_PUSHED, RECORD_DIFFERS, Delivery, Round
 
 CONFIG_DIR = "/etc/asterisk"
 STATE_DIR = f"{CONFIG_DIR}/.trunk-operator"
@@ -149,15 +149,16 @@ def deliver_script(
     reload: Iterable[str] = (PJSIP_DIR, EXTENSIONS_DIR),
     delivery: Delivery = FILES,
     lock_wait: float = 60,
+    run: Round = NOTHING_PUSHED,
 ) -> str:
     """scripts/deliver.sh: stage the tar from stdin, keep the previous set, swap, reload (or
     push), observe. Stdin: the gzip'd tar (`size` bytes), then the endpoint names to check in
-    depth, then the contexts to check (one per line), then `delivery.stdin`. `reload`: the
+    depth, then the contexts to check (one per line), then `run.stdin`. `reload`: the
     directories whose files changed."""
     directories = set(reload)
     params = {
         **_common(detail_size, context_size),
-        **_strategy(delivery, lock_wait),
+        **_strategy(delivery, run, lock_wait),
         "TAR_SIZE": size,
         "DIGEST": digest,
         "RELOAD_PJSIP": "1" if PJSIP_DIR in directories else "",
@@ -166,16 +167,18 @@ def deliver_script(
     return shell.command("deliver.sh", params, delivery.functions)
 
 
-def rollback_script(delivery: Delivery = FILES, lock_wait: float = 60) -> str:
+def rollback_script(
+    delivery: Delivery = FILES, lock_wait: float = 60, run: Round = NOTHING_PUSHED
+) -> str:
     """scripts/rollback.sh: put the previous set back and reload it (over ARI: push it back
     first, so no id is in memory when a restored trunk file brings it back)."""
-    params = {**_common(0, 0), **_strategy(delivery, lock_wait)}
+    params = {**_common(0, 0), **_strategy(delivery, run, lock_wait)}
     return shell.command("rollback.sh", params, delivery.functions)
 
 
-def _strategy(delivery: Delivery, lock_wait: float) -> dict[str, str | int]:
+def _strategy(delivery: Delivery, run: Round, lock_wait: float) -> dict[str, str | int]:
     return {
-        **delivery.params(),
+        **run.params,
         "PUSHED": "1" if delivery.pushed else "",
         "LOCK_WAIT": f"{max(lock_wait, 1):.0f}",
     }
@@ -218,8 +221,9 @@ class DeliveryResult:
     observation: Observation | None
     rolled_back: bool = False
     phases: dict[str, float] = field(default_factory=dict)  # seconds: stage, reload, read
-    ari_unavailable: str = ""  # the pusher's words when ARI could not be used at all
+    ari_unavailable: str = ""  # the executor's words when ARI could not be used at all
     read_again: list[str] = field(default_factory=list)  # reads Asterisk's CLI cut short
+    delivery: Delivery = FILES  # the strategy as this delivery left it (its copy of the record)
 
 
 def _phases(parts: Mapping[str, str]) -> dict[str, float]:
@@ -313,8 +317,17 @@ def _error_lines(parts: Mapping[str, str]) -> list[Mismatch]:
     return found[:5]
 
 
-def _roll_back(exec_: Exec, delivery: Delivery, wait: float, timeout: float) -> ExecResult:
-    return _run(exec_, rollback_script(delivery, wait), delivery.rollback_stdin(), timeout)
+def _roll_back(
+    exec_: Exec, delivery: Delivery, wait: float, timeout: float
+) -> tuple[ExecResult, Delivery]:
+    """The rollback's run, again from the pod's record when the operator's copy was not it."""
+    for _ in range(2):
+        run = delivery.push_back()
+        result = _run(exec_, rollback_script(delivery, wait, run), run.stdin or None, timeout)
+        delivery = delivery.after(run, sections(result.stdout))
+        if result.returncode != RECORD_DIFFERS:
+            break
+    return result, delivery
 
 
 def _lines(names: Iterable[str]) -> bytes:
@@ -340,14 +353,18 @@ def deliver(
     details, contexts = _lines(probe.details), _lines(probe.contexts)
     reload = set(reload)
     wait = timeout / 2  # the rest is the script's own time
-    script = deliver_script(
-        len(payload), digest, len(details), len(contexts), reload, delivery, wait
-    )
-    pushing = delivery.stdin(PJSIP_DIR in reload)
-    sent = time.monotonic()
-    result = _run(exec_, script, payload + details + contexts + pushing, timeout)
-    returned = time.monotonic()
-    parts = sections(result.stdout)
+    for _ in range(2):  # again when the pod's record of what was pushed was not our copy
+        run = delivery.push(files, PJSIP_DIR in reload)
+        script = deliver_script(
+            len(payload), digest, len(details), len(contexts), reload, delivery, wait, run
+        )
+        sent = time.monotonic()
+        result = _run(exec_, script, payload + details + contexts + run.stdin, timeout)
+        returned = time.monotonic()
+        parts = sections(result.stdout)
+        delivery = delivery.after(run, parts)
+        if result.returncode != RECORD_DIFFERS:
+            break
     if result.returncode != 0 or "files" not in parts:  # the last section: it ran through
         raise ExecError(
             f"delivery script failed (exit {result.returncode}): {result.stderr.strip()[-300:]}"
@@ -369,7 +386,9 @@ def deliver(
         # parsing and verifying here.
         phases = {"pack": sent - started, "exec": returned - sent, **_phases(parts)}
         phases["verify"] = time.monotonic() - returned  # and reading again, if it did
-        return DeliveryResult(True, digest, [], observation, phases=phases, read_again=read_again)
+        return DeliveryResult(
+            True, digest, [], observation, phases=phases, read_again=read_again, delivery=delivery
+        )
     return _rolled_back(exec_, expected, timeout, delivery, digest, problems, parts)
 
 
@@ -410,7 +429,7 @@ def _rolled_back(
     previous set goes back."""
     errors = _error_lines(parts)
     problems += errors
-    back = _roll_back(exec_, delivery, timeout / 2, timeout)
+    back, delivery = _roll_back(exec_, delivery, timeout / 2, timeout)
     restored = (
         _observation(sections(back.stdout), LISTINGS_ONLY, expected)
         if back.returncode == 0
@@ -424,6 +443,7 @@ def _rolled_back(
         restored,
         rolled_back=back.returncode == 0,
         ari_unavailable=unavailable[0] if unavailable else "",
+        delivery=delivery,
     )
 
 

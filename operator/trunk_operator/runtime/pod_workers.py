@@ -48,6 +48,7 @@ from trunk_operator.pod.ari import (
     AriAccess,
     AriUnavailable,
 )
+from trunk_operator.pod.ari_plan import PushRecord
 from trunk_operator.pod.delivery import FILES, AriDelivery, Delivery
 from trunk_operator.runtime import metrics
 from trunk_operator.runtime.blocking import BlockingCalls
@@ -186,6 +187,9 @@ class PodWorker:
     refused_hash: str | None = None  # the set `refused_retry` counts for
     refused_retry: float = REFUSED_RETRY_FIRST
     retry_refused: asyncio.TimerHandle | None = None
+    # The copy of the pod's record of what was pushed over ARI (pod/ari_plan): None when there
+    # is none yet or a delivery was cut off; the pod then prints its own.
+    ari_record: PushRecord | None = None
     audit_cursor: int = 0  # where the observer's in-depth audit of the endpoints goes on
     observe_after: float = 0.0  # monotonic time before which the observer leaves the pod be
 
@@ -531,7 +535,7 @@ class AsteriskPods:
         """`files`: `files_of(owners)`, `digest` their `files_hash`, when known."""
         pod_exec = self.kube.pod_exec(namespace, worker.pod.name, self.settings.container)
         try:
-            delivery = await self._delivery(namespace, worker.pod)
+            delivery = await self._delivery(namespace, worker.pod, worker.ari_record)
         except AriUnavailable as error:
             worker.state.problems = {ref: [Problem(ARI_PUSH_FAILED, str(error))] for ref in owners}
             raise
@@ -541,6 +545,7 @@ class AsteriskPods:
         before = worker.delivered_files if worker.state.delivered_hash is not None else None
         expected = expected_for(owners, self.expected_endpoints)
         worker.state.delivering = {ref: outcome.digest for ref, outcome in owners.items()}
+        worker.ari_record = None  # until the delivery says what the pod's record is
         result = await self.calls.run(
             channel.deliver,
             pod_exec,
@@ -552,6 +557,7 @@ class AsteriskPods:
             delivery,
             digest,
         )
+        worker.ari_record = result.delivery.record
         listed = result.observation is None or bool(result.observation.listing.read)
         await self._took(namespace, worker, owners, files, result)
         metrics.DELIVERIES.labels(result=worker.state.last_reload_result).inc()
@@ -616,7 +622,7 @@ class AsteriskPods:
             ),
         )
 
-    async def _delivery(self, namespace: str, pod: Pod) -> Delivery:
+    async def _delivery(self, namespace: str, pod: Pod, record: PushRecord | None) -> Delivery:
         """How the pod takes its set: files, or over ARI with the user of its Secret (read for
         every delivery, so a rotated password is used by the next one)."""
         if pod.ari_secret is None:
@@ -631,7 +637,7 @@ class AsteriskPods:
                 f"ARI credentials: Secret {namespace}/{pod.ari_secret} {what}"
                 f" (pod annotation {ARI_CREDENTIALS_ANNOTATION})"
             )
-        return AriDelivery(AriAccess(pod.ari_url, data["username"], data["password"]))
+        return AriDelivery(AriAccess(pod.ari_url, data["username"], data["password"]), record)
 
     def removed_everywhere(self, namespace: str, ref: str) -> bool:
         """No pod serves, or is to get, this CR's files (pods that went away count)."""

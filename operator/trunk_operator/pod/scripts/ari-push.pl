@@ -1,146 +1,72 @@
-# Push a rendered PJSIP file's objects into Asterisk's sorcery `memory` wizards over ARI, as a
-# diff against what this Asterisk process was last given. Run inside the Asterisk container
-# by the operator's delivery script (trunk_operator/pod/ari.py); core Perl modules only.
+# Run the operator's ARI operations against Asterisk's sorcery `memory` wizards: an ordered
+# list computed by the operator (trunk_operator/pod/ari_plan.py), which this program executes
+# and parses nothing of. Run inside the Asterisk container by the delivery script; core Perl
+# modules only.
 #
-#   perl ari-push.pl URL WANTED STATE BOOT < "username:password" line
+#   perl ari-push.pl URL RECORD BOOT FRESH OPS_SIZE LEFT < credentials line, then the steps
 #
-# URL     ARI's base, e.g. http://127.0.0.1:8088/ari
-# WANTED  the rendered PJSIP file ([id] sections of `key = value` lines; absent: nothing)
-# STATE   what was pushed: "boot EPOCH", then "kind<TAB>id<TAB>digest" per object ("-": the
-#         object may exist in any version, e.g. a request that did not complete; "gone": it
-#         was deleted). Appended to (a later line for an object wins), and written whole
-#         again once a quarter of it is such lines: with 10,000 trunks a whole write costs
-#         ~70 ms, and a run that replaces one object wrote it twice.
-# BOOT    when this Asterisk started (epoch seconds): a state of another start is void, as
-#         memory objects do not outlive the process
+# URL      ARI's base, e.g. http://127.0.0.1:8088/ari
+# RECORD   the record of what this Asterisk process was given: "boot EPOCH", then
+#          "kind<TAB>id<TAB>state" lines, appended to (a later line for an object wins); state
+#          is a digest, "-" (it may exist in any version: a request that did not complete) or
+#          "gone". Before any request every object touched is marked "-", so an interrupted
+#          run is repaired by the next one (a DELETE first, whatever Asterisk has).
+# BOOT     when this Asterisk started (epoch seconds): the header of a new record
+# FRESH    non-empty: the record is of another start (or none) and is written anew
+# OPS_SIZE the length of the steps on stdin: "verb<TAB>kind<TAB>id<TAB>digest<TAB>body" lines
+# LEFT     where to list the objects left "-" (failed, or not run), one "kind<TAB>id" a line
 #
-# A changed object is replaced (DELETE, then PUT), never updated: a PUT on an existing object
-# merges into it (contacts and ACL entries accumulate, callerid turns "unknown"). Deletions go
-# first (identify, endpoint, aor, auth), then creations (auth, aor, endpoint, identify), so
-# references resolve; the endpoints wait for Asterisk's tasks of new AORs (settle_aors), and
-# a replaced endpoint for the tasks of its DELETE (await_endpoint_tasks).
 # Prints "ari: created N replaced N deleted N failed N" ("ari: waited S s for ..." after it
-# when it waited for those tasks), and one "ari-failed: ..." line for each of the first
+# when it waited for Asterisk's tasks), and one "ari-failed: ..." line for each of the first
 # failures ("ari-unavailable: ..." when ARI cannot be reached or refuses the credentials: it
 # stops there); exits 0 unless it cannot start, so the delivery reads back what Asterisk has
 # either way and verification decides.
 
 use strict;
 use warnings;
-use Digest::MD5 qw(md5_hex);
 use HTTP::Tiny;
 use MIME::Base64 qw(encode_base64);
 use Time::HiRes qw(time sleep);
 
-my @KINDS = qw(auth aor endpoint identify);
-my %RANK = map { $KINDS[$_] => $_ } 0 .. $#KINDS;
 my $SHOWN_FAILURES = 5;
 
-my ($url, $wanted_path, $state_path, $boot) = @ARGV;
-die "usage: ari-push.pl URL WANTED STATE BOOT\n" unless defined $boot && $boot =~ /^\d+$/;
+my ($url, $record_path, $boot, $fresh, $ops_size, $left_path) = @ARGV;
+die "usage: ari-push.pl URL RECORD BOOT FRESH OPS_SIZE LEFT\n"
+  unless defined $left_path && $boot =~ /^\d+$/ && $ops_size =~ /^\d+$/;
 my $credentials = <STDIN>;
 die "ari-push.pl: no credentials on stdin\n" unless defined $credentials;
 chomp $credentials;
-
-# ---- what is wanted: the file's sections, each with the digest of its settings ------------
-
-sub json_string {
-    my ($text) = @_;
-    $text =~ s/(["\\])/\\$1/g;  # the renderer refuses control characters
-    return "\"$text\"";
+my $steps = '';
+while (length $steps < $ops_size) {
+    read(STDIN, $steps, $ops_size - length $steps, length $steps)
+      or die "ari-push.pl: the steps end early\n";
 }
+# Each step: [verb, kind, id, digest, body]; await and settle name no object.
+my @steps = map { [split /\t/, $_, 5] } split /\n/, $steps;
+my @touched = grep { $_->[0] ne 'await' && $_->[0] ne 'settle' } @steps;
+my %step_of = map { ("$_->[1]\t$_->[2]" => $_) } @touched;  # an object's last step
 
-# A section's settings: its lines without comments and blank lines (the comment that heads the
-# next trunk is not part of this one).
-my (%settings, %digest, @order);
-if (open my $in, '<', $wanted_path) {
-    my $text = do { local $/; <$in> } // '';
-    close $in;
-    $text =~ s/^[ \t]*(?:;[^\n]*)?\n//mg;
-    for my $section (split /^(?=\[)/m, $text) {
-        next unless $section =~ /^\[([^\]]+)\]/;
-        my $id = $1;
-        my ($kind) = $section =~ /^type\s*=\s*(\S+)\s*$/m
-          or die "ari-push.pl: section [$id] has no type\n";
-        die "ari-push.pl: [$id] is a $kind, not a trunk object\n" unless exists $RANK{$kind};
-        my $key = "$kind\t$id";
-        push @order, $key unless exists $settings{$key};
-        $settings{$key} = $section;
-        $digest{$key} = md5_hex($section);
-    }
+# ---- the record -----------------------------------------------------------------------------
+
+sub append_record {  # lines "kind<TAB>id<TAB>state"; a fresh record starts with its header
+    my @lines = @_;
+    my $mode = $fresh ? '>' : '>>';
+    open my $out, $mode, $record_path or die "ari-push.pl: $record_path: $!\n";
+    print $out "boot $boot\n" if $fresh;
+    print $out @lines;
+    close $out or die "ari-push.pl: $record_path: $!\n";
+    $fresh = '';
 }
-
-sub body {  # ARI's JSON for an object's settings (all but `type`), in the file's order
-    my ($key) = @_;
-    my @fields;
-    for my $line (split /\n/, $settings{$key}) {
-        next if $line =~ /^\[/;
-        my ($name, $value) = $line =~ /^\s*([^=\s]+)\s*=\s*(.*?)\s*$/
-          or die "ari-push.pl: cannot read line: $line\n";
-        next if $name eq 'type';
-        $value =~ s/\\;/;/g;  # escaped in files (`;` starts a comment there), not in ARI
-        push @fields, '{"attribute":' . json_string($name) . ',"value":' . json_string($value) . '}';
-    }
-    return '{"fields":[' . join(',', @fields) . ']}';
-}
-
-# ---- what this Asterisk has: the state of its own start, or nothing -------------------------
-
-my %had;
-my $lines = 0;  # of the state as read: what appending has made of it
-if (open my $in, '<', $state_path) {
-    my $first = <$in> // '';
-    if ($first =~ /^boot (\d+)$/ && abs($1 - $boot) <= 2) {  # the same start, read twice
-        while (my $line = <$in>) {
-            chomp $line;
-            my ($kind, $id, $sum) = split /\t/, $line;
-            next unless defined $sum;
-            $lines++;
-            if ($sum eq 'gone') { delete $had{"$kind\t$id"} } else { $had{"$kind\t$id"} = $sum }
-        }
-    }
-    close $in;
-}
-
-my @deletes = grep { !exists $settings{$_} } keys %had;
-my @puts = grep { !exists $had{$_} || $had{$_} ne $digest{$_} } @order;
-# Endpoints to replace: DELETEd with the deletions, PUT once Asterisk ran those DELETEs'
-# tasks (await_endpoint_tasks, below).
-my %cleared = map { $_ => 1 } grep { (split /\t/)[0] eq 'endpoint' && exists $had{$_} } @puts;
-my %rank_of = map { $_ => $RANK{(split /\t/)[0]} // 0 } @deletes, @puts;
-@deletes = sort { $rank_of{$b} <=> $rank_of{$a} || $a cmp $b } @deletes;
-@puts = sort { $rank_of{$a} <=> $rank_of{$b} || $a cmp $b } @puts;
-
-my %state = %had;
-sub write_state {  # whole: to a new file, renamed over the old one
-    open my $out, '>', "$state_path.tmp" or die "ari-push.pl: $state_path.tmp: $!\n";
-    print $out "boot $boot\n";
-    print $out "$_\t$state{$_}\n" for sort keys %state;
-    close $out or die "ari-push.pl: $state_path.tmp: $!\n";
-    rename "$state_path.tmp", $state_path or die "ari-push.pl: $state_path: $!\n";
-    $lines = keys %state;
-}
-sub record {  # these objects' state, appended (whole when the record of this start is new)
-    my @keys = @_;
-    return write_state() if !%had && !$lines || $lines + @keys > 1.25 * (keys %state) + 64;
-    open my $out, '>>', $state_path or die "ari-push.pl: $state_path: $!\n";
-    print $out "$_\t" . ($state{$_} // 'gone') . "\n" for @keys;
-    close $out or die "ari-push.pl: $state_path: $!\n";
-    $lines += @keys;
-}
-# Before any request: what is touched becomes unknown, so an interrupted run is repaired by
-# the next one (a DELETE first, whatever Asterisk has). Nothing to do: nothing to write.
-$state{$_} = '-' for @deletes, @puts;
-record(@deletes, @puts) if @deletes || @puts || !%had;
+append_record(map { "$_->[1]\t$_->[2]\t-\n" } @touched) if @touched || $fresh;
 
 # ---- the requests ---------------------------------------------------------------------------
-# Each object's request(s) give one outcome line: "<done> <kind> <id> <state>[ <message>]",
+# Each step's request(s) give one outcome line: "<done> <kind> <id> <state>[ <message>]",
 # <done> one of created replaced deleted failed unavailable, <state> its digest, "-" (unknown)
 # or "gone". A large phase (a restarted Asterisk's full set) is shared by WORKERS processes,
 # each with its own keep-alive connection: Asterisk serves them in parallel.
 
 my $WORKERS = 4;
-my $PARALLEL_FROM = 64;  # objects of a phase (a type); fewer go over one connection
+my $PARALLEL_FROM = 64;  # steps of a phase (one verb, one type); fewer go over one connection
 my $http;
 
 sub client {
@@ -174,44 +100,44 @@ sub failure {  # the outcome of a refused request
     return "$done $kind $id $state $method $kind/$id: " . substr($reason, 0, 200);
 }
 
-sub outcome {  # one object: deleted, or replaced (DELETE, then PUT), or created
-    my ($op, $key) = @_;  # $op: delete, put, or clear (the DELETE of an endpoint's replacement)
-    my ($kind, $id) = split /\t/, $key;
-    my $existed = exists $had{$key};
-    if ($op ne 'put' || ($existed && !$cleared{$key})) {
+sub outcome {  # one step's outcome line
+    my ($step) = @_;
+    my ($verb, $kind, $id, $digest, $body) = @$step;
+    my $key = "$kind\t$id";
+    if ($verb ne 'create' && $verb ne 'refill') {
         my $response = $http->request('DELETE', object_url($key));
         return failure('DELETE', $key, '-', $response)
           unless $response->{status} == 204 || $response->{status} == 404;
         my $absent = $response->{status} == 404 ? ' absent' : '';
-        return "deleted $kind $id gone$absent" if $op eq 'delete';
-        return "cleared $kind $id -$absent" if $op eq 'clear';
+        return "deleted $kind $id gone$absent" if $verb eq 'delete';
+        return "cleared $kind $id -$absent" if $verb eq 'clear';
     }
-    my $response = $http->request('PUT', object_url($key), { content => body($key) });
+    my $response = $http->request('PUT', object_url($key), { content => $body });
     return failure('PUT', $key, '-', $response) unless $response->{success};
-    return ($existed ? 'replaced' : 'created') . " $kind $id $digest{$key}";
+    return ($verb eq 'create' ? 'created' : 'replaced') . " $kind $id $digest";
 }
 
-sub run_phase {  # the outcome lines of one phase's objects, stopping at an unavailable ARI
-    my ($op, @keys) = @_;
+sub run_phase {  # the outcome lines of one phase's steps, stopping at an unavailable ARI
+    my (@phase) = @_;
     my @outcomes;
-    if (@keys < $PARALLEL_FROM) {
+    if (@phase < $PARALLEL_FROM) {
         $http //= client();
-        for my $key (@keys) {
-            push @outcomes, outcome($op, $key);
+        for my $step (@phase) {
+            push @outcomes, outcome($step);
             last if $outcomes[-1] =~ /^unavailable /;
         }
         return @outcomes;
     }
     my @readers;
     for my $worker (0 .. $WORKERS - 1) {
-        my @slice = @keys[grep { $_ % $WORKERS == $worker } 0 .. $#keys];
+        my @slice = @phase[grep { $_ % $WORKERS == $worker } 0 .. $#phase];
         pipe(my $reader, my $writer) or die "ari-push.pl: pipe: $!\n";
         my $pid = fork() // die "ari-push.pl: fork: $!\n";
         if ($pid == 0) {
             close $reader;
             $http = client();
-            for my $key (@slice) {
-                my $line = outcome($op, $key);
+            for my $step (@slice) {
+                my $line = outcome($step);
                 print {$writer} "$line\n";
                 last if $line =~ /^unavailable /;
             }
@@ -281,46 +207,66 @@ sub await_endpoint_tasks {  # seconds waited until `$count` tasks more than `$fr
 }
 
 my %done = (created => 0, replaced => 0, deleted => 0, failed => 0);
-my $settled;
-my $unavailable;
-my %uncleared;  # replaced endpoints whose DELETE failed: not PUT (it would merge into them)
+my %state;  # the objects' states after their steps ran
+my ($unavailable, $settled, $endpoints_waited, $endpoint_tasks_before);
+my $endpoint_tasks = 0;  # the endpoint DELETEs that took one out (each queues a task)
+my %uncleared;  # endpoints whose clear failed: not refilled (a PUT would merge into them)
 sub tally {  # one outcome line
     my ($line) = @_;
     my ($what, $kind, $id, $result, $message) = split / /, $line, 5;
-    my $key = "$kind\t$id";
-    if ($result eq 'gone') { delete $state{$key} } else { $state{$key} = $result }
+    $state{"$kind\t$id"} = $result;
+    $endpoint_tasks++ if $kind eq 'endpoint' && $what =~ /^(?:deleted|cleared)$/
+      && ($message // '') ne 'absent';
     if ($what eq 'failed' || $what eq 'unavailable') {
         $done{failed}++;
-        $uncleared{$key} = 1;
+        $uncleared{"$kind\t$id"} = 1;
         $unavailable = 1 if $what eq 'unavailable';
         print "ari-$what: $message\n" if $done{failed} <= $SHOWN_FAILURES;
     } elsif ($what ne 'cleared') {
         $done{$what}++;
     }
 }
-sub of_kind { my $kind = shift; grep { (split /\t/)[0] eq $kind } @_ }
 
-my $endpoints_waited;
-for my $kind (reverse @KINDS) {
-    last if $unavailable;
-    my @deleted = of_kind($kind, @deletes);
-    my @clears = $kind eq 'endpoint' ? grep { $cleared{$_} } @puts : ();
-    my @before = $kind eq 'endpoint' && (@deleted || @clears) ? sorcery_tasks('endpoint') : ();
-    my @lines = (run_phase('delete', @deleted), run_phase('clear', @clears));
-    tally($_) for @lines;
-    # One observer task per endpoint a DELETE took out (204; not 404: there was none).
-    my $tasks = grep { /^(?:deleted|cleared) / && !/ absent$/ } @lines;
-    # Also when none is replaced here: the next push may bring one back.
-    $endpoints_waited = await_endpoint_tasks($before[0] + $before[1], $tasks)
-      if @before && $tasks && !$unavailable;
+# Consecutive steps of one verb and type form a phase.
+my $at = 0;
+while ($at < @steps && !$unavailable) {
+    my ($verb, $kind) = @{$steps[$at]};
+    my $end = $at;
+    $end++ while $end + 1 < @steps && $steps[$end + 1][0] eq $verb && $steps[$end + 1][1] eq $kind;
+    my @phase = @steps[$at .. $end];
+    $at = $end + 1;
+    if ($verb eq 'await') {
+        $endpoints_waited = await_endpoint_tasks($endpoint_tasks_before, $endpoint_tasks)
+          if defined $endpoint_tasks_before && $endpoint_tasks;
+    } elsif ($verb eq 'settle') {
+        $settled = settle_aors();
+    } else {
+        if ($kind eq 'endpoint' && ($verb eq 'delete' || $verb eq 'clear')
+            && !defined $endpoint_tasks_before) {
+            my ($processed, $queued) = sorcery_tasks('endpoint');
+            $endpoint_tasks_before = $processed + $queued if defined $processed;
+        }
+        @phase = grep { !$uncleared{"$_->[1]\t$_->[2]"} } @phase if $verb eq 'refill';
+        tally($_) for run_phase(@phase);
+    }
 }
-for my $kind (@KINDS) {
-    last if $unavailable;
-    my @keys = grep { !$uncleared{$_} } of_kind($kind, @puts);
-    tally($_) for run_phase('put', @keys);
-    $settled = settle_aors() if $kind eq 'aor' && @keys;
+
+# What reached the state its step meant is recorded; the rest stays "-" (marked above).
+my (@reached, @left);
+for my $key (sort keys %step_of) {
+    my $step = $step_of{$key};
+    my $meant = $step->[0] eq 'delete' ? 'gone' : $step->[0] eq 'clear' ? '-' : $step->[3];
+    if (($state{$key} // '') eq $meant) {
+        push @reached, "$key\t$meant\n" if $meant ne '-';
+    } else {
+        push @left, "$key\n";
+    }
 }
-record(@deletes, @puts) if @deletes || @puts;
+append_record(@reached) if @reached;
+open my $left_out, '>', $left_path or die "ari-push.pl: $left_path: $!\n";
+print $left_out @left;
+close $left_out or die "ari-push.pl: $left_path: $!\n";
+
 print "ari: created $done{created} replaced $done{replaced} deleted $done{deleted} failed $done{failed}\n";
 printf "ari: waited %.2f s for Asterisk's AOR observers\n", $settled if defined $settled;
 printf "ari: waited %.2f s for Asterisk's endpoint observers\n", $endpoints_waited

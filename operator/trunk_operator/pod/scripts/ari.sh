@@ -1,11 +1,12 @@
 # shellcheck shell=sh
-# The ARI delivery (pod/ari.py): the PJSIP file goes to PUSHED_DIR and its objects that differ
-# are pushed into Asterisk's memory; the dialplan stays a file, reloaded when it changes. The
+# The ARI delivery (pod/ari.py): the PJSIP file goes to PUSHED_DIR and the operator's steps
+# push its objects that differ into Asterisk's memory; the dialplan stays a file, reloaded when it changes. The
 # functions deliver.sh and rollback.sh call; files.sh has the same ones.
 
 # `boot`: the record of what was pushed is of one Asterisk process.
 before_change() {
 	boot_epoch
+	if [ -n "$RELOAD_PJSIP" ]; then check_record; fi
 }
 
 loaded_endpoints() {
@@ -33,19 +34,21 @@ apply_changes() {
 	fi
 	if [ -n "$RELOAD_DIALPLAN" ]; then reload_dialplan; fi
 	if [ -n "$RELOAD_PJSIP" ]; then
-		ari_push "$PUSHED_DIR/$OWNED_PJSIP"
+		ari_push
 		light_after_push
 	fi
 }
 
-# The previous PJSIP file is pushed back before a restored trunk file (a failed migration)
+# The previous PJSIP file's objects are pushed back (the steps the operator computed from its
+# copy of the record) before a restored trunk file (a failed migration)
 # could bring the same ids back from pjsip.d/.
 restore_previous() {
-	rm -f "$CONFIG_DIR/$OWNED_PJSIP" "$CONFIG_DIR/$OWNED_DIALPLAN"
 	boot_epoch
+	check_record
+	rm -f "$CONFIG_DIR/$OWNED_PJSIP" "$CONFIG_DIR/$OWNED_DIALPLAN"
 	rm -rf "${PUSHED_DIR:?}/$PJSIP_DIR" && mkdir -p "$PUSHED_DIR"
 	cp -R "$1/pushed/$PJSIP_DIR" "$PUSHED_DIR/"
-	ari_push "$PUSHED_DIR/$OWNED_PJSIP"
+	ari_push
 	cp -R "$1/$PJSIP_DIR" "$1/$EXTENSIONS_DIR" "$CONFIG_DIR/"
 }
 

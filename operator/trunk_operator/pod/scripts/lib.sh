@@ -143,13 +143,57 @@ only_loaded_before() {
 	fi
 }
 
-# Run the ARI pusher on the PJSIP file $1: the pusher comes first on stdin (PUSHER_SIZE bytes),
-# then its credentials line, which it reads itself. Its report is kept in `pushed`.
+# The record of what this Asterisk process was given over ARI, by its token: its first line
+# and its length, or "none" when it is of another process (or there is none). `boot` set before.
+record_token() {
+	if given_to_this_asterisk; then
+		echo "$(head -n 1 "$STATE_DIR/pushed.state") $(($(wc -l <"$STATE_DIR/pushed.state")))"
+	else
+		echo none
+	fi
+}
+
+# The operator computed its steps from its copy of the record (EXPECT_RECORD, its token). A
+# pod whose record is another changes nothing: it prints the record (nothing when it is of
+# another Asterisk process) and the PJSIP file last pushed, and exits 5; the operator computes the
+# steps again from them (pod/ari_plan.py), with the pushed file before the last delivery.
+check_record() {
+	[ "$(record_token)" = "$EXPECT_RECORD" ] && return 0
+	section ari-record-dump
+	if given_to_this_asterisk; then cat "$STATE_DIR/pushed.state"; fi
+	section ari-pushed-file
+	cat "$PUSHED_DIR/$OWNED_PJSIP" 2>/dev/null || true
+	section ari-previous-file
+	cat "$STATE_DIR/previous/pushed/$OWNED_PJSIP" 2>/dev/null || true
+	exit 5
+}
+
+# Run the ARI executor: it comes first on stdin (PUSHER_SIZE bytes), then its credentials
+# line and its steps (OPS_SIZE bytes), which it reads itself. Its report is kept in `pushed`;
+# then the objects it left unknown and the record's new token.
 ari_push() {
 	section ari
 	head -c "$PUSHER_SIZE" >"$STATE_DIR/ari-push.pl"
-	pushed=$(perl "$STATE_DIR/ari-push.pl" "$ARI_URL" "$1" "$STATE_DIR/pushed.state" "$boot" 2>&1)
+	fresh=1
+	if given_to_this_asterisk; then fresh=; fi
+	rm -f "$STATE_DIR/ari-left"
+	pushed=$(perl "$STATE_DIR/ari-push.pl" "$ARI_URL" "$STATE_DIR/pushed.state" "$boot" \
+		"$fresh" "$OPS_SIZE" "$STATE_DIR/ari-left" 2>&1)
 	echo "$pushed"
+	if [ -n "$COMPACT" ] && given_to_this_asterisk; then compact_record; fi
+	section ari-left
+	cat "$STATE_DIR/ari-left" 2>/dev/null || true
+	section ari-record
+	record_token
+}
+
+# The record written whole, each object's last line kept (the operator asks for it when a
+# quarter of the record would be lines a later one overrides).
+compact_record() {
+	awk -F'\t' 'NR == 1 { print; next } { state[$1 FS $2] = $3 }
+		END { for (k in state) if (state[k] != "gone") print k FS state[k] }' \
+		"$STATE_DIR/pushed.state" >"$STATE_DIR/pushed.state.tmp"
+	mv "$STATE_DIR/pushed.state.tmp" "$STATE_DIR/pushed.state"
 }
 
 # `light`: the push only replaced objects (none created, deleted or refused), no reload came
