@@ -40,18 +40,24 @@ Key = tuple[str, str]  # (kind, id)
 _SKIPPED = re.compile(r"^[ \t]*(?:;[^\n]*)?\n", re.MULTILINE)  # blank lines and comments
 _SECTION = re.compile(r"^(?=\[)", re.MULTILINE)
 _SETTING = re.compile(r"\s*([^=\s]+)\s*=\s*(.*?)\s*")
+_TYPE = re.compile(r"^type\s*=\s*(\S+)\s*$", re.MULTILINE)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PjsipObject:
     kind: str
     id: str
-    fields: tuple[tuple[str, str], ...]  # in the file's order, without `type`
-    digest: str  # of its section's lines: the record's digests since 0.1.0
+    section: str = field(repr=False)  # its lines in the file, without comments and blank lines
+    digest: str  # of `section`: the record's digests since 0.1.0
+
+    def fields(self) -> list[tuple[str, str]]:
+        """Its settings in the file's order, without `type` (read only for what is pushed)."""
+        settings = [_setting(line, self.id) for line in self.section.splitlines()[1:]]
+        return [(name, value) for name, value in settings if name != "type"]
 
     def body(self) -> str:
         """ARI's JSON for the object (`;` is escaped in files, where it starts a comment)."""
-        fields = [{"attribute": k, "value": v.replace("\\;", ";")} for k, v in self.fields]
+        fields = [{"attribute": k, "value": v.replace("\\;", ";")} for k, v in self.fields()]
         return json.dumps({"fields": fields}, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -59,17 +65,14 @@ def pjsip_objects(text: str) -> dict[Key, PjsipObject]:
     """The trunk objects of a rendered PJSIP file, by (kind, id), in the file's order."""
     objects: dict[Key, PjsipObject] = {}
     for section in _SECTION.split(_SKIPPED.sub("", text)):
-        header, _, rest = section.partition("\n")
-        if not header.startswith("["):
+        if not section.startswith("["):
             continue
-        id_ = header[1:].partition("]")[0]
-        settings = [_setting(line, id_) for line in rest.splitlines()]
-        kinds = [value for name, value in settings if name == "type"]
-        if not kinds or kinds[0] not in KINDS:
-            raise ValueError(f"[{id_}] is not a trunk object (type {kinds[0] if kinds else None})")
-        fields = tuple((name, value) for name, value in settings if name != "type")
+        id_ = section[1:].partition("]")[0]
+        kind = _TYPE.search(section)
+        if kind is None or kind[1] not in KINDS:
+            raise ValueError(f"[{id_}] is not a trunk object (type {kind and kind[1]})")
         digest = hashlib.md5(section.encode(), usedforsecurity=False).hexdigest()
-        objects[kinds[0], id_] = PjsipObject(kinds[0], id_, fields, digest)
+        objects[kind[1], id_] = PjsipObject(kind[1], id_, section, digest)
     return objects
 
 

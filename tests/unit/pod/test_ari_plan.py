@@ -44,8 +44,9 @@ def test_an_objects_digest_is_its_sections_lines_as_records_have_always_held_the
 def test_a_section_that_is_no_trunk_object_is_refused() -> None:
     with pytest.raises(ValueError, match=r"\[t\] is not a trunk object"):
         pjsip_objects("[t]\ntype = transport\n")
+    bad = pjsip_objects("[t]\ntype = aor\nno value here\n")["aor", "t"]
     with pytest.raises(ValueError, match="cannot read line"):
-        pjsip_objects("[t]\ntype = aor\nno value here\n")
+        bad.body()
 
 
 def steps(wanted: str, had: dict[tuple[str, str], str]) -> list[str]:
