@@ -349,26 +349,8 @@ def deliver(
     ARI (pod.delivery); `digest`: the files' `files_hash`, when the caller has it."""
     started = time.monotonic()
     digest = digest or files_hash(files)
-    payload = pack(files)
-    details, contexts = _lines(probe.details), _lines(probe.contexts)
-    reload = set(reload)
-    wait = timeout / 2  # the rest is the script's own time
-    for _ in range(2):  # again when the pod's record of what was pushed was not our copy
-        run = delivery.push(files, PJSIP_DIR in reload)
-        script = deliver_script(
-            len(payload), digest, len(details), len(contexts), reload, delivery, wait, run
-        )
-        sent = time.monotonic()
-        result = _run(exec_, script, payload + details + contexts + run.stdin, timeout)
-        returned = time.monotonic()
-        parts = sections(result.stdout)
-        delivery = delivery.after(run, parts)
-        if result.returncode != RECORD_DIFFERS:
-            break
-    if result.returncode != 0 or "files" not in parts:  # the last section: it ran through
-        raise ExecError(
-            f"delivery script failed (exit {result.returncode}): {result.stderr.strip()[-300:]}"
-        )
+    sent = _send(exec_, files, digest, probe, set(reload), delivery, timeout)
+    parts, delivery = sent.parts, sent.delivery
     observation = _observation(parts, probe, expected)
     read_again = observation.cut_short
     observation, transports = _complete(
@@ -384,12 +366,53 @@ def deliver(
     if not problems:
         # Where the time went: packing here, the exec (the script's own phases inside it),
         # parsing and verifying here.
-        phases = {"pack": sent - started, "exec": returned - sent, **_phases(parts)}
-        phases["verify"] = time.monotonic() - returned  # and reading again, if it did
+        phases = {"pack": sent.at - started, "exec": sent.took, **_phases(parts)}
+        phases["verify"] = time.monotonic() - sent.at - sent.took  # and reading again
         return DeliveryResult(
             True, digest, [], observation, phases=phases, read_again=read_again, delivery=delivery
         )
     return _rolled_back(exec_, expected, timeout, delivery, digest, problems, parts)
+
+
+@dataclass(frozen=True)
+class _Sent:
+    parts: dict[str, str]  # what the script printed, by section
+    delivery: Delivery  # as the run left it
+    at: float  # monotonic time the exec started
+    took: float  # the exec's seconds
+
+
+def _send(
+    exec_: Exec,
+    files: Files,
+    digest: str,
+    probe: Probe,
+    reload: set[str],
+    delivery: Delivery,
+    timeout: float,
+) -> _Sent:
+    """The delivery script's run, again when the pod's record of what was pushed over ARI
+    was not the strategy's copy (it then changed nothing and printed its own)."""
+    payload = pack(files)
+    details, contexts = _lines(probe.details), _lines(probe.contexts)
+    wait = timeout / 2  # the rest is the script's own time
+    for _ in range(2):
+        run = delivery.push(files, PJSIP_DIR in reload)
+        script = deliver_script(
+            len(payload), digest, len(details), len(contexts), reload, delivery, wait, run
+        )
+        at = time.monotonic()
+        result = _run(exec_, script, payload + details + contexts + run.stdin, timeout)
+        took = time.monotonic() - at
+        parts = sections(result.stdout)
+        delivery = delivery.after(run, parts)
+        if result.returncode != RECORD_DIFFERS:
+            break
+    if result.returncode != 0 or "files" not in parts:  # the last section: it ran through
+        raise ExecError(
+            f"delivery script failed (exit {result.returncode}): {result.stderr.strip()[-300:]}"
+        )
+    return _Sent(parts, delivery, at, took)
 
 
 def _complete(

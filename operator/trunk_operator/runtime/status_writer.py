@@ -8,7 +8,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trunk_operator.core.plan import PLURALS, SEGMENT, TRUNK, Outcome, Plan, Tracked
 from trunk_operator.core.status import (
@@ -23,6 +23,9 @@ from trunk_operator.runtime import metrics
 from trunk_operator.runtime.blocking import BlockingCalls
 from trunk_operator.runtime.restores import Restores
 from trunk_operator.runtime.store import StoreView
+
+if TYPE_CHECKING:
+    from trunk_operator.runtime.pod_workers import PodWorker
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +145,7 @@ class StatusWriter:
         tracked = self.store.crs(namespace)
         workers = self.store.workers(namespace)
         views = {w.state.name: w.state.view() for w in workers}  # this pass's, one per pod
-        dids_by_trunk: dict[str, int] = defaultdict(int)
-        for r, o in plan.outcomes.items():
-            if r.startswith(SEGMENT + "/") and o.trunk:
-                dids_by_trunk[o.trunk] += o.did_count
+        dids = _dids_by_trunk(plan)
         writes: list[asyncio.Task[None]] = []
         now, until = time.monotonic(), float("inf")
         for ref, outcome in plan.outcomes.items():
@@ -153,30 +153,14 @@ class StatusWriter:
             if cr is None or cr.deleting or (only is not None and ref not in only):
                 continue
             key = (namespace, ref)
-            view = self._view(key, cr, outcome, plan)
-            did_count = (
-                dids_by_trunk[cr.resource.name] if cr.resource.kind == TRUNK else outcome.did_count
+            did_count = dids[cr.resource.name] if cr.resource.kind == TRUNK else outcome.did_count
+            selected = _selected(workers, ref, outcome)
+            status = self._reduce(
+                key, cr, outcome, plan, [views[w.state.name] for w in selected], did_count
             )
-            selected = [w for w in workers if ref in w.owners]
-            if not selected and outcome.trunk:
-                selected = [w for w in workers if f"{TRUNK}/{outcome.trunk}" in w.owners]
-            pods = [views[w.state.name] for w in selected]
-            inputs = (view, outcome, did_count, tuple(_pod_inputs(p, view) for p in pods))
-            reduced = self.reduced.get(key)
-            if reduced is not None and reduced[0] == inputs:
-                status = reduced[1]
-            else:
-                status = reduce_status(view, outcome, pods, did_count)
-                self.reduced[key] = (inputs, status)
-            # A pod not checked yet by this process (the operator just started) is no change
-            # under delivery: it most likely serves what the written Ready says (adopted).
-            if status["reason"] != "Delivering" or (
-                _reads_as_current(self.statuses.get(key), status)
-                and not any(w.adoptable for w in selected)
-            ):
-                self.delivering_since.pop(key, None)
-            elif (since := self.delivering_since.setdefault(key, now)) + DELIVERING_GRACE > now:
-                until = min(until, since + DELIVERING_GRACE)
+            held = self._held_until(key, status, selected, now)
+            if held is not None:
+                until = min(until, held)
                 continue
             shown = self.in_flight[key] if key in self.in_flight else self.patched.get(key)
             if shown == status:
@@ -192,6 +176,41 @@ class StatusWriter:
             )  # fmt: skip
         if until != float("inf"):
             self._write_later(namespace, until - time.monotonic())
+
+    def _reduce(
+        self,
+        key: tuple[str, str],
+        cr: Tracked,
+        outcome: Outcome,
+        plan: Plan,
+        pods: list[PodDelivery],
+        did_count: int,
+    ) -> dict[str, Any]:
+        """The CR's status, reduced again only when its inputs changed."""
+        view = self._view(key, cr, outcome, plan)
+        inputs = (view, outcome, did_count, tuple(_pod_inputs(p, view) for p in pods))
+        reduced = self.reduced.get(key)
+        if reduced is not None and reduced[0] == inputs:
+            return reduced[1]
+        status = reduce_status(view, outcome, pods, did_count)
+        self.reduced[key] = (inputs, status)
+        return status
+
+    def _held_until(
+        self, key: tuple[str, str], status: Mapping[str, Any], selected: list[PodWorker], now: float
+    ) -> float | None:
+        """Until when a `Delivering` status is held back (a delivery under way most likely
+        ends first); None: it may be written now."""
+        # A pod not checked yet by this process (the operator just started) is no change
+        # under delivery: it most likely serves what the written Ready says (adopted).
+        if status["reason"] != "Delivering" or (
+            _reads_as_current(self.statuses.get(key), status)
+            and not any(w.adoptable for w in selected)
+        ):
+            self.delivering_since.pop(key, None)
+            return None
+        since = self.delivering_since.setdefault(key, now)
+        return since + DELIVERING_GRACE if since + DELIVERING_GRACE > now else None
 
     def _write_later(self, namespace: str, delay: float) -> None:
         """One more pass for the namespace in `delay` seconds (one timer per namespace)."""
@@ -343,3 +362,20 @@ class StatusWriter:
             for type_, value in metrics.conditions_of(status):
                 states.append(metrics.ConditionState(namespace, kind, name, type_, value))
         return states
+
+
+def _dids_by_trunk(plan: Plan) -> dict[str, int]:
+    """The DIDs each trunk's segments bring (a trunk's status counts them)."""
+    dids: dict[str, int] = defaultdict(int)
+    for ref, outcome in plan.outcomes.items():
+        if ref.startswith(SEGMENT + "/") and outcome.trunk:
+            dids[outcome.trunk] += outcome.did_count
+    return dids
+
+
+def _selected(workers: list[PodWorker], ref: str, outcome: Outcome) -> list[PodWorker]:
+    """The pods a CR is delivered to (a segment's: its trunk's, when it has none itself)."""
+    selected = [w for w in workers if ref in w.owners]
+    if not selected and outcome.trunk:
+        selected = [w for w in workers if f"{TRUNK}/{outcome.trunk}" in w.owners]
+    return selected
