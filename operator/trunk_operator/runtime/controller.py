@@ -41,7 +41,12 @@ from trunk_operator.runtime.restores import Restores
 from trunk_operator.runtime.settings import Settings
 from trunk_operator.runtime.status_writer import StatusWriter
 from trunk_operator.runtime.store import Store
-from trunk_operator.runtime.watch_audit import AUDIT_SECONDS, WatchAudit
+from trunk_operator.runtime.watch_audit import (
+    AUDIT_SECONDS,
+    WatchAudit,
+    audit_forever,
+    listed_versions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +185,14 @@ class Controller:
         self.tasks = [
             asyncio.create_task(self._plan_loop(), name="plan"),
             asyncio.create_task(self.observer.loop(), name="observe"),
-            asyncio.create_task(self._watch_audit_loop(), name="watch-audit"),
+            asyncio.create_task(
+                audit_forever(
+                    self.watch_audit,
+                    lambda: self.calls.api_call(listed_versions, self.kube),
+                    self._known_versions,
+                ),
+                name="watch-audit",
+            ),
         ]
 
     def health(self) -> dict[str, int]:
@@ -202,31 +214,11 @@ class Controller:
             )
         return dict(self.stats)
 
-    async def _watch_audit_loop(self) -> None:
-        while True:
-            await asyncio.sleep(AUDIT_SECONDS)
-            try:
-                listed = await self.calls.api_call(self._listed_versions)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # the API is down: that is not the watch's fault
-                log.info("watch audit: listing failed: %s", describe(error))
-                continue
-            known = {
-                (namespace, ref): tracked.resource_version
-                for namespace, tracked_crs in self.store.crs.items()
-                for ref, tracked in tracked_crs.items()
-            }
-            if missed := self.watch_audit.check(listed, known):
-                log.error("the watches missed changes of %d CRs: %s", len(missed), missed[:5])
-
-    def _listed_versions(self) -> dict[tuple[str, str], str]:
+    def _known_versions(self) -> dict[tuple[str, str], str]:
         return {
-            (body["metadata"]["namespace"], f"{kind}/{body['metadata']['name']}"): body[
-                "metadata"
-            ].get("resourceVersion", "")
-            for kind in (TRUNK, SEGMENT)
-            for body in self.kube.list_custom(PLURALS[kind])
+            (namespace, ref): tracked.resource_version
+            for namespace, tracked_crs in self.store.crs.items()
+            for ref, tracked in tracked_crs.items()
         }
 
     async def stop(self) -> None:

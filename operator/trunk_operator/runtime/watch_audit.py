@@ -14,8 +14,16 @@ Comparing versions for equality only, never for order (resourceVersions are opaq
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+
+from trunk_operator.core.plan import PLURALS, SEGMENT, TRUNK
+from trunk_operator.kube.api import Kube
+from trunk_operator.kube.client import describe
+
+log = logging.getLogger(__name__)
 
 AUDIT_SECONDS = 300.0  # as settings.watching.server_timeout: every watch restarted meanwhile
 
@@ -42,3 +50,31 @@ class WatchAudit:
             if listed.get(key, ABSENT) != known.get(key, ABSENT)
         }
         return self.missed
+
+
+def listed_versions(kube: Kube) -> dict[tuple[str, str], str]:
+    """The resourceVersion of every CR the API lists (a blocking call)."""
+    return {
+        (body["metadata"]["namespace"], f"{kind}/{body['metadata']['name']}"): body["metadata"].get(
+            "resourceVersion", ""
+        )
+        for kind in (TRUNK, SEGMENT)
+        for body in kube.list_custom(PLURALS[kind])
+    }
+
+
+async def audit_forever(
+    audit: WatchAudit, listed: Callable[[], Awaitable[Versions]], known: Callable[[], Versions]
+) -> None:
+    """Check every AUDIT_SECONDS; `listed`: the API's versions, `known`: the controller's."""
+    while True:
+        await asyncio.sleep(AUDIT_SECONDS)
+        try:
+            versions = await listed()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the API is down: that is not the watch's fault
+            log.info("watch audit: listing failed: %s", describe(error))
+            continue
+        if missed := audit.check(versions, known()):
+            log.error("the watches missed changes of %d CRs: %s", len(missed), missed[:5])
