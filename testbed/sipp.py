@@ -322,10 +322,12 @@ class TwilioStandIn:
         media_port: int | None = None,
         workdir: str | os.PathLike | None = None,
         start_timeout: float = 30,
+        public: tuple[str, int] | None = None,
     ) -> None:
         if mode not in ("401", "407", "503"):
             raise ValueError("mode must be '401', '407' or '503' (an edge out of service)")
         self.ip, self.port = ip, port
+        self.public = public or (ip, port)  # the address its Contact names (a relay in front)
         self.username, self.password = username, password
         self.mode, self.qop = mode, qop
         self.media_port = media_port or 16000 + (int(ipaddress.ip_address(ip)) % 1000) * 8
@@ -365,6 +367,12 @@ class TwilioStandIn:
             "-key",
             "auth_params",
             params,
+            "-key",
+            "public_host",
+            self.public[0],
+            "-key",
+            "public_port",
+            str(self.public[1]),
             "-trace_msg",
             "-message_file",
             str(self.message_file),

@@ -21,6 +21,15 @@ Faults on demand (`Faults`): 429 when more requests than a limit are in flight, 
 for the next requests of an operation (optionally after applying them: a create that happened
 but was answered 500), latency. Edits "in the console" go through the account's
 `console_update` and `console_delete` (`TwilioAccount`), which no validation sees.
+
+The SIP side reads the account: `accepted_credentials(domain)` is what Twilio's termination
+accepts for a trunk's domain at a given moment, from a timestamped history of what each domain
+held and `Rules.credential_delay` (testbed/sip_gate.py checks every INVITE's digest with it).
+
+A test holds this object, so it seeds, edits and reads in-process. For a stand-in that runs as
+a process of its own (a demo that outlives the command that started it), the same is reachable
+over HTTP under `/__standin/` (`admin`): no Twilio path starts so, none is validated, no
+credentials asked (loopback, tests only).
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -157,6 +166,10 @@ class Rules:
     duplicate_usernames: bool = False  # two credentials of one list with the same username
     delete_attached_credential_list: bool = False  # delete a list a trunk still uses
     move_numbers: bool = False  # associate a number already on another trunk (else refused)
+    # Seconds before a credential change (API or console) reaches the SIP side. Stricter
+    # reading: a new credential, or a new password, is accepted only once it has been in place
+    # this long; a deleted one, or a replaced password, is refused at once.
+    credential_delay: float = 10.0
 
 
 @dataclass
@@ -198,6 +211,13 @@ class TwilioAccount:
         self.passwords: dict[str, str] = {}  # credential SID -> password (for SIP digests)
         self.forbidden: list[str] = []  # numbers bought or released: never by the operator
         self.lock = threading.RLock()
+        self.clock = time.time
+        # (when, domain -> {(username, password)}): what each trunk's domain holds, after each
+        # change of it; `accepted_credentials` reads it with the credential delay.
+        self.credential_history: list[tuple[float, dict[str, frozenset[tuple[str, str]]]]] = [
+            (self.clock(), {})
+        ]
+        self.sip_decisions: list[Any] = []  # the SIP side's verdicts (testbed.sip_gate)
 
     def add_api_key(self) -> tuple[str, str]:
         key, secret = _sid("SK"), secrets.token_urlsafe(24)
@@ -222,9 +242,13 @@ class TwilioAccount:
             ]
 
     def console_update(self, kind: str, sid: str, **fields: Any) -> None:
-        """An edit in Twilio's console: not through the API, not validated."""
+        """An edit in Twilio's console: not through the API, not validated (a credential's
+        `password` too)."""
         with self.lock:
+            if kind == "SipCredential" and "password" in fields:
+                self.passwords[sid] = str(fields.pop("password"))
             self.objects[kind][sid].update(fields, date_updated=time.time())
+            self._note_credentials()
 
     def console_delete(self, kind: str, sid: str) -> None:
         with self.lock:
@@ -247,6 +271,48 @@ class TwilioAccount:
                 if c["credential_list_sid"] in lists
             }
 
+    def accepted_credentials(
+        self, domain: str, at: float | None = None
+    ) -> frozenset[tuple[str, str]]:
+        """The (username, password) pairs the SIP side accepts for `domain` at time `at` (now):
+        those the trunk held all through the last `rules.credential_delay` seconds."""
+        at = self.clock() if at is None else at
+        since = at - self.rules.credential_delay
+        with self.lock:
+            held: frozenset[tuple[str, str]] | None = None
+            for when, state in reversed(self.credential_history):
+                if when > at:
+                    continue
+                pairs = state.get(domain, frozenset())
+                held = pairs if held is None else held & pairs
+                if when <= since:
+                    break
+            return held or frozenset()
+
+    def _domain_credentials(self) -> dict[str, frozenset[tuple[str, str]]]:
+        lists: dict[str, set[str]] = {}  # trunk SID -> its credential lists
+        for a in self.objects.get("CredentialList", {}).values():
+            lists.setdefault(a["trunk_sid"], set()).add(a["sid"])
+        pairs: dict[str, set[tuple[str, str]]] = {}  # list SID -> its credentials
+        for c in self.objects.get("SipCredential", {}).values():
+            if c["sid"] in self.passwords:
+                pair = (c["username"], self.passwords[c["sid"]])
+                pairs.setdefault(c["credential_list_sid"], set()).add(pair)
+        state = {
+            t["domain_name"]: frozenset(
+                p for sid in lists.get(t["sid"], ()) for p in pairs.get(sid, ())
+            )
+            for t in self.objects.get("Trunk", {}).values()
+            if t.get("domain_name")
+        }
+        return {domain: held for domain, held in state.items() if held}
+
+    def _note_credentials(self) -> None:
+        """Appends to the history when what some domain holds changed."""
+        state = self._domain_credentials()
+        if state != self.credential_history[-1][1]:
+            self.credential_history.append((self.clock(), state))
+
     # ---- what the API does to them ------------------------------------------------
 
     def get(self, kind: str, sid: str, parent: Mapping[str, str]) -> dict[str, Any]:
@@ -260,7 +326,9 @@ class TwilioAccount:
         check = getattr(self, f"_create_{_camel_to_snake(kind)}", None)
         if check is None:
             raise TwilioError(400, 21000, f"creating a {kind} is not supported here")
-        return check(values, {_camel_to_snake(k): v for k, v in parent.items()})
+        key = check(values, {_camel_to_snake(k): v for k, v in parent.items()})
+        self._note_credentials()
+        return key
 
     def store(
         self, kind: str, sid: str, values: Mapping[str, Any], parent: Mapping[str, Any]
@@ -410,6 +478,7 @@ class TwilioAccount:
                 values["trunk_sid"] = None
                 self.objects.get("PhoneNumber", {}).pop(record["sid"], None)
         record.update(values, date_updated=time.time())
+        self._note_credentials()
 
     def check_deletable(self, kind: str, record: Mapping[str, Any]) -> None:
         attached = any(
@@ -439,6 +508,7 @@ class TwilioAccount:
                 self.delete("SipCredential", cred["sid"])
         if kind == "SipCredential":
             self.passwords.pop(sid, None)
+        self._note_credentials()
 
 
 class TwilioRestStandIn:
@@ -484,6 +554,61 @@ class TwilioRestStandIn:
         if 200 <= status < 300 and answer is not None:
             self._check_response(op, url, headers, body, status, answer)
         return status, answer
+
+    # ---- test-only administration (/__standin/...) ---------------------------------------
+
+    def admin(self, method: str, target: str, body: bytes) -> tuple[int, Any]:
+        """`GET state`, `GET sip-decisions`, `POST numbers {phone_number, friendly_name}`,
+        `POST|DELETE console/<Kind>/<Sid> {fields}`, `POST rules {...}`, `POST faults
+        {concurrency_limit, latency, fail: {operation_id, status, applied, times}}`."""
+        path = urlsplit(target).path.removeprefix(ADMIN).strip("/").split("/")
+        try:
+            args = json.loads(body or b"{}")
+            with self.account.lock:
+                return self._admin(method, path, args)
+        except (KeyError, IndexError) as error:
+            return 404, {"error": f"not found: {error}"}
+        except (TypeError, ValueError) as error:
+            return 400, {"error": str(error)}
+
+    def _admin(self, method: str, path: list[str], args: dict[str, Any]) -> tuple[int, Any]:
+        account = self.account
+        match method, path:
+            case "GET", ["state"]:
+                return 200, {
+                    "objects": account.objects,
+                    "rules": asdict(account.rules),
+                    "faults": asdict(self.faults),
+                    "requests": self.requests,
+                    "violations": self.violations,
+                    "forbidden": account.forbidden,
+                }
+            case "GET", ["sip-decisions"]:
+                return 200, [asdict(d) for d in account.sip_decisions]
+            case "POST", ["numbers"]:
+                return 201, {"sid": account.seed_number(**args)}
+            case "POST", ["console", kind, sid]:
+                account.console_update(kind, sid, **args)
+                return 200, account.objects[kind][sid]
+            case "DELETE", ["console", kind, sid]:
+                if sid not in account.objects.get(kind, {}):
+                    raise KeyError(f"{kind}/{sid}")
+                account.console_delete(kind, sid)
+                return 204, None
+            case "POST", ["rules"]:
+                for name, value in args.items():
+                    getattr(account.rules, name)
+                    setattr(account.rules, name, value)
+                return 200, asdict(account.rules)
+            case "POST", ["faults"]:
+                fail = args.pop("fail", None)
+                for name, value in args.items():
+                    getattr(self.faults, name)
+                    setattr(self.faults, name, value)
+                if fail:
+                    self.faults.fail(**fail)
+                return 200, asdict(self.faults)
+        raise KeyError("/".join(path))
 
     def _enter(self) -> bool:
         """Counts the request in; False (not counted) when over the concurrency limit."""
@@ -743,7 +868,12 @@ class TwilioRestStandIn:
             def _any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                status, answer = standin.handle(self.command, self.path, dict(self.headers), body)
+                if self.path.startswith(ADMIN):
+                    status, answer = standin.admin(self.command, self.path, body)
+                else:
+                    status, answer = standin.handle(
+                        self.command, self.path, dict(self.headers), body
+                    )
                 data = json.dumps(answer).encode() if answer is not None else b""
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -772,6 +902,8 @@ def _key(kind: str, record: Mapping[str, Any]) -> str:
     """Where a record is kept: by SID, or by trunk and SID for a trunk's list associations."""
     return f"{record['trunk_sid']}/{record['sid']}" if kind in ASSOCIATIONS else str(record["sid"])
 
+
+ADMIN = "/__standin/"  # the test-only API; Twilio's paths start /v1/ or /2010-04-01/
 
 # Child collections of a resource: name in `links`/`subresource_uris` -> path segment.
 _LINKS: dict[str, dict[str, str]] = {
