@@ -20,6 +20,8 @@ from trunk_operator.core.models import (
     VERSION,
     DIDSegmentSpec,
     DIDSegmentStatus,
+    TwilioAccountSpec,
+    TwilioAccountStatus,
     TwilioTrunkSpec,
     TwilioTrunkStatus,
 )
@@ -174,6 +176,17 @@ def all_crds() -> dict[str, dict[str, Any]]:
             [
                 {"name": "Trunk", "type": "string", "jsonPath": ".spec.trunkRef.name"},
                 {"name": "DIDs", "type": "integer", "jsonPath": ".status.didCount"},
+            ],
+        ),
+        "twilioaccounts.yaml": crd(
+            "TwilioAccount",
+            "twilioaccounts",
+            ["twa"],
+            TwilioAccountSpec,
+            TwilioAccountStatus,
+            [
+                {"name": "Account", "type": "string", "jsonPath": ".spec.accountSid"},
+                {"name": "Trunks", "type": "integer", "jsonPath": ".status.trunks"},
             ],
         ),
     }

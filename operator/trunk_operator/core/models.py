@@ -50,6 +50,11 @@ TWILIO_SIGNALLING_RANGES: tuple[str, ...] = (
 )
 
 
+def twilio_credential_secret(trunk: str) -> str:
+    """The operator's Secret of the SIP credential Twilio holds for an opted-in trunk."""
+    return f"{trunk}-twilio-credential"
+
+
 def rule(expression: str, message: str) -> dict[str, Any]:
     return {"rule": expression, "message": message}
 
@@ -176,6 +181,39 @@ class Outbound(Model):
     )
 
 
+class AccountRef(Model):
+    name: Annotated[str, Field(pattern=K8S_NAME_PATTERN, max_length=253)] = Field(
+        description="Name of the TwilioAccount (same namespace)."
+    )
+
+
+class TwilioSide(Model):
+    """The Twilio end of the trunk, reconciled through Twilio's REST API."""
+
+    account_ref: AccountRef
+    ip_access_control: list[Annotated[str, Field(pattern=CIDR_PATTERN, max_length=18)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="IPv4 CIDRs Twilio also accepts outbound calls from, in an IP access"
+        " control list the operator owns. Empty: credentials only.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    credential_propagation_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="How long a new credential is given to take effect at Twilio before"
+        " Asterisk switches to it (Twilio documents no figure).",
+    )
+    rotation_grace_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="How long the previous credential stays at Twilio after every pod serves"
+        " the new one.",
+    )
+
+
 class PodSelector(Model):
     match_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
         default_factory=dict,
@@ -240,6 +278,19 @@ class TwilioTrunkSpec(Model):
         default=None,
         description="Asterisk pods that get this trunk. Default: the operator's selector.",
     )
+    twilio: TwilioSide | None = Field(
+        default=None,
+        description="Reconcile Twilio's end too (trunk, credential list, rotation). Absent:"
+        " Twilio's end is configured by hand.",
+    )
+
+    def served_credentials(self, resource_name: str) -> CredentialsRef:
+        """Where Asterisk's credentials come from: the trunk's Secret, or for a trunk whose
+        Twilio side the operator reconciles, the operator's Secret of the credential Twilio
+        holds (it switches to a rotated password once Twilio has it)."""
+        if self.twilio is None:
+            return self.credentials
+        return CredentialsRef(secret_name=twilio_credential_secret(resource_name))
 
     def endpoint(self, resource_name: str) -> str:
         return self.endpoint_name or resource_name.upper()
@@ -401,6 +452,30 @@ class TwilioTrunkStatus(ResourceStatus):
     )
     did_count: int | None = None
     pods: list[PodTrunkStatus] = Field(default_factory=list)
+    twilio: TwilioSideStatus | None = Field(
+        default=None, description="Twilio's end, for a trunk with spec.twilio."
+    )
+
+
+class TwilioRotation(Model):
+    generation: int
+    username: str
+    phase: str = Field(
+        description="AddingAtTwilio, Propagating (waiting before Asterisk switches),"
+        " or Refused (the new password breaks Twilio's rule: nothing changed)."
+    )
+
+
+class TwilioSideStatus(Model):
+    trunk_sid: str | None = None
+    credential_list_sid: str | None = None
+    ip_access_control_list_sid: str | None = None
+    username: str | None = Field(
+        default=None, description="The credential Asterisk uses and Twilio holds."
+    )
+    generation: int | None = Field(default=None, description="Rotations so far, plus one.")
+    rotation: TwilioRotation | None = None
+    last_sync_time: str | None = None
 
 
 class DIDSegmentStatus(ResourceStatus):
@@ -409,3 +484,35 @@ class DIDSegmentStatus(ResourceStatus):
         default_factory=list, description="DIDs claimed earlier by another segment (first 20)."
     )
     conflict_count: int | None = None
+
+
+# ---- accounts -----------------------------------------------------------------------------
+
+
+class TwilioAccountSpec(Model):
+    """Twilio REST API credentials for the TwilioTrunks of this namespace that name this
+    account (spec.twilio.accountRef)."""
+
+    account_sid: Annotated[str, Field(pattern=ACCOUNT_SID_PATTERN)] = Field(
+        description="The account (AC...) whose trunks these are."
+    )
+    secret_name: Annotated[str, Field(pattern=K8S_NAME_PATTERN, max_length=253)] = Field(
+        description="Secret (same namespace) with `apiKeySid` and `apiKeySecret` (an API key:"
+        " recommended), or `authToken`."
+    )
+    region: Annotated[str, Field(pattern=r"^[a-z]{2}[0-9]$")] | None = Field(
+        default=None, description="Twilio Region of the REST API (us1, ie1, au1)."
+    )
+    edge: Annotated[str, Field(pattern=r"^[a-z][a-z-]{1,30}$")] | None = Field(
+        default=None, description="Twilio edge the REST API is reached through (e.g. dublin)."
+    )
+    resync_seconds: int = Field(
+        default=300,
+        ge=30,
+        le=86400,
+        description="How often each trunk's Twilio side is checked for changes made elsewhere.",
+    )
+
+
+class TwilioAccountStatus(ResourceStatus):
+    trunks: int | None = Field(default=None, description="TwilioTrunks that use this account.")

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from trunk_operator.core.models import DIDSegmentSpec, TwilioTrunkSpec
+from trunk_operator.core.models import DIDSegmentSpec, TwilioTrunkSpec, twilio_credential_secret
 from trunk_operator.core.render import (
     Files,
     RenderError,
@@ -274,6 +274,20 @@ def _claim_names(
             )
 
 
+TWILIO_PENDING = "TwilioPending"
+TWILIO_PENDING_MESSAGE = (
+    "waiting for the Twilio side: the credential Twilio holds is not set up yet (TwilioSynced)"
+)
+
+
+def credentials_secret(name: str, spec: Mapping[str, Any]) -> str:
+    """The Secret a trunk's credentials are read from, from its (unchecked) spec: its own, or
+    the operator's of the credential Twilio holds (`TwilioTrunkSpec.served_credentials`)."""
+    if spec.get("twilio"):
+        return twilio_credential_secret(name)
+    return str(spec.get("credentials", {}).get("secretName") or "")
+
+
 def _plan_credentials(
     outcome: Outcome,
     name: str,
@@ -283,9 +297,12 @@ def _plan_credentials(
     cache_key: tuple[Any, ...],
 ) -> None:
     """The trunk's auth section from its Secret, or the problem that keeps it from one."""
-    creds = spec.credentials
+    creds = spec.served_credentials(name)
     secret = inputs.secrets.get(creds.secret_name)
     outcome.secret_version = inputs.secret_versions.get(creds.secret_name)
+    if secret is None and spec.twilio is not None:
+        outcome.problems.append(Problem(TWILIO_PENDING, TWILIO_PENDING_MESSAGE))
+        return
     if secret is None:
         outcome.problems.append(
             Problem("SecretNotFound", f"Secret {creds.secret_name} does not exist")

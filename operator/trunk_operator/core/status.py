@@ -9,7 +9,11 @@ made a reduce several times dearer, which a bulk of thousands of CRs pays many t
 
 Ready means every pod that serves the CR serves the generation the status names
 (`observedGeneration`): Rendered (the plan accepted it) and Delivered (each selected pod
-loaded and verified that generation's files, and no delivery under way brings another).
+loaded and verified that generation's files, and no delivery under way brings another). For a
+trunk whose Twilio end the operator reconciles (spec.twilio), Ready also means Twilio holds the
+credential Asterisk uses and that credential is the Secret's password (no rotation under way):
+`TwilioView.serves`. `TwilioSynced` says whether the last look at Twilio's end succeeded; when
+Twilio cannot be reached, Ready keeps what the last look found and Degraded says it is stale.
 """
 
 from __future__ import annotations
@@ -42,8 +46,13 @@ STALLED_REASONS = frozenset(
         "AmbiguousInboundIdentification",
         TRANSPORT_NOT_FOUND,
         ASTERISK_REJECTED,
+        "WeakPassword",
+        "TwilioTrunkOwnedElsewhere",
+        "TwilioCredentialsRefused",
     }
 )
+# Twilio side reasons of work under way (kstatus Reconciling).
+TWILIO_IN_PROGRESS = frozenset({"Rotating", "TwilioPending"})
 MESSAGE_AT_MOST = 1000
 
 
@@ -82,6 +91,17 @@ class CRView:
     qualify: bool
 
 
+@dataclass(frozen=True)
+class TwilioView:
+    """The Twilio end of an opted-in trunk as the reducer sees it (runtime/twilio_side.py)."""
+
+    synced: bool | None  # the last look at Twilio's end succeeded (None: none yet)
+    reason: str
+    message: str
+    serves: bool  # Twilio holds the credential Asterisk uses, and it is the Secret's password
+    fields: Mapping[str, Any]  # status.twilio
+
+
 @dataclass(frozen=True, slots=True)
 class Condition:
     """One condition of a CR's status (`models.Condition`), without its transition time."""
@@ -103,7 +123,11 @@ class Condition:
 
 
 def reduce_status(
-    cr: CRView, outcome: Outcome, pods: Sequence[PodDelivery], did_count: int | None = None
+    cr: CRView,
+    outcome: Outcome,
+    pods: Sequence[PodDelivery],
+    did_count: int | None = None,
+    twilio: TwilioView | None = None,
 ) -> dict[str, Any]:
     """The full status as PATCHed (without lastTransitionTime: `with_transition_times`).
     Only the fields set here are in it; a top-level None clears the field."""
@@ -111,13 +135,15 @@ def reduce_status(
     rendered = _rendered(cr, blocking)
     delivered = _delivered(cr, pods)
     reachable = _reachability(cr, pods)
-    ready = _ready(cr, rendered, delivered)
+    ready = _ready(cr, rendered, delivered, twilio)
     conditions = [ready, rendered, delivered]
+    if twilio is not None:
+        conditions.append(_twilio_synced(cr, twilio))
     if cr.endpoint:
         conditions.append(_reachable(cr, reachable))
     conditions += [
-        _degraded(cr, outcome, pods, reachable),
-        _reconciling(cr, delivered, blocking),
+        _degraded(cr, outcome, pods, reachable, twilio),
+        _reconciling(cr, delivered, blocking, twilio),
         _stalled(cr, ready),
     ]
     status: dict[str, Any] = {
@@ -137,6 +163,8 @@ def reduce_status(
     status["endpointState"] = _summary_state(pods, cr.endpoint)
     if outcome.secret_version:
         status["secretResourceVersion"] = outcome.secret_version
+    if twilio is not None:
+        status["twilio"] = dict(twilio.fields)
     return status
 
 
@@ -221,11 +249,21 @@ def _missing_contexts(cr: CRView, pods: Sequence[PodDelivery]) -> list[str]:
     return sorted(missing)
 
 
+def _twilio_synced(cr: CRView, twilio: TwilioView) -> Condition:
+    return _condition("TwilioSynced", twilio.synced, twilio.reason, twilio.message, cr)
+
+
 def _degraded(
-    cr: CRView, outcome: Outcome, pods: Sequence[PodDelivery], reachable: bool | None
+    cr: CRView,
+    outcome: Outcome,
+    pods: Sequence[PodDelivery],
+    reachable: bool | None,
+    twilio: TwilioView | None = None,
 ) -> Condition:
     """What works less than it should, while the CR may still be Ready."""
     found = [(p.reason, p.message) for p in outcome.problems if not p.blocking]
+    if twilio is not None and twilio.synced is False and twilio.serves:
+        found.append((twilio.reason, f"Twilio's end is as last seen: {twilio.message}"))
     if missing := _missing_contexts(cr, pods):
         found.append(
             (
@@ -244,18 +282,29 @@ def _degraded(
     return _condition("Degraded", True, found[0][0], "; ".join(m for _, m in found), cr)
 
 
-def _ready(cr: CRView, rendered: Condition, delivered: Condition) -> Condition:
+def _ready(
+    cr: CRView, rendered: Condition, delivered: Condition, twilio: TwilioView | None = None
+) -> Condition:
     if rendered.status != "True":
         return _condition("Ready", False, rendered.reason, rendered.message, cr)
     if delivered.status != "True":
         return _condition("Ready", False, delivered.reason, delivered.message, cr)
+    if twilio is not None and not twilio.serves:
+        return _condition("Ready", False, twilio.reason, twilio.message, cr)
     return _condition("Ready", True, "Ready", delivered.message, cr)
 
 
-def _reconciling(cr: CRView, delivered: Condition, blocking: Sequence[Problem]) -> Condition:
+def _reconciling(
+    cr: CRView,
+    delivered: Condition,
+    blocking: Sequence[Problem],
+    twilio: TwilioView | None = None,
+) -> Condition:
     """kstatus (Flux, kpt, cli-utils): Reconciling=True while work is in flight."""
     if delivered.reason == "Delivering" and not blocking:
         return _condition("Reconciling", True, "Delivering", delivered.message, cr)
+    if twilio is not None and not twilio.serves and twilio.reason in TWILIO_IN_PROGRESS:
+        return _condition("Reconciling", True, twilio.reason, twilio.message, cr)
     return _condition("Reconciling", False, "Settled", "", cr)
 
 

@@ -28,6 +28,7 @@ from trunk_operator.core.plan import (
     RenderCache,
     Resource,
     Tracked,
+    credentials_secret,
     plan_namespace,
 )
 from trunk_operator.core.verify import ExpectedEndpoint
@@ -134,9 +135,8 @@ class Controller:
         self.secrets.pop((namespace, name), None)
         self.secret_events[(namespace, name)] += 1
         for tracked in self.store.crs.get(namespace, {}).values():
-            if tracked.resource.kind == TRUNK and (
-                tracked.resource.spec.get("credentials", {}).get("secretName") == name
-            ):
+            resource = tracked.resource
+            if resource.kind == TRUNK and credentials_secret(resource.name, resource.spec) == name:
                 self.mark(namespace)
                 return
 
@@ -291,9 +291,7 @@ class Controller:
             trunks=[t.resource for t in live if t.resource.kind == TRUNK],
             segments=[t.resource for t in live if t.resource.kind == SEGMENT],
         )
-        names = sorted(
-            {t.spec.get("credentials", {}).get("secretName") or "" for t in inputs.trunks}
-        )
+        names = sorted({credentials_secret(t.name, t.spec) for t in inputs.trunks})
         # Taken from the reads themselves: Secret events may empty the cache meanwhile.
         found = await asyncio.gather(*(self._read_secret(namespace, n) for n in names if n))
         for name, secret in zip([n for n in names if n], found, strict=True):

@@ -188,11 +188,13 @@ class StatusWriter:
     ) -> dict[str, Any]:
         """The CR's status, reduced again only when its inputs changed."""
         view = self._view(key, cr, outcome, plan)
-        inputs = (view, outcome, did_count, tuple(_pod_inputs(p, view) for p in pods))
+        twilio = self.store.twilio(key[0], cr.resource.name) if view.endpoint else None
+        pod_inputs = tuple(_pod_inputs(p, view) for p in pods)
+        inputs = (view, outcome, did_count, pod_inputs, twilio)
         reduced = self.reduced.get(key)
         if reduced is not None and reduced[0] == inputs:
             return reduced[1]
-        status = reduce_status(view, outcome, pods, did_count)
+        status = reduce_status(view, outcome, pods, did_count, twilio)
         self.reduced[key] = (inputs, status)
         return status
 

@@ -6,6 +6,8 @@
   reconcile, together with the pods' assignments made from it.
 - `workers`: one delivery worker per Asterisk pod (`pod_workers.PodWorker`), each with its
   pod's delivery state. Written by the pod set (`pod_workers.AsteriskPods`).
+- `twilio`: the Twilio end of each opted-in trunk as last reconciled (`status.TwilioView`).
+  Written by the Twilio side (`twilio_side.TwilioSide`).
 
 The status writer, the observer and /metrics read them through a `StoreView`, which has no
 way to change them.
@@ -19,6 +21,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from trunk_operator.core.plan import Plan, Tracked
+from trunk_operator.core.status import TwilioView
 
 if TYPE_CHECKING:
     from trunk_operator.runtime.pod_workers import PodWorker
@@ -31,6 +34,7 @@ class Store:
         self.crs: dict[str, dict[str, Tracked]] = defaultdict(dict)  # namespace -> ref -> CR
         self.plans: dict[str, Plan] = {}
         self.workers: dict[tuple[str, str], PodWorker] = {}  # (namespace, pod) -> its worker
+        self.twilio: dict[tuple[str, str], TwilioView] = {}  # (namespace, trunk) -> its end
 
     def view(self) -> StoreView:
         return StoreView(self)
@@ -56,3 +60,6 @@ class StoreView:
             for (ns, _), worker in sorted(self._store.workers.items())
             if namespace is None or ns == namespace
         ]
+
+    def twilio(self, namespace: str, trunk: str) -> TwilioView | None:
+        return self._store.twilio.get((namespace, trunk))
