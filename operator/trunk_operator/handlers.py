@@ -156,6 +156,15 @@ def _feed(kind: str, body: kopf.Body, event_type: str | None) -> None:
         _controller().upsert(kind, body)
 
 
+@kopf.on.event(GROUP, "twilioaccounts")
+async def account_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+    twilio = _controller().twilio
+    if type == "DELETED":
+        await twilio.forget_account(body.metadata.namespace or "", body.metadata.name or "")
+    else:
+        twilio.upsert_account(body)
+
+
 @kopf.on.event("", "v1", "secrets")
 async def secret_event(body: kopf.Body, **_: Any) -> None:
     # Only a trigger: the data is read fresh by the reconcile, never kept from the event.

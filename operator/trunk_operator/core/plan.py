@@ -151,7 +151,10 @@ class Inputs:
 @dataclass
 class Plan:
     outcomes: dict[str, Outcome]
-    trunk_specs: dict[str, TwilioTrunkSpec]
+    trunk_specs: dict[str, TwilioTrunkSpec]  # trunks whose files are rendered
+    # Valid trunks whose Twilio end the operator reconciles, rendered or not (one waiting for
+    # its first credential at Twilio is not).
+    twilio_specs: dict[str, TwilioTrunkSpec] = field(default_factory=dict)
 
     def all_files(self) -> Files:
         files: Files = {}
@@ -461,6 +464,7 @@ def _plan_segment(
 def _plan(inputs: Inputs, cache: RenderCache) -> Plan:
     outcomes: dict[str, Outcome] = {}
     usable: dict[str, TwilioTrunkSpec] = {}
+    twilio: dict[str, TwilioTrunkSpec] = {}
     claimed: dict[str, dict[str, str]] = {
         "endpoint name": {},
         "outbound context": {},
@@ -471,6 +475,8 @@ def _plan(inputs: Inputs, cache: RenderCache) -> Plan:
         outcomes[resource.ref] = outcome
         if spec is not None and not outcome.blocked:
             usable[resource.name] = spec
+        if spec is not None and spec.twilio is not None:
+            twilio[resource.name] = spec
 
     did_owner: dict[str, str] = {}
     pool_owner: dict[str, str] = {}
@@ -479,4 +485,4 @@ def _plan(inputs: Inputs, cache: RenderCache) -> Plan:
             resource, inputs, usable, did_owner, pool_owner, cache
         )
     cache.keep_unchanged(outcomes)
-    return Plan(outcomes=outcomes, trunk_specs=usable)
+    return Plan(outcomes=outcomes, trunk_specs=usable, twilio_specs=twilio)

@@ -233,6 +233,17 @@ class Kube:
             }
             self._apply("secrets", owner.namespace, secret_body, bool(written and written[1]))
 
+    def write_credential_secret(self, owner: Owner, name: str, data: Mapping[str, str]) -> None:
+        """The operator's Secret of the SIP credential Twilio holds for a trunk (owned by the
+        trunk, labelled as the operator's: its own watch filters it out)."""
+        digest = keyed_secret_hash(files_hash(dict(data)))
+        body = {
+            "metadata": self._metadata(owner, name, digest),
+            "type": "Opaque",
+            "stringData": dict(data),
+        }
+        self._apply("secrets", owner.namespace, body)
+
     def list_custom(self, plural: str) -> list[dict[str, Any]]:
         """Every object of one of our kinds, cluster-wide."""
         return self._list(_custom(plural))

@@ -42,6 +42,7 @@ from trunk_operator.runtime.restores import Restores
 from trunk_operator.runtime.settings import Settings
 from trunk_operator.runtime.status_writer import StatusWriter
 from trunk_operator.runtime.store import Store
+from trunk_operator.runtime.twilio_side import TwilioSide
 from trunk_operator.runtime.watch_audit import (
     AUDIT_SECONDS,
     WatchAudit,
@@ -91,6 +92,7 @@ class Controller:
         )
         self.observer = Observer(self.pods, events=self)
         self.status = StatusWriter(kube, self.calls, self.store.view(), self.restores)
+        self.twilio = TwilioSide(kube, self.calls, self.store, self, self.settings.twilio_base_url)
 
     # ---- inputs from Kopf ------------------------------------------------------------
 
@@ -132,6 +134,7 @@ class Controller:
         self.mark(namespace)
 
     def secret_changed(self, namespace: str, name: str) -> None:
+        self.twilio.secret_changed(namespace, name)
         self.secrets.pop((namespace, name), None)
         self.secret_events[(namespace, name)] += 1
         for tracked in self.store.crs.get(namespace, {}).values():
@@ -194,6 +197,7 @@ class Controller:
                 name="watch-audit",
             ),
         ]
+        self.twilio.start()
 
     def health(self) -> dict[str, int]:
         """For the liveness probe: raises when a loop died, a plan is stuck or a watch missed
@@ -226,6 +230,7 @@ class Controller:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.twilio.stop()
         await self.status.stop()
 
     async def _plan_loop(self) -> None:
@@ -341,7 +346,9 @@ class Controller:
         a status written meanwhile (by a delivery or the observer) must see a plan and pod
         assignments that agree, or it would report a new generation against the old
         assignment (Ready for files no pod has) or a CR that no pod is assigned yet."""
+        before = self.store.plans.get(namespace)
         self.store.plans[namespace] = plan
+        self._twilio_changes(namespace, before, plan)
         for ref, outcome in plan.outcomes.items():
             if not outcome.blocked:
                 self.last_good[(namespace, ref)] = outcome
@@ -354,6 +361,13 @@ class Controller:
         self.pods.assign(
             namespace, {ref: o for (ns, ref), o in self.last_good.items() if ns == namespace}
         )
+
+    def _twilio_changes(self, namespace: str, before: Plan | None, plan: Plan) -> None:
+        """Opted-in trunks whose spec changed (or that left the plan) sync their Twilio end."""
+        old = before.twilio_specs if before else {}
+        for name in {*old, *plan.twilio_specs}:
+            if plan.twilio_specs.get(name) != old.get(name):
+                self.twilio.touch(namespace, name)
 
     async def _read_secret(self, namespace: str, name: str) -> SecretRead | None:
         key = (namespace, name)
@@ -389,6 +403,17 @@ class Controller:
 
     def reported_since(self, namespace: str, pod: str, ref: str, digest: str) -> str | None:
         return self.status.reported_since(namespace, pod, ref, digest)
+
+    # ---- what the Twilio side tells and asks (twilio_side.TwilioEvents) ------------------
+
+    async def twilio_changed(self, namespace: str) -> None:
+        await self.write_statuses(namespace)
+
+    def credential_written(self, namespace: str, secret: str) -> None:
+        self.secret_changed(namespace, secret)
+
+    def served_secret(self, namespace: str, trunk: str) -> str | None:
+        return self.status.served_secret.get((namespace, f"{TRUNK}/{trunk}"))
 
     # ---- what /metrics reads at scrape time: only where the loops run (the leader) -------
 

@@ -30,6 +30,9 @@ class Settings:
     pod_namespace: str = "default"  # POD_NAMESPACE, from the downward API
     hostname: str = ""  # HOSTNAME: the Lease holder's name
     metrics_port: int = 0  # TRUNKOP_METRICS_PORT; 0: no /metrics
+    # TRUNKOP_TWILIO_BASE_URL, for tests only: every Twilio REST URL goes there instead (the
+    # stand-in of testbed/twilio_rest.py).
+    twilio_base_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -44,4 +47,5 @@ class Settings:
             pod_namespace=env.get("POD_NAMESPACE", "default"),
             hostname=env.get("HOSTNAME", ""),
             metrics_port=int(env.get("TRUNKOP_METRICS_PORT", "0") or 0),
+            twilio_base_url=env.get("TRUNKOP_TWILIO_BASE_URL") or None,
         )
