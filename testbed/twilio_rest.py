@@ -529,6 +529,7 @@ class TwilioRestStandIn:
         self.requests: list[tuple[str, str, int]] = []  # (operationId, path, status)
         self.in_flight = 0
         self.server: ThreadingHTTPServer | None = None
+        self.url = ""  # the base URL, once served
 
     # ---- one request --------------------------------------------------------------------
 
@@ -889,7 +890,8 @@ class TwilioRestStandIn:
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return f"http://{host}:{self.server.server_address[1]}"
+        self.url = f"http://{host}:{self.server.server_address[1]}"
+        return self.url
 
     def close(self) -> None:
         if self.server is not None:

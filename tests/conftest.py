@@ -31,6 +31,7 @@ from testbed.cluster import Cluster, ExistingCluster
 from testbed.node import KubeletNode
 from testbed.operator_process import OperatorProcess
 from testbed.sipp import TwilioStandIn
+from testbed.twilio_rest import TwilioRestStandIn
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDIN_IP = "127.0.0.12"  # the Twilio stand-in; Asterisk containers bind 127.0.10.N
@@ -77,7 +78,7 @@ def real_node(cluster: Any) -> Iterator[KubeletNode]:
 @pytest.fixture(scope="session")
 def crds(cluster: Any) -> None:
     cluster.kubectl("apply", "-f", str(ROOT / "crds"))
-    for name in ("twiliotrunks", "didsegments"):
+    for name in ("twiliotrunks", "didsegments", "twilioaccounts"):
         cluster.kubectl(
             "wait",
             "--for=condition=Established",
@@ -102,13 +103,33 @@ def custom(api: client.ApiClient) -> client.CustomObjectsApi:
 
 
 @pytest.fixture(scope="session")
+def twilio_rest() -> Iterator[TwilioRestStandIn]:
+    """Twilio's REST API as the session's operator sees it (TRUNKOP_TWILIO_BASE_URL): the
+    stand-in built from Twilio's specs, every exchange validated against them."""
+    standin = TwilioRestStandIn()
+    standin.serve()
+    try:
+        yield standin
+    finally:
+        standin.close()
+    assert standin.violations == [], standin.violations
+
+
+@pytest.fixture(scope="session")
 def operator(
-    cluster: Any, crds: None, tmp_path_factory: pytest.TempPathFactory
+    cluster: Any,
+    crds: None,
+    twilio_rest: TwilioRestStandIn,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     op = OperatorProcess(
         cluster.kubeconfig,
         tmp_path_factory.mktemp("operator") / "operator.log",
-        env={"TRUNKOP_OBSERVE_INTERVAL": "2", "TRUNKOP_METRICS_PORT": str(free_port())},
+        env={
+            "TRUNKOP_OBSERVE_INTERVAL": "2",
+            "TRUNKOP_METRICS_PORT": str(free_port()),
+            "TRUNKOP_TWILIO_BASE_URL": twilio_rest.url,
+        },
     )
     op.start()
     host_operators.append(op)

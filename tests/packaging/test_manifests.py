@@ -39,6 +39,7 @@ def test_manifests_install_into_a_restricted_namespace() -> None:
         "ClusterRoleBinding",
         "CustomResourceDefinition",
         "CustomResourceDefinition",
+        "CustomResourceDefinition",
         "Deployment",
         "Namespace",
         "Role",

@@ -1,4 +1,4 @@
--- Argo CD health of a TwilioTrunk or a DIDSegment (trunks.asterisk-operator.dev).
+-- Argo CD health of a TwilioTrunk, a DIDSegment or a TwilioAccount (trunks.asterisk-operator.dev).
 -- Argo CD has no health for custom resources; this follows kstatus and Argo CD's own
 -- pulumi.com/Stack script: a status the operator has not written for this generation yet is
 -- Progressing; Stalled=True (needs a change) is Degraded; Reconciling=True (a delivery in

@@ -66,8 +66,16 @@ lists or watches CRDs (they come with the chart) or namespaces (they are given e
 - apiGroups: [trunks.asterisk-operator.dev]
   resources: [twiliotrunks/status, didsegments/status]
   verbs: [patch]
-# Credentials Secrets (watched, read) and the rendered auth Secrets (created, replaced; the
-# garbage collector deletes them with their owner, the operator never does).
+# TwilioAccounts: watched (Twilio API credentials for opted-in trunks); their status.
+- apiGroups: [trunks.asterisk-operator.dev]
+  resources: [twilioaccounts]
+  verbs: [list, watch]
+- apiGroups: [trunks.asterisk-operator.dev]
+  resources: [twilioaccounts/status]
+  verbs: [patch]
+# Credentials Secrets (watched, read), the rendered auth Secrets and the Secrets of the
+# credentials Twilio holds for opted-in trunks (created, replaced; the garbage collector
+# deletes them with their owner, the operator never does).
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, watch, create, update]
