@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -148,3 +149,18 @@ def served_password(pbx: AsteriskContainer) -> str:
         if key.strip() == "password":
             return value.strip()
     return ""
+
+
+STORE = "vault"  # the ClusterSecretStore examples/vault/externalsecret.yaml names
+VAULT_KEY = "telephony/twilio/acme"
+
+
+def vault_store(data: dict[str, str]) -> dict[str, Any]:
+    """The ClusterSecretStore, its fake provider holding `data` under VAULT_KEY as JSON (what
+    the ExternalSecret's `property` picks from)."""
+    return {
+        "apiVersion": "external-secrets.io/v1",
+        "kind": "ClusterSecretStore",
+        "metadata": {"name": STORE},
+        "spec": {"provider": {"fake": {"data": [{"key": VAULT_KEY, "value": json.dumps(data)}]}}},
+    }

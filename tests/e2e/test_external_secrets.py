@@ -8,10 +8,8 @@ deleted."""
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,25 +17,20 @@ import yaml
 from kubernetes import client
 
 from testbed.asterisk import AsteriskContainer
-from testbed.external_secrets import ExternalSecretsOperator, build
+from testbed.external_secrets import ExternalSecretsOperator
 from tests.conftest import ROOT, wait_for
-from tests.e2e.helpers import HOSTS, condition, reloads, served_password, status, trunk, wait_ready
+from tests.e2e.helpers import (
+    HOSTS,
+    condition,
+    reloads,
+    served_password,
+    status,
+    trunk,
+    vault_store,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.e2e
-
-STORE = "vault"  # the ClusterSecretStore examples/vault/externalsecret.yaml names
-VAULT_KEY = "telephony/twilio/acme"
-
-
-def vault_store(data: dict[str, str]) -> dict[str, Any]:
-    """The ClusterSecretStore, its fake provider holding `data` under VAULT_KEY as JSON (what
-    the ExternalSecret's `property` picks from)."""
-    return {
-        "apiVersion": "external-secrets.io/v1",
-        "kind": "ClusterSecretStore",
-        "metadata": {"name": STORE},
-        "spec": {"provider": {"fake": {"data": [{"key": VAULT_KEY, "value": json.dumps(data)}]}}},
-    }
 
 
 def secret_version(core: client.CoreV1Api, namespace: str) -> str:
@@ -55,40 +48,6 @@ def external_ready(custom: client.CustomObjectsApi, namespace: str) -> dict[str,
     )
     conditions = (obj.get("status") or {}).get("conditions") or []
     return next((c for c in conditions if c.get("type") == "Ready"), {})
-
-
-@pytest.fixture
-def external_secrets(
-    cluster: Any, namespace: str, tmp_path: Path
-) -> Iterator[ExternalSecretsOperator]:
-    binary, module = build()
-    crds = module / "deploy" / "crds" / "bundle.yaml"
-    cluster.kubectl("apply", "--server-side", "-f", str(crds))
-    eso = ExternalSecretsOperator(binary, cluster.kubeconfig, namespace, tmp_path / "eso.log")
-    try:
-        names = ("externalsecrets", "clustersecretstores")
-        cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s",
-            *(f"crd/{name}.external-secrets.io" for name in names),
-        )  # fmt: skip
-        eso.start()
-        yield eso
-    finally:
-        # The store and the ExternalSecret while ESO still runs (should it hold finalizers),
-        # then ESO, then its CRDs without waiting (the namespace's deletion takes the rest).
-        cluster.kubectl(
-            "delete", "externalsecrets.external-secrets.io", "--all", "-n", namespace,
-            "--ignore-not-found", "--timeout=30s", check=False,
-        )  # fmt: skip
-        cluster.kubectl(
-            "delete", "clustersecretstore", STORE, "--ignore-not-found", "--timeout=30s",
-            check=False,
-        )  # fmt: skip
-        eso.stop()
-        print(f"\n---- ESO log (tail) ----\n{eso.log()[-3000:]}")
-        cluster.kubectl(
-            "delete", "-f", str(crds), "--ignore-not-found", "--wait=false", check=False
-        )
 
 
 def test_external_secrets_operator_feeds_a_trunk(

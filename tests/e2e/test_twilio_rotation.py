@@ -12,13 +12,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
 from testbed.asterisk import AsteriskContainer
 from testbed.sip_gate import TwilioSipSide
 from testbed.twilio_rest import TwilioRestStandIn
-from tests.conftest import wait_for
-from tests.e2e.helpers import condition, status, trunk, wait_ready
+from tests.conftest import ROOT, wait_for
+from tests.e2e.helpers import condition, status, trunk, vault_store, wait_ready
 from trunk_operator.core.models import GROUP, VERSION, twilio_credential_secret
 
 pytestmark = pytest.mark.e2e
@@ -76,9 +77,35 @@ def twilio_sip(twilio_rest: TwilioRestStandIn, tmp_path: Any) -> Iterator[Twilio
         twilio_rest.account.rules.credential_delay = delay
 
 
+@pytest.fixture(params=["by-hand", "external-secrets"])
+def set_password(
+    request: pytest.FixtureRequest,
+    cluster: Any,
+    core: client.CoreV1Api,
+    apply: Callable[[dict[str, Any]], None],
+    namespace: str,
+) -> Callable[[str], None]:
+    """How the trunk's Secret gets a password: written by hand, or by External Secrets
+    Operator from its fake provider (the vault), as examples/vault has it."""
+    if request.param == "by-hand":
+        return lambda password: put_secret(
+            core, namespace, "acme-sip", {"username": "acme-user", "password": password}
+        )
+    request.getfixturevalue("external_secrets")
+    external = yaml.safe_load((ROOT / "examples" / "vault" / "externalsecret.yaml").read_text())
+    external["spec"]["refreshInterval"] = "1s"
+
+    def at_the_vault(password: str) -> None:
+        cluster.apply(vault_store({"username": "acme-user", "password": password}))
+        apply(external)
+
+    return at_the_vault
+
+
 @pytest.fixture
 def opted_in(
     operator: Any,
+    set_password: Callable[[str], None],
     twilio_rest: TwilioRestStandIn,
     twilio_sip: TwilioSipSide,
     apply: Callable[[dict[str, Any]], None],
@@ -99,7 +126,7 @@ def opted_in(
             "spec": {"accountSid": twilio_rest.account.account_sid, "secretName": "twilio-api"},
         }
     )
-    put_secret(core, namespace, "acme-sip", {"username": "acme-user", "password": FIRST})
+    set_password(FIRST)
     twilio = {
         "accountRef": {"name": "main"},
         "credentialPropagationSeconds": PROPAGATION,
@@ -112,6 +139,7 @@ def opted_in(
 
 def test_calls_through_a_rotation_all_authenticate_and_twilio_ends_with_the_new_credential(
     opted_in: tuple[AsteriskContainer, str],
+    set_password: Callable[[str], None],
     twilio_rest: TwilioRestStandIn,
     twilio_sip: TwilioSipSide,
     operator: Any,
@@ -125,7 +153,7 @@ def test_calls_through_a_rotation_all_authenticate_and_twilio_ends_with_the_new_
     with Calls(pbx) as calls:
         wait_for(lambda: _accepted(gate, "acme-user-1") >= 3, timeout=60, what="calls going out")
         started = time.monotonic()
-        put_secret(core, namespace, "acme-sip", {"username": "acme-user", "password": SECOND})
+        set_password(SECOND)
         # The operator killed once Twilio has the new credential, before Asterisk switched.
         wait_for(lambda: "acme-user-2" in twilio_rest.account.credentials_of_domain(domain),
                  timeout=60, what="the new credential at Twilio")  # fmt: skip
@@ -150,7 +178,7 @@ def test_calls_through_a_rotation_all_authenticate_and_twilio_ends_with_the_new_
     assert st["secretResourceVersion"] == secret.metadata.resource_version
 
     # A weak password changes neither side; calls still go out.
-    put_secret(core, namespace, "acme-sip", {"username": "acme-user", "password": "weak"})
+    set_password("weak")
     wait_for(
         lambda: (
             condition(status(custom, namespace, "acme"), "TwilioSynced").get("reason")
@@ -166,7 +194,10 @@ def test_calls_through_a_rotation_all_authenticate_and_twilio_ends_with_the_new_
     assert gate.failures() == []
 
     # The link holds: a password Twilio does not hold is refused at the SIP side.
-    (held,) = twilio_rest.account.find("SipCredential", username="acme-user-2")
+    list_sid = st["twilio"]["credentialListSid"]
+    (held,) = twilio_rest.account.find(
+        "SipCredential", username="acme-user-2", credential_list_sid=list_sid
+    )
     twilio_rest.account.console_update("SipCredential", held["sid"], password="Console-Passw0rd")
     pbx.rx("channel originate Local/+15551234567@to-acme application Wait 1")
     wait_for(lambda: gate.failures(), timeout=30, what="the refused call")
