@@ -268,3 +268,53 @@ def test_refused_api_credentials_leave_asterisk_as_it_is(rig: Rig) -> None:
     view = rig.sync(after=1)
     assert (view.synced, view.reason, view.serves) == (False, "TwilioCredentialsRefused", True)
     assert rig.active()["username"] == "acme-user-1"
+
+
+def many(rig: Rig, count: int) -> list[tuple[str, str]]:
+    """`count` opted-in trunks t00.. with their Secrets, in the plan."""
+    base = rig.store.plans[NS].twilio_specs[NAME]
+    specs = {}
+    for i in range(count):
+        name = f"t{i:02d}"
+        rig.kube.put(f"{name}-sip", {"username": f"{name}-user", "password": PASSWORD})
+        specs[name] = base.model_copy(
+            update={
+                "termination_host": f"{name}.pstn.twilio.com",
+                "credentials": base.credentials.model_copy(update={"secret_name": f"{name}-sip"}),
+            }
+        )
+        rig.store.crs[NS][f"{TRUNK}/{name}"] = Tracked(Resource(TRUNK, name, "", {}), name)
+    rig.store.plans[NS] = Plan({}, {}, specs)
+    return [(NS, name) for name in specs]
+
+
+def sync_all(rig: Rig, keys: list[tuple[str, str]]) -> list[TwilioView]:
+    async def run() -> None:
+        for key in keys:
+            rig.side.touch(*key)
+        await asyncio.gather(*(rig.side._run(key) for key in keys))
+
+    rig.loop.run_until_complete(run())
+    return [rig.store.twilio[key] for key in keys]
+
+
+def test_fifty_creates_answered_500_after_they_were_applied_leave_no_duplicate(rig: Rig) -> None:
+    keys = many(rig, 50)
+    rig.standin.faults.fail("CreateTrunk", 500, applied=True, times=50)
+    rig.standin.faults.fail("CreateSipCredentialList", 500, applied=True, times=50)
+    views = sync_all(rig, keys)
+    assert all(v.synced for v in views), [v.message for v in views if not v.synced][:3]
+    assert not rig.standin.faults.scripted.get("CreateTrunk")  # every create met its fault
+    domains = [t["domain_name"] for t in rig.standin.account.find("Trunk")]
+    assert len(domains) == len(set(domains)) == 50
+    tags = [c["friendly_name"] for c in rig.standin.account.find("SipCredentialList")]
+    assert len(tags) == len(set(tags)) == 50
+
+
+def test_a_429_storm_converges(rig: Rig) -> None:
+    keys = many(rig, 20)
+    rig.standin.faults.concurrency_limit = 1
+    views = sync_all(rig, keys)
+    assert all(v.synced for v in views), [v.message for v in views if not v.synced][:3]
+    assert any(status == 429 for _, _, status in rig.standin.requests)
+    assert len(rig.standin.account.find("Trunk")) == 20
