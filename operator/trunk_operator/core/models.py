@@ -475,7 +475,6 @@ class TwilioSideStatus(Model):
     )
     generation: int | None = Field(default=None, description="Rotations so far, plus one.")
     rotation: TwilioRotation | None = None
-    last_sync_time: str | None = None
 
 
 class DIDSegmentStatus(ResourceStatus):

@@ -415,6 +415,10 @@ class Controller:
     def served_secret(self, namespace: str, trunk: str) -> str | None:
         return self.status.served_secret.get((namespace, f"{TRUNK}/{trunk}"))
 
+    def twilio_status(self, namespace: str, trunk: str) -> Mapping[str, Any]:
+        written = self.status.statuses.get((namespace, f"{TRUNK}/{trunk}")) or {}
+        return written.get("twilio") or {}
+
     # ---- what /metrics reads at scrape time: only where the loops run (the leader) -------
 
     def condition_states(self) -> list[metrics.ConditionState]:

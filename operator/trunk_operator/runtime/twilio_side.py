@@ -28,13 +28,13 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from trunk_operator.core.models import TwilioTrunkSpec, twilio_credential_secret
 from trunk_operator.core.plan import TRUNK
-from trunk_operator.core.status import TwilioView, timestamp
+from trunk_operator.core.status import TwilioView
 from trunk_operator.core.twilio import (
     ActiveCredential,
     credential_username,
@@ -74,6 +74,10 @@ class TwilioEvents(Protocol):
 
     def served_secret(self, namespace: str, trunk: str) -> str | None:
         """The credentials Secret version every pod of the trunk serves (last Ready with)."""
+        ...
+
+    def twilio_status(self, namespace: str, trunk: str) -> Mapping[str, Any]:
+        """The trunk's status.twilio as last written (or as first seen): the SIDs found."""
         ...
 
 
@@ -276,10 +280,18 @@ class TwilioSide:
         credential put back if it went missing."""
         assert spec.twilio is not None
         tag = owner_tag(*key)
-        trunk = await ensure_trunk(api, tag, spec.termination_host, spec.secure)
-        credential_list = await ensure_credential_list(api, tag, trunk.sid)
+        before = self.store.twilio.get(key)
+        known = dict(before.fields) if before else dict(self.events.twilio_status(*key))
+        trunk = await ensure_trunk(
+            api, tag, spec.termination_host, spec.secure, known.get("trunkSid")
+        )
+        credential_list = await ensure_credential_list(
+            api, tag, trunk.sid, known.get("credentialListSid")
+        )
         held = {c.username: c for c in await api.credentials(credential_list.sid)}
-        acl = await ensure_ip_access(api, tag, trunk.sid, spec.twilio.ip_access_control)
+        acl = await ensure_ip_access(
+            api, tag, trunk.sid, spec.twilio.ip_access_control, known.get("ipAccessControlListSid")
+        )
         if active is not None and active.username not in held:
             await ensure_credential(
                 api, credential_list.sid, held, active.username, active.password, False
@@ -292,7 +304,6 @@ class TwilioSide:
             "ipAccessControlListSid": acl.sid if acl else None,
             "username": active.username if active else None,
             "generation": active.generation if active else None,
-            "lastSyncTime": timestamp(),
         }
         return _Found(fields, held, credential_list.sid)
 

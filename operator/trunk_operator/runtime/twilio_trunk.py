@@ -51,13 +51,18 @@ async def _create_once(
         return found
 
 
-async def ensure_trunk(api: TwilioApi, tag: str, domain: str, secure: bool) -> TrunkRecord:
-    """The trunk with this domain: adopted when no other CR owns it, else created."""
+async def ensure_trunk(
+    api: TwilioApi, tag: str, domain: str, secure: bool, known: str | None = None
+) -> TrunkRecord:
+    """The trunk with this domain: adopted when no other CR owns it, else created. `known`:
+    its SID when a sync found it before (one fetch, not a listing of the account's trunks)."""
 
     async def find() -> TrunkRecord | None:
         return next((t for t in await api.trunks() if t.domain_name == domain), None)
 
-    trunk = await find()
+    trunk = await api.trunk(known) if known else None
+    if trunk is None or trunk.domain_name != domain:
+        trunk = await find()
     if trunk is None:
         return await _create_once(lambda: api.create_trunk(tag, domain, secure), find)
     if is_owner_tag(trunk.friendly_name) and trunk.friendly_name != tag:
@@ -71,14 +76,18 @@ async def ensure_trunk(api: TwilioApi, tag: str, domain: str, secure: bool) -> T
     return trunk
 
 
-async def ensure_credential_list(api: TwilioApi, tag: str, trunk_sid: str) -> CredentialListRecord:
+async def ensure_credential_list(
+    api: TwilioApi, tag: str, trunk_sid: str, known: str | None = None
+) -> CredentialListRecord:
     """The operator's credential list of the trunk, attached to it (lists of others stay)."""
 
     async def find() -> CredentialListRecord | None:
         owned = [c for c in await api.credential_lists() if c.friendly_name == tag]
         return min(owned, key=lambda c: c.sid) if owned else None
 
-    found = await find()
+    found = await api.credential_list(known) if known else None
+    if found is None or found.friendly_name != tag:
+        found = await find()
     if found is None:
         found = await _create_once(lambda: api.create_credential_list(tag), find)
     if found.sid not in await api.trunk_credential_lists(trunk_sid):
@@ -119,16 +128,20 @@ async def ensure_credential(
 
 
 async def ensure_ip_access(
-    api: TwilioApi, tag: str, trunk_sid: str, cidrs: Sequence[str]
+    api: TwilioApi, tag: str, trunk_sid: str, cidrs: Sequence[str], known: str | None = None
 ) -> IpAccessControlListRecord | None:
     """The operator's IP access control list of the trunk holding exactly `cidrs` (none: no
-    list is made; one made before is left attached and emptied)."""
+    list is made; one made before, `known`, is left attached and emptied)."""
 
     async def find() -> IpAccessControlListRecord | None:
         owned = [a for a in await api.ip_access_control_lists() if a.friendly_name == tag]
         return min(owned, key=lambda a: a.sid) if owned else None
 
-    found = await find()
+    found = await api.ip_access_control_list(known) if known else None
+    if found is not None and found.friendly_name != tag:
+        found = None
+    if found is None and cidrs:
+        found = await find()
     if found is None and not cidrs:
         return None
     acl = found

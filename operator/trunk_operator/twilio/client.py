@@ -84,6 +84,7 @@ T = TypeVar("T")
 OPERATIONS: frozenset[str] = frozenset(
     {
         "ListTrunk",
+        "FetchTrunk",
         "CreateTrunk",
         "UpdateTrunk",
         "ListCredentialList",
@@ -91,12 +92,14 @@ OPERATIONS: frozenset[str] = frozenset(
         "ListIpAccessControlList",
         "CreateIpAccessControlList",
         "ListSipCredentialList",
+        "FetchSipCredentialList",
         "CreateSipCredentialList",
         "ListSipCredential",
         "CreateSipCredential",
         "UpdateSipCredential",
         "DeleteSipCredential",
         "ListSipIpAccessControlList",
+        "FetchSipIpAccessControlList",
         "CreateSipIpAccessControlList",
         "ListSipIpAddress",
         "CreateSipIpAddress",
@@ -107,6 +110,7 @@ MAX_PAGE_SIZE = 1000  # both APIs' PageSize maximum: fewest requests per listing
 # The SDK reads region and edge from os.environ when this is empty (see the docstring).
 _NO_ENVIRONMENT = {"TWILIO_ENVIRONMENT": "ignored"}
 _REDACTED = "********"
+_GONE = frozenset({404})  # a fetch of what is not there: None
 
 
 @dataclass(frozen=True)
@@ -434,6 +438,13 @@ class TwilioApi:
         )
         return [_trunk(t) for t in found]
 
+    async def trunk(self, sid: str) -> TrunkRecord | None:
+        """One trunk by SID (None: it is gone): a resync's look, without a listing."""
+        found = await self._call(
+            "FetchTrunk", lambda: self._trunking.trunks(sid).fetch_async(), safe=True, done=_GONE
+        )
+        return _trunk(found) if found is not None else None
+
     async def create_trunk(self, friendly_name: str, domain_name: str, secure: bool) -> TrunkRecord:
         return _trunk(
             await self._create(
@@ -462,6 +473,15 @@ class TwilioApi:
             lambda: self._sip.credential_lists.list_async(page_size=self.page_size),
         )
         return [CredentialListRecord(c.sid, c.friendly_name or "") for c in found]
+
+    async def credential_list(self, sid: str) -> CredentialListRecord | None:
+        found = await self._call(
+            "FetchSipCredentialList",
+            lambda: self._sip.credential_lists(sid).fetch_async(),
+            safe=True,
+            done=_GONE,
+        )
+        return CredentialListRecord(found.sid, found.friendly_name or "") if found else None
 
     async def create_credential_list(self, friendly_name: str) -> CredentialListRecord:
         created = await self._create(
@@ -539,6 +559,15 @@ class TwilioApi:
             lambda: self._sip.ip_access_control_lists.list_async(page_size=self.page_size),
         )
         return [IpAccessControlListRecord(a.sid, a.friendly_name or "") for a in found]
+
+    async def ip_access_control_list(self, sid: str) -> IpAccessControlListRecord | None:
+        found = await self._call(
+            "FetchSipIpAccessControlList",
+            lambda: self._sip.ip_access_control_lists(sid).fetch_async(),
+            safe=True,
+            done=_GONE,
+        )
+        return IpAccessControlListRecord(found.sid, found.friendly_name or "") if found else None
 
     async def create_ip_access_control_list(self, friendly_name: str) -> IpAccessControlListRecord:
         created = await self._create(

@@ -53,6 +53,7 @@ class Events:
     def __init__(self) -> None:
         self.written: list[str] = []
         self.served: str | None = None
+        self.status: dict[str, Any] = {}  # the trunk's status.twilio as written
 
     async def twilio_changed(self, namespace: str) -> None:
         pass
@@ -62,6 +63,9 @@ class Events:
 
     def served_secret(self, namespace: str, trunk: str) -> str | None:
         return self.served
+
+    def twilio_status(self, namespace: str, trunk: str) -> dict[str, Any]:
+        return self.status
 
 
 class Rig:
@@ -318,3 +322,26 @@ def test_a_429_storm_converges(rig: Rig) -> None:
     assert all(v.synced for v in views), [v.message for v in views if not v.synced][:3]
     assert any(status == 429 for _, _, status in rig.standin.requests)
     assert len(rig.standin.account.find("Trunk")) == 20
+
+
+def test_a_resync_looks_at_its_own_objects_only(rig: Rig) -> None:
+    """Four requests per trunk, whatever the account holds: a listing of the account's trunks
+    and lists would grow with every other trunk."""
+    rig.sync()
+    rig.sync(after=10)
+    view = rig.sync(after=1)
+    rig.standin.requests.clear()
+    assert rig.sync(after=300).serves
+    assert sorted(op for op, _, _ in rig.standin.requests) == [
+        "FetchSipCredentialList",
+        "FetchTrunk",
+        "ListCredentialList",
+        "ListSipCredential",
+    ]
+    # After a restart, the SIDs come from the status the trunk was last written with.
+    rig.events.status = dict(view.fields)
+    rig.side = rig.new_side()
+    rig.store.twilio.clear()  # what the operator knew died with it
+    rig.standin.requests.clear()
+    assert rig.sync(after=1).serves
+    assert "ListTrunk" not in [op for op, _, _ in rig.standin.requests]

@@ -118,8 +118,12 @@ def test_every_operation_across_two_pages_on_both_apis(
         assert await listed("ListTrunk", api.trunks()) == trunks
         trunk = await api.update_trunk(trunks[0].sid, friendly_name="renamed", secure=True)
         assert trunk == TrunkRecord(trunks[0].sid, "t0.pstn.twilio.com", "renamed", True)
+        assert await api.trunk(trunk.sid) == trunk
+        assert await api.trunk("TK" + "0" * 32) is None  # gone
         lists = [await api.create_credential_list(f"cl{i}") for i in range(3)]
         assert await listed("ListSipCredentialList", api.credential_lists()) == lists
+        assert await api.credential_list(lists[1].sid) == lists[1]
+        assert await api.credential_list("CL" + "0" * 32) is None
         for cl in lists:
             await api.associate_credential_list(trunk.sid, cl.sid)
         await api.associate_credential_list(trunk.sid, lists[0].sid)  # already there: done
@@ -135,6 +139,8 @@ def test_every_operation_across_two_pages_on_both_apis(
         assert await api.credentials(lists[0].sid) == [creds[0], creds[2]]
         acls = [await api.create_ip_access_control_list(f"acl{i}") for i in range(3)]
         assert await listed("ListSipIpAccessControlList", api.ip_access_control_lists()) == acls
+        assert await api.ip_access_control_list(acls[2].sid) == acls[2]
+        assert await api.ip_access_control_list("AL" + "0" * 32) is None
         for acl in acls:
             await api.associate_ip_access_control_list(trunk.sid, acl.sid)
         acl_sids = await listed(
