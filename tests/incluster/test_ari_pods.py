@@ -46,7 +46,7 @@ def test_trunks_pushed_over_ari_into_a_real_pod_and_again_after_its_container_re
         "create", "secret", "generic", "asterisk-ari", "-n", telephony,
         "--from-literal=username=trunkop", f"--from-literal=password={ari_password}",
     )  # fmt: skip
-    standin: TwilioStandIn = start_standin("acme-trunk", "s3cret;with#chars", ip=STANDIN_IP)
+    standin: TwilioStandIn = start_standin("acme-trunk", "S3cret;with#chars", ip=STANDIN_IP)
     deploy_asterisk(
         cluster,
         telephony,
@@ -68,7 +68,7 @@ def test_trunks_pushed_over_ari_into_a_real_pod_and_again_after_its_container_re
         "channel originate Local/5551234567@TwilioDynamicIVR application Wait 1",
     )  # fmt: skip
     standin.wait_for(lambda msgs: len([m for m in msgs if m.method == "INVITE"]) >= 2)
-    assert standin.verify_digest("s3cret;with#chars")
+    assert standin.verify_digest("S3cret;with#chars")
 
     # The container restarts: memory objects are gone, the emptyDir (and the record of what
     # was pushed to the previous process) is not. The gate reopens once all is pushed again.

@@ -97,7 +97,7 @@ def test_install_use_restart_upgrade_uninstall(
     assert "KUBECONFIG" not in env
 
     # ---- Asterisk from examples/asterisk, a Twilio stand-in, then the user's three objects ----
-    standin: TwilioStandIn = start_standin("acme-trunk", "s3cret;with#chars", ip=STANDIN_IP)
+    standin: TwilioStandIn = start_standin("acme-trunk", "S3cret;with#chars", ip=STANDIN_IP)
     deploy_asterisk(
         cluster, telephony, asterisk_objects(cluster, node, ASTERISK_IP, {HOST: STANDIN_IP})
     )
@@ -132,7 +132,7 @@ def test_install_use_restart_upgrade_uninstall(
         "channel originate Local/5551234567@TwilioDynamicIVR application Wait 1",
     )  # fmt: skip
     standin.wait_for(lambda msgs: len([m for m in msgs if m.method == "INVITE"]) >= 2)
-    assert standin.verify_digest("s3cret;with#chars")
+    assert standin.verify_digest("S3cret;with#chars")
 
     # ---- Asterisk's container restarts: its gate closes until the new one is verified ----
     opened = gate(cluster, telephony)

@@ -21,7 +21,7 @@ def test_render_writes_the_files_asterisk_would_get(tmp_path: Path) -> None:
         "pjsip.d/twiliotrunk-acme.conf",
     ]
     auth = (tmp_path / "pjsip.d/twiliotrunk-acme-auth.conf").read_text()
-    assert "password = s3cret\\;with#chars" in auth
+    assert "password = S3cret\\;with#chars" in auth
 
 
 def test_render_without_secret_is_strict_failure(tmp_path: Path) -> None:

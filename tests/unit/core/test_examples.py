@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel
 
 from trunk_operator.core.models import DIDSegmentSpec, TwilioAccountSpec, TwilioTrunkSpec
+from trunk_operator.core.twilio import password_problem
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 MODELS: dict[str, type[BaseModel]] = {
@@ -33,3 +34,9 @@ def test_example_is_valid(path: Path, doc: dict) -> None:
 
 def test_every_kind_has_an_example() -> None:
     assert {doc["kind"] for _, doc in DOCUMENTS} == set(MODELS)
+
+
+def test_the_example_password_is_one_twilio_takes() -> None:
+    """examples/twilio's trunk rotates it on both ends: Twilio must accept it."""
+    secret = yaml.safe_load((EXAMPLES / "acme-secret.yaml").read_text())
+    assert password_problem(secret["stringData"]["password"]) is None
