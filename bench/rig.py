@@ -90,9 +90,15 @@ class Operator:
     liveness endpoint whose probe returns the controller's stats (plans, reloads)."""
 
     def __init__(
-        self, kubeconfig: str, log_path: Path, observe_interval: float, source: Path | None = None
+        self,
+        kubeconfig: str,
+        log_path: Path,
+        observe_interval: float,
+        source: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.kubeconfig, self.log_path = kubeconfig, log_path
+        self.env = dict(env or {})
         self.observe_interval = observe_interval
         self.source = source  # another version's package directory (PYTHONPATH), or this one
         self.proc: subprocess.Popen[bytes] | None = None
@@ -110,6 +116,7 @@ class Operator:
             "TRUNKOP_OBSERVE_INTERVAL": str(self.observe_interval),
             "TRUNKOP_METRICS_PORT": str(self.metrics_port),
             "PYTHONUNBUFFERED": "1",
+            **self.env,
         }
         if self.source is not None:
             env["PYTHONPATH"] = str(self.source)
@@ -407,7 +414,7 @@ class Rig:
         self.cluster = cluster
         assert cluster.kubeconfig
         cluster.kubectl("apply", "-f", str(ROOT / "crds"))
-        for name in (TRUNKS, SEGMENTS):
+        for name in (TRUNKS, SEGMENTS, "twilioaccounts"):
             cluster.kubectl(
                 "wait",
                 "--for=condition=Established",
@@ -428,11 +435,13 @@ class Rig:
             client.V1Namespace(metadata=client.V1ObjectMeta(name=self.namespace))
         )
 
-    def start_operator(self, source: Path | None = None) -> Operator:
+    def start_operator(
+        self, source: Path | None = None, env: dict[str, str] | None = None
+    ) -> Operator:
         assert self.cluster and self.cluster.kubeconfig
         op = Operator(
             self.cluster.kubeconfig, self.workdir / f"operator-{self.label}.log",
-            self.observe_interval, source,
+            self.observe_interval, source, env,
         )  # fmt: skip
         self.stack.callback(op.stop)
         took = op.start()

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ari_churn
 import operator_work
 import scale
+import twilio_side
 from rig import (
     BASE_IMAGE,
     HOST,
@@ -758,6 +759,20 @@ def m10_ari_churn(args: argparse.Namespace, workdir: Path) -> Section:
     return sec
 
 
+def m11_twilio(args: argparse.Namespace, workdir: Path) -> Section:
+    sec = Section(
+        "11. The Twilio end: a rotation on both ends, and the API requests of resyncs",
+        f"one Asterisk container, the operator, Twilio's REST stand-in; {args.twilio_trunks}"
+        f" trunks with spec.twilio (credentialPropagationSeconds {args.twilio_propagation}) and"
+        f" one without; {args.twilio_rotations} rotations of each, interleaved: Secret changed ->"
+        " Twilio holds the new password and Asterisk serves it (`pjsip show auth`); then"
+        f" {args.twilio_resyncs} resyncs (resyncSeconds {args.twilio_resync}) counted at the"
+        " stand-in (bench/twilio_side.py)",
+    )
+    twilio_side.run(args, workdir, sec)
+    return sec
+
+
 MEASUREMENTS = {
     1: m1_latency,
     2: m2_burst,
@@ -769,12 +784,15 @@ MEASUREMENTS = {
     8: m8_scale,
     9: m9_operator_work,
     10: m10_ari_churn,
+    11: m11_twilio,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10", help="measurements to run, e.g. 1,3")
+    p.add_argument(
+        "--only", default="1,2,3,4,5,6,7,8,9,10,11", help="measurements to run, e.g. 1,3"
+    )
     p.add_argument("--applies", type=int, default=20, help="(1, 7) creates and updates, each")
     p.add_argument("--pods", type=int, default=2, help="(1, 2) Asterisk pods")
     p.add_argument("--burst", type=int, default=50, help="(2) trunks in the burst")
@@ -830,6 +848,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-changes", type=int, default=10, help="(9) changes of one trunk")
     p.add_argument("--churn-trunks", type=int, default=1000, help="(10) trunks in the pod")
     p.add_argument("--churn-changes", type=int, default=300, help="(10) changes at most")
+    p.add_argument("--twilio-trunks", type=int, default=10, help="(11) trunks with spec.twilio")
+    p.add_argument("--twilio-rotations", type=int, default=10, help="(11) rotations of each")
+    p.add_argument("--twilio-propagation", type=int, default=1, help="(11) propagation (s)")
+    p.add_argument("--twilio-resync", type=int, default=30, help="(11) resyncSeconds")
+    p.add_argument("--twilio-resyncs", type=int, default=3, help="(11) resyncs counted")
     p.add_argument(
         "--shared-secret",
         action="store_true",

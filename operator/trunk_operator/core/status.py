@@ -49,6 +49,7 @@ STALLED_REASONS = frozenset(
         "WeakPassword",
         "TwilioTrunkOwnedElsewhere",
         "TwilioCredentialsRefused",
+        "CredentialSecretTaken",
     }
 )
 # Twilio side reasons of work under way (kstatus Reconciling).

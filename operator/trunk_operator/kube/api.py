@@ -99,6 +99,10 @@ def config_map_payloads(files: Files) -> list[tuple[dict[str, str], dict[str, st
     return [(data if i == 0 else {}, binary) for i, binary in enumerate(parts)]
 
 
+class NotOurs(Exception):
+    """An object the operator would write exists and belongs to someone else."""
+
+
 @dataclass(frozen=True)
 class SecretRead:
     """A credentials Secret's text values and the resourceVersion they were read at."""
@@ -235,7 +239,17 @@ class Kube:
 
     def write_credential_secret(self, owner: Owner, name: str, data: Mapping[str, str]) -> None:
         """The operator's Secret of the SIP credential Twilio holds for a trunk (owned by the
-        trunk, labelled as the operator's: its own watch filters it out)."""
+        trunk, labelled as the operator's: its own watch filters it out). A Secret of that name
+        that is not the operator's is never replaced (NotOurs)."""
+        try:
+            current = self.api.request("GET", _ns(owner.namespace, "secrets", name))
+        except KubeError as error:
+            if error.status != 404:
+                raise
+        else:
+            labels = current.get("metadata", {}).get("labels") or {}
+            if labels.get(LABEL_MANAGED_BY) != MANAGER:
+                raise NotOurs(f"Secret {name} exists and is not the operator's: rename it")
         digest = keyed_secret_hash(files_hash(dict(data)))
         body = {
             "metadata": self._metadata(owner, name, digest),

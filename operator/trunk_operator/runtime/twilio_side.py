@@ -41,7 +41,7 @@ from trunk_operator.core.twilio import (
     owner_tag,
     password_problem,
 )
-from trunk_operator.kube.api import Kube, Owner
+from trunk_operator.kube.api import Kube, NotOurs, Owner
 from trunk_operator.runtime.blocking import BlockingCalls
 from trunk_operator.runtime.store import Store
 from trunk_operator.runtime.twilio_accounts import AccountProblem, Key, TwilioAccounts
@@ -345,12 +345,15 @@ class TwilioSide:
         secret = ActiveCredential(username, password, generation)
         tracked = self.store.crs[key[0]][f"{TRUNK}/{key[1]}"]
         owner = Owner(TRUNK, key[1], key[0], tracked.uid)
-        await self.calls.api_call(
-            self.kube.write_credential_secret,
-            owner,
-            twilio_credential_secret(key[1]),
-            secret.as_secret(),
-        )
+        try:
+            await self.calls.api_call(
+                self.kube.write_credential_secret,
+                owner,
+                twilio_credential_secret(key[1]),
+                secret.as_secret(),
+            )
+        except NotOurs as error:
+            raise Conflict("CredentialSecretTaken", str(error)) from None
         memory.pending, memory.served_since = None, None
         memory.due = self.clock() + WAITING_LOOK
         self.events.credential_written(key[0], twilio_credential_secret(key[1]))

@@ -14,7 +14,7 @@ from testbed.twilio_rest import TwilioRestStandIn
 from trunk_operator.core.models import TwilioTrunkSpec, twilio_credential_secret
 from trunk_operator.core.plan import TRUNK, Plan, Resource, Tracked
 from trunk_operator.core.status import TwilioView
-from trunk_operator.kube.api import Owner, SecretRead
+from trunk_operator.kube.api import NotOurs, Owner, SecretRead
 from trunk_operator.runtime.blocking import BlockingCalls
 from trunk_operator.runtime.store import Store
 from trunk_operator.runtime.twilio_side import TwilioSide
@@ -31,6 +31,7 @@ class FakeKube:
         self.secrets: dict[str, SecretRead] = {}
         self.version = 0
         self.events: list[tuple[str, str]] = []
+        self.foreign: set[str] = set()  # Secrets of someone else
 
     def put(self, name: str, data: dict[str, str]) -> None:
         self.version += 1
@@ -40,6 +41,8 @@ class FakeKube:
         return self.secrets.get(name)
 
     def write_credential_secret(self, owner: Owner, name: str, data: dict[str, str]) -> None:
+        if name in self.foreign:
+            raise NotOurs(f"Secret {name} exists and is not the operator's: rename it")
         self.put(name, data)
 
     def event(self, owner: Owner, kind: str, reason: str, message: str) -> None:
@@ -345,3 +348,11 @@ def test_a_resync_looks_at_its_own_objects_only(rig: Rig) -> None:
     rig.standin.requests.clear()
     assert rig.sync(after=1).serves
     assert "ListTrunk" not in [op for op, _, _ in rig.standin.requests]
+
+
+def test_a_secret_of_someone_else_under_the_credentials_name_is_left_alone(rig: Rig) -> None:
+    rig.kube.foreign.add(twilio_credential_secret(NAME))
+    rig.sync()
+    view = rig.sync(after=10)
+    assert (view.synced, view.reason) == (False, "CredentialSecretTaken")
+    assert twilio_credential_secret(NAME) not in rig.kube.secrets
