@@ -131,7 +131,7 @@ async def ensure_ip_access(
     api: TwilioApi, tag: str, trunk_sid: str, cidrs: Sequence[str], known: str | None = None
 ) -> IpAccessControlListRecord | None:
     """The operator's IP access control list of the trunk holding exactly `cidrs` (none: no
-    list is made; one made before, `known`, is left attached and emptied)."""
+    list is made; one made before, `known`, is emptied and no longer applies to the trunk)."""
 
     async def find() -> IpAccessControlListRecord | None:
         owned = [a for a in await api.ip_access_control_lists() if a.friendly_name == tag]
@@ -155,8 +155,11 @@ async def ensure_ip_access(
             await api.delete_ip_address(acl.sid, address.sid)
     for ip, prefix in sorted(wanted - set(have)):
         await _add_address(api, acl.sid, f"{tag} {ip}/{prefix}", ip, prefix)
-    if wanted and acl.sid not in await api.trunk_ip_access_control_lists(trunk_sid):
+    attached = acl.sid in await api.trunk_ip_access_control_lists(trunk_sid)
+    if wanted and not attached:
         await api.associate_ip_access_control_list(trunk_sid, acl.sid)
+    if not wanted and attached:
+        await api.dissociate_ip_access_control_list(trunk_sid, acl.sid)
     return acl
 
 

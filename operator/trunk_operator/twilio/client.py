@@ -91,6 +91,7 @@ OPERATIONS: frozenset[str] = frozenset(
         "CreateCredentialList",
         "ListIpAccessControlList",
         "CreateIpAccessControlList",
+        "DeleteIpAccessControlList",
         "ListSipCredentialList",
         "FetchSipCredentialList",
         "CreateSipCredentialList",
@@ -624,6 +625,17 @@ class TwilioApi:
             ),
             safe=False,
             done=frozenset({409}),
+        )
+
+    async def dissociate_ip_access_control_list(self, trunk_sid: str, acl_sid: str) -> None:
+        """The list no longer applies to the trunk (it stays in the account); 404: done."""
+        await self._call(
+            "DeleteIpAccessControlList",
+            lambda: (
+                self._trunking.trunks(trunk_sid).ip_access_control_lists(acl_sid).delete_async()
+            ),
+            safe=True,
+            done=_GONE,
         )
 
 

@@ -356,3 +356,28 @@ def test_a_secret_of_someone_else_under_the_credentials_name_is_left_alone(rig: 
     view = rig.sync(after=10)
     assert (view.synced, view.reason) == (False, "CredentialSecretTaken")
     assert twilio_credential_secret(NAME) not in rig.kube.secrets
+
+
+def test_the_ip_access_list_holds_exactly_the_specs_cidrs(rig: Rig) -> None:
+    account = rig.standin.account
+
+    def addresses() -> set[tuple[str, int]]:
+        return {(a["ip_address"], a["cidr_prefix_length"]) for a in account.find("SipIpAddress")}
+
+    rig.spec(10, 60, ipAccessControl=["203.0.113.0/28", "198.51.100.7"])
+    view = rig.sync()
+    (acl,) = account.find("SipIpAccessControlList")
+    assert acl["friendly_name"] == f"trunkop:{NS}/{NAME}"
+    assert view.fields["ipAccessControlListSid"] == acl["sid"]
+    (trunk,) = account.find("Trunk")
+    assert [a["sid"] for a in account.find("IpAccessControlList", trunk_sid=trunk["sid"])] == [
+        acl["sid"]
+    ]
+    assert addresses() == {("203.0.113.0", 28), ("198.51.100.7", 32)}
+    rig.spec(10, 60, ipAccessControl=["198.51.100.7/32"])
+    rig.sync(after=1)
+    assert addresses() == {("198.51.100.7", 32)}
+    rig.spec(10, 60)  # none: the list it made is emptied and no longer on the trunk
+    rig.sync(after=1)
+    assert addresses() == set() and len(account.find("SipIpAccessControlList")) == 1
+    assert account.find("IpAccessControlList", trunk_sid=trunk["sid"]) == []

@@ -147,6 +147,9 @@ def test_every_operation_across_two_pages_on_both_apis(
             "ListIpAccessControlList", api.trunk_ip_access_control_lists(trunk.sid)
         )
         assert acl_sids == [acl.sid for acl in acls]
+        await api.dissociate_ip_access_control_list(trunk.sid, acls[2].sid)
+        await api.dissociate_ip_access_control_list(trunk.sid, acls[2].sid)  # gone: done
+        assert await api.trunk_ip_access_control_lists(trunk.sid) == [acls[0].sid, acls[1].sid]
         addresses = [
             await api.create_ip_address(acls[0].sid, f"ip{i}", f"192.0.2.{i}", 32 - i)
             for i in range(3)
