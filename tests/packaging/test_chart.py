@@ -239,9 +239,12 @@ def test_disruption_budget_and_network_policy_are_opt_in(render: Render) -> None
     assert policy["spec"]["ingress"] == [
         {"ports": [{"port": "liveness", "protocol": "TCP"}, {"port": "metrics", "protocol": "TCP"}]}
     ]
-    api_server, dns = policy["spec"]["egress"]
+    api_server, twilio, dns = policy["spec"]["egress"]
     assert [p["port"] for p in api_server["ports"]] == [443, 6443] and "to" not in api_server
+    assert twilio == {"ports": [{"port": 443, "protocol": "TCP"}]}  # Twilio's REST API
     assert sorted(p["protocol"] for p in dns["ports"]) == ["TCP", "UDP"]
+    without = render("networkPolicy.enabled=true", "networkPolicy.twilioEgress=false")
+    assert len(of_kind(without, "NetworkPolicy")[0]["spec"]["egress"]) == 2
     selector = deployment(objects)["spec"]["selector"]["matchLabels"]
     assert policy["spec"]["podSelector"]["matchLabels"] == selector
     assert budget["spec"]["selector"]["matchLabels"] == selector
