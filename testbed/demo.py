@@ -3,12 +3,16 @@
     python -m testbed.demo up     # cluster + real node, helm install, Asterisk pod, a trunk
     python -m testbed.demo down   # stop exactly what `up` started (handles in state.json)
 
-`up`: a kwokctl control plane, the real kubelet node (testbed/node/), `helm install` of
-charts/ with the locally built operator image, Asterisk from examples/asterisk as a real pod,
-the sipp Twilio stand-in, then the three objects of examples/ applied with kubectl and a call
-through the trunk. Everything lives under $TRUNKOP_CACHE/demo/; state.json holds what `down`
-needs: the cluster's name and work dir, the node's lock holder (the node's own record of its
-host changes is $TRUNKOP_CACHE/node/run.json) and sipp's pid.
+`up`: a kwokctl control plane, the real kubelet node (testbed/node/), Twilio's stand-ins (its
+REST API built from its specs, on the host's address the operator's pod reaches, and its SIP
+side: sipp behind a gate that checks digests against that REST state; testbed/twilio_process.py)
+with the trunk a user made by hand, `helm install` of charts/ with the locally built operator
+image, Asterisk from examples/asterisk as a real pod, then the three objects of examples/
+applied with kubectl and a call through the trunk; then its Twilio end handed to the operator
+(examples/twilio) and its password rotated, with a call after each step. Everything lives under
+$TRUNKOP_CACHE/demo/; state.json holds what `down` needs: the cluster's name and work dir, the
+node's lock holder (the node's own record of its host changes is $TRUNKOP_CACHE/node/run.json)
+and the Twilio stand-ins' pid.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import yaml
 
 from testbed.asterisk import ensure_image
 from testbed.cluster import Cluster, cache_dir, pid_alive
+from testbed.demo_twilio import Twilio
 from testbed.node import KubeletNode, NodeError
 from testbed.operator_process import stop_pid
 from testbed.release import (
@@ -36,7 +41,6 @@ from testbed.release import (
     release_for,
     restricted_namespace,
 )
-from testbed.sipp import TwilioStandIn
 from tools.chartgen import CHART, helm_binary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +50,10 @@ POD = "asterisk-0"
 # Addresses of the demo's own: the test suite's Asterisk pods and stand-ins use others, so
 # `make test` can run next to a running demo (except the in-cluster tier: one real node).
 ASTERISK_IP = "127.0.10.200"
-TWILIO_IP = "127.0.0.40"
+TWILIO_IP = "127.0.0.40"  # Twilio's SIP side (the gate; sipp behind it on 5070)
+TWILIO_REST_PORT = 8910  # Twilio's REST API, on the host's address (node_ip)
 TERMINATION_HOST = "acme.pstn.twilio.com"
+ROTATED = "Rotated;Passw0rd-2026"
 EXAMPLES = ("acme-secret.yaml", "acme-trunk.yaml", "acme-dids.yaml")
 OPERATOR = "deploy/asterisk-trunk-operator"
 
@@ -136,22 +142,21 @@ def _up(state: dict[str, Any]) -> int:
     for ref in (image, "localhost/asterisk:22"):
         node.import_image(ref)  # podman -> containerd; kept in the cache for the next run
 
+    secret = _example("acme-secret.yaml")
+    username, password = secret["stringData"]["username"], secret["stringData"]["password"]
+    rest = f"{node.node_ip}:{TWILIO_REST_PORT}"
+    step(f"Twilio stand-ins: REST API on {rest}, SIP side for {TERMINATION_HOST} on {TWILIO_IP}")
+    twilio = Twilio.start(demo_dir(), rest, TWILIO_IP)
+    state["twilio_pid"] = twilio.pid
+    _save(state)
+    twilio.trunk_by_hand(TERMINATION_HOST, username, password)
+
     chart = CHART.relative_to(ROOT)
     step(f"helm install {RELEASE} {chart} -n {SYSTEM_NAMESPACE} (image {image})")
     restricted_namespace(cluster)
-    release = release_for(cluster, node, image)
+    extra_env = [*node.api_env(), {"name": "TRUNKOP_TWILIO_BASE_URL", "value": twilio.url}]
+    release = release_for(cluster, node, image, extraEnv=extra_env)
     release.install()
-
-    step(f"Twilio stand-in (sipp) answering for {TERMINATION_HOST} on {TWILIO_IP}:5060")
-    secret = _example("acme-secret.yaml")
-    username, password = secret["stringData"]["username"], secret["stringData"]["password"]
-    (demo_dir() / "sipp").mkdir(exist_ok=True)
-    standin = TwilioStandIn(
-        TWILIO_IP, 5060, username, password, workdir=demo_dir() / "sipp"
-    ).start()
-    standin.detach()
-    state["sipp_pid"] = standin.pid
-    _save(state)
 
     step(f"kubectl apply -k examples/asterisk -n {NAMESPACE} (StatefulSet, pod {POD})")
     cluster.kubectl("create", "namespace", NAMESPACE)
@@ -167,10 +172,7 @@ def _up(state: dict[str, Any]) -> int:
     _apply_examples(cluster, release)
 
     step("a call through the trunk (originate in the pod, answered by the stand-in)")
-    rx(cluster, "channel originate Local/5551234567@TwilioDynamicIVR application Wait 1")
-    standin.wait_for(lambda msgs: [m for m in msgs if m.method == "BYE"], timeout=30)
-    invite = standin.invites()[-1]
-    verified = standin.verify_digest(password)
+    call = _call(cluster, twilio)
 
     print()
     show = cluster.kubectl("get", "-n", NAMESPACE, "twiliotrunks,didsegments").stdout
@@ -181,10 +183,9 @@ def _up(state: dict[str, Any]) -> int:
     # Without the legend Asterisk prints above the table, nor its runs of blank lines.
     table = rx(cluster, "pjsip show endpoints").split("=" * 20)[-1].strip("=\n").rstrip()
     print(re.sub(r"\n{3,}", "\n\n", table) + "\n")
-    print(
-        f"Twilio stand-in got INVITE {invite.uri} from {invite.from_user}:"
-        f" digest {'verified' if verified else 'WRONG'}, codecs {' '.join(invite.codecs)}"
-    )
+    print(call)
+    print()
+    _twilio_side(cluster, twilio)
     print()
     print(f"Up in {time.monotonic() - started:.0f} s. Try it:")
     print(f"  export KUBECONFIG={kubeconfig}")
@@ -204,6 +205,74 @@ def rx(cluster: Cluster, command: str) -> str:
         check=False,
     )  # fmt: skip
     return str(out.stdout)
+
+
+def _call(cluster: Cluster, twilio: Twilio) -> str:
+    """One call out through the trunk; what Twilio's SIP side made of its credentials."""
+    seen = len(twilio.decisions())
+    rx(cluster, "channel originate Local/5551234567@TwilioDynamicIVR application Wait 1")
+    wait_until("the call at Twilio's SIP side", lambda: len(twilio.decisions()) > seen, 30)
+    decision = twilio.decisions()[-1]
+    verdict = "accepted" if decision["accepted"] else f"REFUSED ({decision['reason']})"
+    return f"Twilio got the call from Asterisk as {decision['username']}: digest {verdict}"
+
+
+def _twilio_side(cluster: Cluster, twilio: Twilio) -> None:
+    """The trunk's Twilio end handed to the operator, then a rotation, a call after each."""
+    docs = list(yaml.safe_load_all((ROOT / "examples/twilio/account.yaml").read_text()))
+    docs[0]["stringData"] = {"authToken": twilio.auth_token}  # the stand-in's account
+    docs[1]["spec"]["accountSid"] = twilio.account_sid
+    trunk = _example("twilio/acme-trunk.yaml")
+    trunk["spec"]["twilio"].update(credentialPropagationSeconds=5, rotationGraceSeconds=5)
+    step("kubectl apply -f examples/twilio/account.yaml -f examples/twilio/acme-trunk.yaml"
+         " (propagation and grace shortened to 5 s)")  # fmt: skip
+    objects = "\n---\n".join(yaml.safe_dump(d) for d in (*docs, trunk))
+    cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=objects)
+    _wait_generation(cluster, 1)
+    print(_call(cluster, twilio))
+    step("rotation: kubectl patch secret acme-sip (a new password, as a vault would)")
+    patch = json.dumps({"stringData": {"password": ROTATED}})
+    cluster.kubectl("patch", "-n", NAMESPACE, "secret", "acme-sip", "-p", patch)
+    _wait_generation(cluster, 2)
+    list_sid = _status(cluster)["twilio"]["credentialListSid"]
+    wait_until(
+        "the old credential removed from Twilio",
+        lambda: twilio.usernames(list_sid) == ["acme-trunk-2"],
+        60,
+    )
+    print(_call(cluster, twilio))
+    print()
+    conditions = (
+        'jsonpath={range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\\n"}{end}'
+    )
+    for args in (
+        ("get", "-n", NAMESPACE, "twilioaccounts,twiliotrunks"),
+        ("get", "-n", NAMESPACE, "twiliotrunk", "acme", "-o", conditions),
+        ("get", "-n", NAMESPACE, "twiliotrunk", "acme", "-o", "jsonpath={.status.twilio}"),
+        ("get", "events", "-n", NAMESPACE, "--field-selector", "involvedObject.name=acme",
+         "--sort-by=.lastTimestamp", "-o", "custom-columns=REASON:.reason,MESSAGE:.message"),
+    ):  # fmt: skip
+        shown = " ".join(a if " " not in a and "{" not in a else f"'{a}'" for a in args)
+        print(f"$ kubectl {shown}\n{cluster.kubectl(*args).stdout.rstrip()}\n")
+
+
+def _status(cluster: Cluster) -> dict[str, Any]:
+    out = cluster.kubectl("get", "-n", NAMESPACE, "twiliotrunk", "acme", "-o", "json")
+    return dict(json.loads(out.stdout).get("status") or {})
+
+
+def _wait_generation(cluster: Cluster, generation: int) -> None:
+    """Until acme is Ready with the credential of that generation at both ends."""
+
+    def done() -> bool:
+        status = _status(cluster)
+        ready = [c for c in status.get("conditions", []) if c["type"] == "Ready"]
+        twilio = status.get("twilio") or {}
+        return (
+            bool(ready and ready[0]["status"] == "True") and twilio.get("generation") == generation
+        )
+
+    wait_until(f"acme Ready with credential generation {generation}", done, 120)
 
 
 def _apply_examples(cluster: Cluster, release: Release) -> None:
@@ -253,9 +322,9 @@ def _down(state: dict[str, Any]) -> bool:
             failed = True
             print(f"stopping {what} failed: {e}", file=sys.stderr)
 
-    pid = state.get("sipp_pid")
-    if pid and _is_program(pid, "sipp"):
-        attempt("sipp", lambda: stop_pid(pid))
+    pid = state.get("twilio_pid")
+    if pid and pid_alive(pid):
+        attempt("the Twilio stand-ins", lambda: stop_pid(pid))
     if "cluster" in state:
         cluster = Cluster.attach(state["cluster"]["name"], state["cluster"]["workdir"])
         if "node" in state:
