@@ -157,7 +157,7 @@ def adopt_crds(cluster: Any) -> None:
     """CRDs applied earlier with kubectl (the e2e tier does) become the release's, the way the
     chart README tells users who installed them by hand: Helm adopts an object that carries
     its release annotations and managed-by label, and refuses any other."""
-    for crd in ("twiliotrunks", "didsegments"):
+    for crd in ("twiliotrunks", "didsegments", "twilioaccounts"):
         name = f"crd/{crd}.trunks.asterisk-operator.dev"
         if cluster.kubectl("get", name, check=False).returncode != 0:
             continue
