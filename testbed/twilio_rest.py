@@ -178,6 +178,7 @@ class Faults:
 
     concurrency_limit: int | None = None  # more requests in flight than this: 429/20429
     latency: float = 0.0  # seconds added to every request
+    unreachable: bool = False  # every connection dropped before an answer (Twilio down)
     # operationId -> [(status, applied)]: the next requests of that operation fail with
     # `status`; `applied`: after doing what was asked (a create answered 500 that happened).
     scripted: dict[str, list[tuple[int, bool]]] = field(default_factory=dict)
@@ -869,6 +870,9 @@ class TwilioRestStandIn:
             def _any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                if standin.faults.unreachable and not self.path.startswith(ADMIN):
+                    self.close_connection = True  # no answer at all
+                    return
                 if self.path.startswith(ADMIN):
                     status, answer = standin.admin(self.command, self.path, body)
                 else:

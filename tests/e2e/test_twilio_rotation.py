@@ -193,6 +193,21 @@ def test_calls_through_a_rotation_all_authenticate_and_twilio_ends_with_the_new_
     wait_for(lambda: _accepted(gate, "acme-user-2") > before, timeout=30, what="a call after")
     assert gate.failures() == []
 
+    # Revoked API credentials: the condition says so, and calls still go out.
+    put_secret(core, namespace, "twilio-api", {"authToken": "revoked"})
+    wait_for(
+        lambda: (
+            condition(status(custom, namespace, "acme"), "TwilioSynced").get("reason")
+            == "TwilioCredentialsRefused"
+        ),
+        timeout=60,
+        what="TwilioCredentialsRefused",
+    )
+    before = _accepted(gate, "acme-user-2")
+    pbx.rx("channel originate Local/+15551234567@to-acme application Wait 1")
+    wait_for(lambda: _accepted(gate, "acme-user-2") > before, timeout=30, what="a call after")
+    assert gate.failures() == []
+
     # The link holds: a password Twilio does not hold is refused at the SIP side.
     list_sid = st["twilio"]["credentialListSid"]
     (held,) = twilio_rest.account.find(

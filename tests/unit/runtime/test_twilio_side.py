@@ -381,3 +381,20 @@ def test_the_ip_access_list_holds_exactly_the_specs_cidrs(rig: Rig) -> None:
     rig.sync(after=1)
     assert addresses() == set() and len(account.find("SipIpAccessControlList")) == 1
     assert account.find("IpAccessControlList", trunk_sid=trunk["sid"]) == []
+
+
+def test_twilio_unreachable_leaves_asterisk_serving_and_converges_after(rig: Rig) -> None:
+    rig.sync()
+    rig.sync(after=10)
+    assert rig.sync(after=1).serves
+    rig.standin.faults.unreachable = True
+    rig.kube.put("acme-sip", {"username": "acme-user", "password": ROTATED})
+    for _ in range(3):  # minutes of it: each sync retried later, with backoff
+        view = rig.sync(after=60)
+        assert (view.synced, view.reason, view.serves) == (False, "TwilioUnreachable", True)
+    assert rig.active()["username"] == "acme-user-1"  # Asterisk keeps what Twilio holds
+    rig.standin.faults.unreachable = False
+    rig.sync(after=1)
+    rig.sync(after=10)
+    assert rig.active() == {"username": "acme-user-2", "password": ROTATED, "generation": "2"}
+    assert rig.standin.account.credentials_of_domain(DOMAIN)["acme-user-2"] == ROTATED
