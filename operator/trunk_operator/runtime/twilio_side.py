@@ -208,9 +208,17 @@ class TwilioSide:
         if view is None:
             self.trunks.pop(key, None)
             self.store.twilio.pop(key, None)
-            return before is not None
-        self.store.twilio[key] = view
+        else:
+            self.store.twilio[key] = view
+        if (before is None) != (view is None):  # opted in or out: its account counts it
+            self._count(key[0])
         return view != before
+
+    def _count(self, namespace: str) -> None:
+        """The accounts of the namespace write their status again (their trunks)."""
+        for ns, name in list(self.accounts.accounts):
+            if ns == namespace:
+                self.trunks.setdefault((ns, f"{_ACCOUNT}{name}"), _Trunk()).due = 0.0
 
     def _failed(self, key: Key, memory: _Trunk, error: Exception) -> TwilioView:
         memory.failures += 1
@@ -304,6 +312,7 @@ class TwilioSide:
             "ipAccessControlListSid": acl.sid if acl else None,
             "username": active.username if active else None,
             "generation": active.generation if active else None,
+            "rotation": None,  # a merge patch keeps what a status does not say: cleared here
         }
         return _Found(fields, held, credential_list.sid)
 

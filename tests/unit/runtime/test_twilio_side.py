@@ -189,6 +189,7 @@ def test_a_rotation_reaches_twilio_first_then_asterisk_and_the_old_credential_go
     assert rig.active() == {"username": "acme-user-2", "password": ROTATED, "generation": "2"}
     view = rig.sync(after=1)
     assert view.serves and rig.usernames() == ["acme-user-1", "acme-user-2"]  # not served yet
+    assert "rotation" in view.fields and view.fields["rotation"] is None  # cleared, not left
     rig.events.served = rig.kube.secrets[twilio_credential_secret(NAME)].resource_version
     rig.sync(after=1)
     assert rig.usernames() == ["acme-user-1", "acme-user-2"]  # served: the grace starts
