@@ -296,6 +296,13 @@ class TwilioSide:
         credential_list = await ensure_credential_list(
             api, tag, trunk.sid, known.get("credentialListSid")
         )
+        for what, sid, now in (
+            ("trunk", known.get("trunkSid"), trunk.sid),
+            ("credential list", known.get("credentialListSid"), credential_list.sid),
+        ):
+            if sid and sid != now:
+                gone = f"Twilio {what} {sid} was gone (deleted in the console?): {now} now"
+                await self._event(key, "Warning", "TwilioObjectReplaced", gone)
         held = {c.username: c for c in await api.credentials(credential_list.sid)}
         acl = await ensure_ip_access(
             api, tag, trunk.sid, spec.twilio.ip_access_control, known.get("ipAccessControlListSid")

@@ -399,3 +399,22 @@ def test_twilio_unreachable_leaves_asterisk_serving_and_converges_after(rig: Rig
     rig.sync(after=10)
     assert rig.active() == {"username": "acme-user-2", "password": ROTATED, "generation": "2"}
     assert rig.standin.account.credentials_of_domain(DOMAIN)["acme-user-2"] == ROTATED
+
+
+def test_a_trunk_and_a_list_deleted_or_detached_in_the_console_are_put_back(rig: Rig) -> None:
+    account = rig.standin.account
+    rig.sync()
+    rig.sync(after=10)
+    (trunk,) = account.find("Trunk")
+    (association,) = account.find("CredentialList", trunk_sid=trunk["sid"])
+    detached = f"{trunk['sid']}/{association['sid']}"  # the stand-in's key of an association
+    account.console_delete("CredentialList", detached)  # the list detached from the trunk
+    assert account.credentials_of_domain(DOMAIN) == {}
+    assert rig.sync(after=1).serves
+    assert account.credentials_of_domain(DOMAIN) == {"acme-user-1": PASSWORD}
+    account.console_delete("Trunk", trunk["sid"])
+    view = rig.sync(after=1)
+    (again,) = account.find("Trunk")
+    assert again["sid"] != trunk["sid"] and view.fields["trunkSid"] == again["sid"]
+    assert account.credentials_of_domain(DOMAIN) == {"acme-user-1": PASSWORD}
+    assert "TwilioObjectReplaced" in [reason for reason, _ in rig.kube.events]
