@@ -129,6 +129,7 @@ class Inputs:
     segments: list[Resource] = field(default_factory=list)
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
     secret_versions: dict[str, str] = field(default_factory=dict)  # name -> resourceVersion
+    operators_secrets: set[str] = field(default_factory=set)  # names labelled as the operator's
 
     @classmethod
     def from_documents(cls, docs: list[dict[str, Any]]) -> Inputs:
@@ -305,6 +306,10 @@ def _plan_credentials(
     outcome.secret_version = inputs.secret_versions.get(creds.secret_name)
     if secret is None and spec.twilio is not None:
         outcome.problems.append(Problem(TWILIO_PENDING, TWILIO_PENDING_MESSAGE))
+        return
+    if spec.twilio is not None and creds.secret_name not in inputs.operators_secrets:
+        taken = f"Secret {creds.secret_name} is not the operator's: rename it"
+        outcome.problems.append(Problem("CredentialSecretTaken", taken))
         return
     if secret is None:
         outcome.problems.append(

@@ -109,6 +109,7 @@ class SecretRead:
 
     data: dict[str, str]
     resource_version: str
+    ours: bool = False  # labelled as the operator's (a Secret it writes)
 
 
 def _ns(namespace: str, resource: str, name: str = "") -> str:
@@ -162,7 +163,9 @@ class Kube:
                 decoded[key] = base64.b64decode(value).decode()
             except UnicodeDecodeError:
                 continue  # not text: treated as missing, reported as SecretKeyMissing
-        return SecretRead(decoded, str(secret.get("metadata", {}).get("resourceVersion", "")))
+        meta = secret.get("metadata", {})
+        ours = (meta.get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGER
+        return SecretRead(decoded, str(meta.get("resourceVersion", "")), ours)
 
     # -- rendered state ----------------------------------------------------------------
 

@@ -303,6 +303,8 @@ class Controller:
             if secret is not None:
                 inputs.secrets[name] = secret.data
                 inputs.secret_versions[name] = secret.resource_version
+                if secret.ours:
+                    inputs.operators_secrets.add(name)
         return inputs
 
     async def _store_rendered(self, namespace: str, plan: Plan) -> None:

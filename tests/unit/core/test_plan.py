@@ -214,3 +214,16 @@ def test_the_render_cache_keeps_only_what_the_last_plan_used() -> None:
     first = len(cache._last)
     plan_namespace(_many(2), cache)
     assert 0 < len(cache._last) < first
+
+
+def test_an_opted_in_trunk_takes_its_credentials_from_the_operators_secret_only() -> None:
+    opted = trunk("acme", twilio={"accountRef": {"name": "main"}})
+    served = {"username": "u-1", "password": "p", "generation": "1"}
+    plan = plan_namespace(Inputs(trunks=[opted], secrets={"sip": SECRET}))
+    assert reasons(plan, "TwilioTrunk/acme") == ["TwilioPending"]  # not the trunk's Secret
+    assert "acme" in plan.twilio_specs and "acme" not in plan.trunk_specs
+    foreign = Inputs(trunks=[opted], secrets={"acme-twilio-credential": served})
+    assert reasons(plan_namespace(foreign), "TwilioTrunk/acme") == ["CredentialSecretTaken"]
+    ours = replace(foreign, operators_secrets={"acme-twilio-credential"})
+    outcome = plan_namespace(ours).outcomes["TwilioTrunk/acme"]
+    assert not outcome.problems and outcome.username == "u-1"
