@@ -140,13 +140,14 @@ def _put(verb: str, obj: PjsipObject) -> Op:
 @dataclass(frozen=True)
 class PushRecord:
     """The operator's copy of a pod's record of what its Asterisk process was given over ARI,
-    and of the pod's PJSIP files: the one pushed last (`given`), and the one before the last
-    delivery (`previous`: what a rollback pushes back)."""
+    and of the pod's PJSIP files, as text: the one pushed last (`given`), and the one before the
+    last delivery (`previous`: what a rollback pushes back, read only then). Text, because it is
+    the very string the pod worker holds for its files: parsed, each would be twice the size."""
 
     token: str  # the pod's record's first line and length, or NO_RECORD
     objects: Mapping[Key, str] = field(default_factory=dict)  # digest or UNKNOWN
-    given: Mapping[Key, PjsipObject] = field(default_factory=dict)
-    previous: Mapping[Key, PjsipObject] = field(default_factory=dict)
+    given: str = ""
+    previous: str = ""
 
     @property
     def lines(self) -> int:
@@ -163,8 +164,8 @@ class PushRecord:
         ops: Iterable[Op],
         left: Iterable[Key],
         token: str,
-        given: Mapping[Key, PjsipObject],
-        previous: Mapping[Key, PjsipObject],
+        given: str,
+        previous: str,
     ) -> PushRecord:
         """The record once the executor ran `ops`: each object as intended but those `left`
         (failed, or not run), which it may hold in any version."""
@@ -181,9 +182,8 @@ def record_of(dump: str, pushed_file: str, previous_file: str) -> PushRecord:
     """The record a pod printed when it was not the one a push named (empty: there is none of
     the Asterisk process running now), with its last pushed file and the one before."""
     lines = dump.splitlines()
-    given, previous = pjsip_objects(pushed_file), pjsip_objects(previous_file)
     if not lines or not lines[0].startswith("boot "):
-        return PushRecord(NO_RECORD, {}, given, previous)
+        return PushRecord(NO_RECORD, {}, pushed_file, previous_file)
     objects: dict[Key, str] = {}
     for line in lines[1:]:
         kind, _, rest = line.partition("\t")
@@ -191,7 +191,8 @@ def record_of(dump: str, pushed_file: str, previous_file: str) -> PushRecord:
         if state:
             objects[kind, id_] = state  # a later line for an object wins
     token = f"{lines[0]} {len(lines)}"
-    return PushRecord(token, {k: v for k, v in objects.items() if v != GONE}, given, previous)
+    kept = {k: v for k, v in objects.items() if v != GONE}
+    return PushRecord(token, kept, pushed_file, previous_file)
 
 
 def left_of(text: str) -> list[Key]:

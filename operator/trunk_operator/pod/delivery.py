@@ -21,9 +21,7 @@ from typing import Protocol
 from trunk_operator.core.render import PJSIP_DIR, POD_FILE, Files
 from trunk_operator.pod.ari import AriAccess, pusher_size
 from trunk_operator.pod.ari_plan import (
-    Key,
     Op,
-    PjsipObject,
     PushRecord,
     left_of,
     pjsip_objects,
@@ -44,7 +42,7 @@ class Round:
     params: Mapping[str, str | int] = field(default_factory=dict)
     stdin: bytes = b""
     ops: tuple[Op, ...] = ()
-    given: Mapping[Key, PjsipObject] = field(default_factory=dict)  # the pushed file after it
+    given: str = ""  # the pushed PJSIP file after it
     rollback: bool = False
 
 
@@ -102,13 +100,12 @@ class AriDelivery:
 
     def push(self, files: Files, pjsip_changed: bool) -> Round:
         if not pjsip_changed:  # the dialplan only: nothing is pushed
-            given = self.record.given if self.record is not None else {}
+            given = self.record.given if self.record is not None else ""
             return Round(self._params(), given=given)
-        wanted = pjsip_objects(files.get(f"{PJSIP_DIR}/{POD_FILE}", ""))
-        return self._round(wanted, False)
+        return self._round(files.get(f"{PJSIP_DIR}/{POD_FILE}", ""), False)
 
     def push_back(self) -> Round:
-        return self._round(self.record.previous if self.record is not None else {}, True)
+        return self._round(self.record.previous if self.record is not None else "", True)
 
     def after(self, run: Round, parts: Mapping[str, str]) -> Delivery:
         record = self.record
@@ -131,13 +128,13 @@ class AriDelivery:
     def _with(self, record: PushRecord | None) -> AriDelivery:
         return AriDelivery(self.access, record)
 
-    def _round(self, wanted: Mapping[Key, PjsipObject], rollback: bool) -> Round:
-        """Steps from the record to `wanted`: none when there is no copy of the record (the
-        pod prints it instead)."""
+    def _round(self, wanted: str, rollback: bool) -> Round:
+        """Steps from the record to the PJSIP file `wanted`: none when there is no copy of the
+        record (the pod prints it instead)."""
         if self.record is None:
             params = {**self._params(), "EXPECT_RECORD": UNKNOWN_RECORD, "OPS_SIZE": 0}
             return Round(params, self.access.stdin(b""), (), wanted, rollback)
-        ops = push_ops(wanted, self.record.objects)
+        ops = push_ops(pjsip_objects(wanted), self.record.objects)
         steps = "".join(op.line() for op in ops).encode()
         params = {
             **self._params(),
