@@ -13,23 +13,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-
-class _StandInHttpClient(TwilioHttpClient):
-    """Twilio's documented way to point its SDK elsewhere: every host rewritten."""
-
-    def __init__(self, base: str) -> None:
-        super().__init__(timeout=10)
-        self.base = urlsplit(base)
-
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        parts = urlsplit(url)
-        moved = urlunsplit((self.base.scheme, self.base.netloc, parts.path, parts.query, ""))
-        return super().request(method, moved, *args, **kwargs)
+from testbed.twilio_rest import StandInHttpClient
 
 
 @dataclass
@@ -61,7 +48,7 @@ class Twilio:
         return cls(proc.pid, info["url"], info["account_sid"], info["auth_token"])
 
     def sdk(self) -> Client:
-        return Client(self.account_sid, self.auth_token, http_client=_StandInHttpClient(self.url))
+        return Client(self.account_sid, self.auth_token, http_client=StandInHttpClient(self.url))
 
     def trunk_by_hand(self, domain: str, username: str, password: str) -> None:
         """What a user set up in Twilio's console before the operator: the trunk, a credential

@@ -46,11 +46,12 @@ from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import yaml
 from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
+from twilio.http.http_client import TwilioHttpClient
 
 SPECS = Path(__file__).resolve().parent / "twilio-api"
 SPEC_FILES = ("twilio_trunking_v1.yaml", "twilio_api_v2010.subset.yaml")
@@ -976,3 +977,17 @@ def _reason(error: BaseException) -> str:
     causes: Iterator[BaseException] = iter(getattr(error, "schema_errors", None) or [])
     details = "; ".join(str(getattr(c, "message", c))[:200] for c in causes)
     return f"{type(error).__name__}: {error}" + (f" ({details})" if details else "")
+
+
+class StandInHttpClient(TwilioHttpClient):
+    """Twilio's documented way to point its SDK elsewhere: its HTTP client, with every Twilio
+    host (paging URLs included) rewritten to the stand-in at `base`."""
+
+    def __init__(self, base: str) -> None:
+        super().__init__(timeout=10)
+        self.base = urlsplit(base)
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        parts = urlsplit(url)
+        moved = urlunsplit((self.base.scheme, self.base.netloc, parts.path, parts.query, ""))
+        return super().request(method, moved, *args, **kwargs)

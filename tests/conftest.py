@@ -187,6 +187,17 @@ def apply(cluster: Any, namespace: str) -> Callable[..., Any]:
     return apply_doc
 
 
+def put_secret(core: client.CoreV1Api, namespace: str, name: str, data: dict[str, str]) -> None:
+    """Create the Secret, or replace it (as `kubectl apply` would)."""
+    body = client.V1Secret(metadata=client.V1ObjectMeta(name=name), string_data=data)
+    try:
+        core.create_namespaced_secret(namespace, body)
+    except client.ApiException as error:
+        if error.status != 409:
+            raise
+        core.replace_namespaced_secret(name, namespace, body)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

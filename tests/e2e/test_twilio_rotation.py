@@ -18,7 +18,7 @@ from kubernetes import client
 from testbed.asterisk import AsteriskContainer
 from testbed.sip_gate import TwilioSipSide
 from testbed.twilio_rest import TwilioRestStandIn
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, put_secret, wait_for
 from tests.e2e.helpers import condition, status, trunk, vault_store, wait_ready
 from trunk_operator.core.models import GROUP, VERSION, twilio_credential_secret
 
@@ -28,16 +28,6 @@ GATE_IP, ASTERISK_IP = "127.0.0.17", "127.0.10.60"
 FIRST, SECOND = "First-Passw0rd-of-acme", "Second-Passw0rd-of-acme"
 DELAY = 2.0  # the SIP side takes a new credential this long after the REST side has it
 PROPAGATION = 4  # what the trunk gives Twilio before Asterisk switches (> DELAY)
-
-
-def put_secret(core: client.CoreV1Api, namespace: str, name: str, data: dict[str, str]) -> None:
-    body = client.V1Secret(metadata=client.V1ObjectMeta(name=name), string_data=data)
-    try:
-        core.create_namespaced_secret(namespace, body)
-    except client.ApiException as error:
-        if error.status != 409:
-            raise
-        core.replace_namespaced_secret(name, namespace, body)
 
 
 class Calls:

@@ -8,6 +8,7 @@ The test process itself drives the cluster as admin (kubectl, helm), as a user w
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -47,23 +48,29 @@ def no_host_operator() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module")
-def release(
-    cluster: Any, node_images: KubeletNode, operator_image: str, no_host_operator: None
-) -> Iterator[Release]:
-    """The chart installed into a namespace that enforces the restricted Pod Security level."""
+@contextlib.contextmanager
+def installed(cluster: Any, node: KubeletNode, image: str, **values: Any) -> Iterator[Release]:
+    """The chart installed into a namespace that enforces the restricted Pod Security level,
+    uninstalled afterwards (its namespace gone before the next module installs again)."""
     restricted_namespace(cluster)
-    rel = release_for(cluster, node_images, operator_image, observeIntervalSeconds=2)
+    rel = release_for(cluster, node, image, **values)
     adopt_crds(cluster)
     try:
         rel.install()
         yield rel
     finally:
         rel.helm("uninstall", RELEASE, "--namespace", SYSTEM_NAMESPACE, "--wait", check=False)
-        # Gone before the next module installs again (a terminating namespace refuses it).
         cluster.kubectl(
             "delete", "namespace", SYSTEM_NAMESPACE, "--wait=true", "--timeout=180s", check=False
         )
+
+
+@pytest.fixture(scope="module")
+def release(
+    cluster: Any, node_images: KubeletNode, operator_image: str, no_host_operator: None
+) -> Iterator[Release]:
+    with installed(cluster, node_images, operator_image, observeIntervalSeconds=2) as rel:
+        yield rel
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,11 @@ import pytest
 
 from testbed.node import KubeletNode
 from testbed.release import (
-    RELEASE,
-    SYSTEM_NAMESPACE,
     Release,
-    adopt_crds,
-    release_for,
-    restricted_namespace,
 )
 from testbed.twilio_rest import TwilioRestStandIn
 from tests.conftest import wait_for
+from tests.incluster.conftest import installed
 from trunk_operator.core.models import GROUP, VERSION, twilio_credential_secret
 
 pytestmark = pytest.mark.incluster
@@ -53,18 +49,9 @@ def release(
     rest: TwilioRestStandIn,
 ) -> Iterator[Release]:
     """The chart as in conftest.py, its operator pointed at the REST stand-in."""
-    restricted_namespace(cluster)
     env = [*node_images.api_env(), {"name": "TRUNKOP_TWILIO_BASE_URL", "value": rest.url}]
-    rel = release_for(cluster, node_images, operator_image, extraEnv=env)
-    adopt_crds(cluster)
-    try:
-        rel.install()
+    with installed(cluster, node_images, operator_image, extraEnv=env) as rel:
         yield rel
-    finally:
-        rel.helm("uninstall", RELEASE, "--namespace", SYSTEM_NAMESPACE, "--wait", check=False)
-        cluster.kubectl(
-            "delete", "namespace", SYSTEM_NAMESPACE, "--wait=true", "--timeout=180s", check=False
-        )
 
 
 def apply(cluster: Any, namespace: str, *docs: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 
 from testbed.twilio_rest import TwilioRestStandIn
-from tests.conftest import wait_for
+from tests.conftest import put_secret, wait_for
 from tests.integration.helpers import TRUNK, trunk, with_spec
 from trunk_operator.core.models import GROUP, VERSION, twilio_credential_secret
 
@@ -33,16 +33,6 @@ def account(name: str, secret: str) -> dict[str, Any]:
 def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
     found = [c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == kind]
     return found[0] if found else {}
-
-
-def put_secret(core: client.CoreV1Api, namespace: str, name: str, data: dict[str, str]) -> None:
-    body = client.V1Secret(metadata=client.V1ObjectMeta(name=name), string_data=data)
-    try:
-        core.create_namespaced_secret(namespace, body)
-    except client.ApiException as error:
-        if error.status != 409:
-            raise
-        core.replace_namespaced_secret(name, namespace, body)
 
 
 def read_secret(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, str] | None:

@@ -12,10 +12,8 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 from urllib.error import HTTPError
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from testbed import asterisk as asterisk_mod
@@ -23,7 +21,7 @@ from testbed import sipp as sipp_mod
 from testbed.asterisk import AsteriskContainer
 from testbed.sip_gate import GateDecision, TwilioSipSide, check_digest
 from testbed.sipp import REALM, digest_response
-from testbed.twilio_rest import ADMIN, TwilioAccount, TwilioRestStandIn
+from testbed.twilio_rest import ADMIN, StandInHttpClient, TwilioAccount, TwilioRestStandIn
 
 DOMAIN = "acme.pstn.twilio.com"
 GATE_IP, ASTERISK_IP = "127.0.0.201", "127.0.0.210"
@@ -36,19 +34,6 @@ NEEDS_ASTERISK = (
     pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (sip-tester) not installed"),
 )
 _SIPP_PIDS: set[int] = set()
-
-
-class StandInHttpClient(TwilioHttpClient):
-    """Twilio's SDK with every Twilio host rewritten to the stand-in (as in its own tests)."""
-
-    def __init__(self, base: str) -> None:
-        super().__init__(timeout=10)
-        self.base = urlsplit(base)
-
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        parts = urlsplit(url)
-        moved = urlunsplit((self.base.scheme, self.base.netloc, parts.path, parts.query, ""))
-        return super().request(method, moved, *args, **kwargs)
 
 
 @pytest.fixture

@@ -8,15 +8,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from twilio.base.exceptions import TwilioException, TwilioRestException
-from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from testbed.twilio_rest import SPECS, TwilioRestStandIn
+from testbed.twilio_rest import SPECS, StandInHttpClient, TwilioRestStandIn
 
 # testbed/twilio-api/README.md: the vendored files, as they were checked in.
 SPEC_DIGESTS = {
@@ -26,20 +23,6 @@ SPEC_DIGESTS = {
     ),
 }
 STRONG = "Rotated-Passw0rd-1"
-
-
-class StandInHttpClient(TwilioHttpClient):
-    """Twilio's documented way to point the SDK elsewhere: its HTTP client, with every Twilio
-    host (paging URLs included) rewritten to the stand-in."""
-
-    def __init__(self, base: str) -> None:
-        super().__init__(timeout=10)
-        self.base = urlsplit(base)
-
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        parts = urlsplit(url)
-        moved = urlunsplit((self.base.scheme, self.base.netloc, parts.path, parts.query, ""))
-        return super().request(method, moved, *args, **kwargs)
 
 
 @pytest.fixture
